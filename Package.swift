@@ -1,0 +1,69 @@
+// swift-tools-version: 6.1
+//
+// llamaprobe: LLaMA residual-stream extraction and reading-probe training on CPU.
+//
+// Code generation: on x86_64 Linux every target is compiled with `-target-cpu haswell` (AVX2, FMA, F16C);
+// without it Swift's SIMD types lower to SSE2 and FMA / Float16 conversion become library calls.
+// Portable build (any x86-64 CPU, slower): `LLAMAPROBE_PORTABLE=1 swift build -c release`.
+import PackageDescription
+
+let portable = Context.environment["LLAMAPROBE_PORTABLE"] == "1"
+
+/// Flags shared by the Swift targets: CPU features unless portable.
+var cpuFlags: [SwiftSetting] = []
+#if arch(x86_64)
+if !portable {
+    cpuFlags.append(.unsafeFlags(["-target-cpu", "haswell"], .when(platforms: [.linux])))
+}
+#endif
+/// Kernels: additionally drop exclusivity and overflow checks in release builds (measured ~1.5x on SIMD loops).
+let kernelFlags = cpuFlags + [
+    .unsafeFlags(["-Ounchecked", "-enforce-exclusivity=unchecked"], .when(configuration: .release)),
+]
+let cCPUFlags: [CSetting] = portable ? [] : [.unsafeFlags(["-mavx2", "-mfma", "-mf16c"], .when(platforms: [.linux]))]
+
+let package = Package(
+    name: "llamaprobe",
+    platforms: [.macOS(.v15)],
+    products: [
+        .executable(name: "llamaprobe", targets: ["CLI"]),
+        .executable(name: "llamaprobe-bench", targets: ["ForwardBench"]),
+        .library(name: "Quant", targets: ["Quant"]),
+        .library(name: "Model", targets: ["Model"]),
+        .library(name: "Probe", targets: ["Probe"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
+    ],
+    targets: [
+        // System libraries (installed by scripts/setup.sh).
+        .systemLibrary(name: "CBLAS", path: "Sources/CBLAS", pkgConfig: "openblas",
+                       providers: [.apt(["libopenblas-dev"])]),
+        .systemLibrary(name: "CZstd", path: "Sources/CZstd", pkgConfig: "libzstd",
+                       providers: [.apt(["libzstd-dev"])]),
+        // libsentencepiece is C++ only: a small extern "C" API over an opaque handle.
+        .target(name: "CSentencePiece", path: "Sources/CSentencePiece",
+                cxxSettings: [.unsafeFlags(["-std=c++17"])],
+                linkerSettings: [.linkedLibrary("sentencepiece"), .linkedLibrary("sentencepiece_train")]),
+
+        // Storage formats, quantization types, kernels, thread pool, the OpenBLAS path.
+        .target(name: "Quant", dependencies: ["CBLAS"], swiftSettings: kernelFlags),
+        // Config, checkpoints, tokenizer, template, forward pass with residual capture.
+        .target(name: "Model", dependencies: ["Quant", "CSentencePiece"], swiftSettings: kernelFlags),
+        // Shards, split, trainer, checkpoints, report.
+        .target(name: "Probe", dependencies: ["Quant", "CZstd"], swiftSettings: cpuFlags),
+        .executableTarget(name: "CLI", dependencies: [
+            "Model", "Probe",
+            .product(name: "ArgumentParser", package: "swift-argument-parser"),
+        ], path: "Sources/CLI", swiftSettings: cpuFlags),
+
+        .executableTarget(name: "ForwardBench", dependencies: ["Model", "Quant"],
+                          path: "Benchmarks/ForwardBench", swiftSettings: kernelFlags),
+
+        .testTarget(name: "QuantTests", dependencies: ["Quant"], swiftSettings: cpuFlags),
+        .testTarget(name: "ModelTests", dependencies: ["Model"], swiftSettings: cpuFlags),
+        .testTarget(name: "ProbeTests", dependencies: ["Probe"], swiftSettings: cpuFlags),
+        .testTarget(name: "CLITests", dependencies: ["Model"], swiftSettings: cpuFlags),
+    ],
+    swiftLanguageModes: [.v5]
+)

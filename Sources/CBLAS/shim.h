@@ -1,0 +1,2 @@
+// OpenBLAS's CBLAS interface (Debian: libopenblas-dev; there is no cblas.pc, pkg-config module "openblas").
+#include <cblas.h>

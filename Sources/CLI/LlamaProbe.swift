@@ -1,0 +1,71 @@
+import ArgumentParser
+import Foundation
+import Model
+import Quant
+
+@main
+struct LlamaProbe: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "llamaprobe",
+        abstract: "Read the residual stream of LLaMA models on a CPU.",
+        discussion: """
+        Runs LLaMA-architecture models (Hugging Face checkpoints) in exact f32, captures the residual \
+        stream after every layer (TransformerLens resid_post, before the final norm), and writes it \
+        to safetensors.
+
+        Start with `llamaprobe demo --out demo-run` or `make demo`.
+        """,
+        subcommands: [Demo.self, Synth.self, Tokenize.self, Residuals.self, Info.self])
+}
+
+// MARK: - Shared option groups
+
+struct ModelOptions: ParsableArguments {
+    @Option(name: .long, help: ArgumentHelp("Model: a Hugging Face checkpoint directory (config.json, *.safetensors, tokenizer.model).", valueName: "path"))
+    var model: String
+
+    @Option(name: .long, help: ArgumentHelp("SentencePiece tokenizer.model to use instead of the one in the model directory.", valueName: "file"))
+    var tokenizer: String?
+
+    @Option(name: .long, help: "Threads for the forward pass (default: all cores).")
+    var threads: Int = ThreadPool.defaultThreadCount
+
+    func validate() throws {
+        if threads < 1 { throw ValidationError("--threads must be at least 1") }
+    }
+
+    func load(includeHead: Bool = false) throws -> LoadedModel {
+        try LoadedModel.load(path: model, tokenizerPath: tokenizer, includeHead: includeHead, threads: threads)
+    }
+}
+
+extension PromptTemplate: ExpressibleByArgument {}
+extension Positions: ExpressibleByArgument {}
+
+struct TemplateOptions: ParsableArguments {
+    @Option(name: .long, help: "Prompt template: llama2-chat ([INST] message [/INST] + suffix) or raw (text as given).")
+    var template: PromptTemplate = .llama2Chat
+
+    @Option(name: .long, help: ArgumentHelp("Text appended after the template (default for llama2-chat: \"\(PromptTemplate.defaultSuffix)\"; for raw: none).", valueName: "text"))
+    var suffix: String?
+
+    @Option(name: .customLong("system-prompt"), help: ArgumentHelp("System prompt, rendered as <<SYS>>…<</SYS>> before the first user message (llama2-chat).", valueName: "text"))
+    var systemPrompt: String?
+
+    var renderer: PromptRenderer { PromptRenderer(template: template, suffix: suffix, systemPrompt: systemPrompt) }
+
+    func validate() throws {
+        if template == .raw && systemPrompt != nil {
+            throw ValidationError("--system-prompt needs --template llama2-chat (raw prompts are used as given)")
+        }
+    }
+}
+
+/// Progress lines on stderr (stdout stays clean for data).
+func note(_ s: String) {
+    FileHandle.standardError.write(Data((s + "\n").utf8))
+}
+
+func formatSeconds(_ s: Double) -> String { String(format: "%.2f s", s) }
+
+func now() -> Double { Date().timeIntervalSince1970 }

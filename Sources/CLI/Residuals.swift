@@ -1,0 +1,82 @@
+import ArgumentParser
+import Foundation
+import Model
+import Quant
+
+struct Residuals: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Capture the residual stream after every layer for a file of prompts.",
+        discussion: """
+        PROMPTS has one prompt per line; \\n, \\t and \\\\ are escapes, lines are not stripped. The output \
+        safetensors file holds, for prompt i: p{i}.tokens (I64 [T]), p{i}.resid_post (F32 [layers, d] for \
+        --positions last, [layers, T, d] for all), and with the flags p{i}.embed and p{i}.logits_last. \
+        resid_post of layer L is the residual after block L, before the final norm (TransformerLens naming; \
+        Hugging Face's last hidden_states entry is normed and is not it).
+
+        Example: llamaprobe residuals --model models/tiny --prompts prompts.txt --out resid.safetensors
+        """)
+
+    @OptionGroup var modelOptions: ModelOptions
+
+    @Option(help: ArgumentHelp("Prompts file, one per line.", valueName: "file"))
+    var prompts: String
+
+    @Option(help: ArgumentHelp("Output .safetensors file (written atomically).", valueName: "file"))
+    var out: String
+
+    @OptionGroup var templateOptions: TemplateOptions
+
+    @Option(help: "Positions to keep: last (the readout token) or all.")
+    var positions: Positions = .last
+
+    @Flag(name: .customLong("with-embeddings"), help: "Also store the embedding output (HF hidden_states[0]) as p{i}.embed.")
+    var withEmbeddings = false
+
+    @Flag(help: "Also store the last position's logits as p{i}.logits_last.")
+    var logits = false
+
+    func run() throws {
+        let list = try PromptFile.read(path: prompts)
+        guard !list.isEmpty else { throw ValidationError("\(prompts) has no prompts") }
+        let t0 = now()
+        let loaded = try modelOptions.load(includeHead: logits)
+        note("loaded \(modelOptions.model) (\(loaded.config.summary)) in \(formatSeconds(now() - t0))")
+        let t1 = now()
+        var tokens = 0
+        var lastNote = t1
+        try ResidualsJob.run(model: loaded, prompts: list, renderer: templateOptions.renderer,
+                             options: CaptureOptions(positions: positions, embeddings: withEmbeddings, logits: logits),
+                             outPath: out) { done, total, t in
+            tokens += t
+            let dt = now() - t1
+            if now() - lastNote >= 1 || done == total {
+                let eta = dt / Double(done) * Double(total - done)
+                note(String(format: "[%d/%d] %d tokens, %.1f tokens/s, ETA %.0f s", done, total, tokens,
+                            Double(tokens) / max(dt, 1e-9), eta))
+                lastNote = now()
+            }
+        }
+        let dt = now() - t1
+        note(String(format: "%d prompts, %d tokens in %.2f s (%.1f tokens/s) -> %@", list.count, tokens, dt,
+                    Double(tokens) / max(dt, 1e-9), out))
+    }
+}
+
+struct Info: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Validate a checkpoint and print its configuration and tensors.",
+        discussion: "Example: llamaprobe info --model models/tiny")
+
+    @Option(help: ArgumentHelp("A Hugging Face checkpoint directory.", valueName: "path"))
+    var model: String
+
+    func run() throws {
+        let ck = try HFCheckpoint(directory: model)
+        print("config: \(ck.config.summary)")
+        print("storage: \(ck.config.storageDtype ?? "unspecified"), \(ck.files.count) safetensors file(s)")
+        for f in ck.files {
+            let bytes = f.tensors.values.reduce(0) { $0 + $1.byteCount }
+            print("  \(f.path): \(f.tensors.count) tensors, \(bytes) bytes")
+        }
+    }
+}

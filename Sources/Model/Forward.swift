@@ -1,0 +1,343 @@
+import Foundation
+import Quant
+
+public enum Positions: String, Sendable, CaseIterable {
+    /// Only the last token's residuals are needed (extraction).
+    case last
+    /// Every token's residuals.
+    case all
+}
+
+/// Where the forward pass lets a caller look at the residual stream (TransformerLens naming).
+public enum ObservationPoint: Equatable, Sendable {
+    /// `hook_embed`: the token embeddings, the residual before block 0 (HF hidden_states[0]).
+    case embedding
+    /// `blocks.L.hook_resid_post`: the residual after block L, before the final norm.
+    case residPost(layer: Int)
+}
+
+/// A window onto residual rows: `count` consecutive positions starting at `firstPosition`, each `width`
+/// floats, valid only during the observer call.
+public struct ResidualRows {
+    public let pointer: UnsafePointer<Float>
+    public let firstPosition: Int
+    public let count: Int
+    public let width: Int
+    public func row(position: Int) -> UnsafePointer<Float> { pointer + (position - firstPosition) * width }
+}
+
+public struct ForwardError: LocalizedError, Equatable {
+    public let reason: String
+    public var errorDescription: String? { reason }
+}
+
+/// Buffers of one forward pass for up to `capacity` tokens, allocated once and reused (nothing is
+/// allocated inside the layer loop). Shapes: T = capacity, d = hidden, q = heads·head_dim,
+/// kv = kv_heads·head_dim, f = intermediate.
+public final class RunState {
+    public let capacity: Int
+    let x: FloatBuffer       // [T, d]  residual stream
+    let xb: FloatBuffer      // [T, d]  RMS-normed residual, input of the projections
+    let q: FloatBuffer       // [T, q]  queries (rotated)
+    let k: FloatBuffer       // [T, kv] keys (rotated)
+    let v: FloatBuffer       // [T, kv] values
+    let att: FloatBuffer     // [T, q]  attention output, heads concatenated
+    let hb: FloatBuffer      // [T, f]  gate, then silu(gate) * up
+    let hb2: FloatBuffer     // [T, f]  up
+    let scores: FloatBuffer  // [threads, T] one softmax row per thread
+    let cos: FloatBuffer     // [T, head_dim/2]
+    let sin: FloatBuffer     // [T, head_dim/2]
+    let invFreq: [Float]     // [head_dim/2]
+    let logits: FloatBuffer  // [vocab]
+
+    init(config c: LlamaConfig, capacity: Int, threads: Int) {
+        self.capacity = capacity
+        let d = c.hiddenSize, half = c.headDimension / 2
+        x = FloatBuffer(count: capacity * d)
+        xb = FloatBuffer(count: capacity * d)
+        q = FloatBuffer(count: capacity * c.qDim)
+        k = FloatBuffer(count: capacity * c.kvDim)
+        v = FloatBuffer(count: capacity * c.kvDim)
+        att = FloatBuffer(count: capacity * c.qDim)
+        hb = FloatBuffer(count: capacity * c.intermediateSize)
+        hb2 = FloatBuffer(count: capacity * c.intermediateSize)
+        scores = FloatBuffer(count: threads * capacity)
+        cos = FloatBuffer(count: capacity * half)
+        sin = FloatBuffer(count: capacity * half)
+        logits = FloatBuffer(count: c.vocabSize)
+        // HF: inv_freq = 1 / theta ** (arange(0, dim, 2).float() / dim), in float32.
+        let theta = Float(c.theta), dim = Float(c.headDimension)
+        invFreq = (0..<half).map { i in 1 / powf(theta, Float(2 * i) / dim) }
+    }
+}
+
+/// The LLaMA forward pass in f32 with an observation point after every block.
+public final class LlamaModel {
+    public let weights: LlamaWeights
+    public let pool: ThreadPool
+    private var state: RunState?
+    /// One forward pass at a time per model (the run state is shared).
+    private let lock = NSLock()
+
+    public var config: LlamaConfig { weights.config }
+
+    public init(weights: LlamaWeights, pool: ThreadPool) {
+        self.weights = weights
+        self.pool = pool
+    }
+
+    private func runState(for tokens: Int) -> RunState {
+        if let s = state, s.capacity >= tokens { return s }
+        let cap = max(tokens, min(64, config.maxPositionEmbeddings))
+        let s = RunState(config: config, capacity: cap, threads: pool.threadCount)
+        state = s
+        return s
+    }
+
+    /// Runs the prompt and calls `observe` with the residual rows at each observation point: every row
+    /// for `.all`, only the last for `.last` (then the last block only computes the last row after
+    /// attention, and nothing after the last block runs unless `logits` is set).
+    /// Returns the logits at the last position when `logits` is set.
+    @discardableResult
+    public func forward(_ tokens: [Int32], positions: Positions = .last, logits wantLogits: Bool = false,
+                        observe: (ObservationPoint, ResidualRows) -> Void) throws -> [Float]? {
+        lock.lock()
+        defer { lock.unlock() }
+        let c = config, w = weights
+        let T = tokens.count
+        guard T > 0 else { throw ForwardError(reason: "empty token sequence") }
+        guard T <= c.maxPositionEmbeddings else {
+            throw ForwardError(reason: "the prompt has \(T) tokens, more than max_position_embeddings = \(c.maxPositionEmbeddings)")
+        }
+        if wantLogits && w.head == nil { throw ForwardError(reason: "logits requested but the output head was not loaded") }
+        let d = c.hiddenSize
+        let s = runState(for: T)
+        let x = s.x.pointer, xb = s.xb.pointer
+
+        // Token embeddings: x[t] = embedding[token t].
+        for (t, id) in tokens.enumerated() {
+            guard id >= 0 && Int(id) < c.vocabSize else {
+                throw ForwardError(reason: "token id \(id) at position \(t) is outside the model's vocabulary (vocab_size \(c.vocabSize))")
+            }
+            (x + t * d).update(from: w.embedding.row(Int(id)), count: d)
+        }
+        let allRows = 0..<T
+        let lastRow = (T - 1)..<T
+        func emit(_ point: ObservationPoint, _ rows: Range<Int>) {
+            let r = positions == .all ? allRows : lastRow
+            precondition(rows.contains(r.lowerBound))
+            observe(point, ResidualRows(pointer: x + r.lowerBound * d, firstPosition: r.lowerBound,
+                                        count: r.count, width: d))
+        }
+        emit(.embedding, allRows)
+        ropeTables(s, count: T)
+
+        for (l, layer) in w.layers.enumerated() {
+            // Rows this block must produce: all, except in the last block when only the last is read.
+            let isLast = l == w.layers.count - 1
+            let rows = isLast && positions == .last ? lastRow : allRows
+
+            // Attention: xb = rmsnorm(x); q,k,v = projections; rotate; attend; x += att · Woᵀ.
+            rmsnorm(xb, x, layer.attnNorm, rows: allRows, width: d, eps: c.epsF32)
+            layer.wk.apply(xb, s.k.pointer, rows: T)
+            layer.wv.apply(xb, s.v.pointer, rows: T)
+            layer.wq.apply(xb + rows.lowerBound * d, s.q.pointer + rows.lowerBound * c.qDim, rows: rows.count)
+            rotate(s.k.pointer, heads: c.kvHeads, rows: allRows, s)
+            rotate(s.q.pointer, heads: c.numAttentionHeads, rows: rows, s)
+            attention(s, queries: rows)
+            layer.wo.apply(s.att.pointer + rows.lowerBound * c.qDim, x + rows.lowerBound * d, rows: rows.count,
+                           accumulate: true)
+
+            // MLP: xb = rmsnorm(x); x += down(silu(gate(xb)) * up(xb)).
+            rmsnorm(xb, x, layer.mlpNorm, rows: rows, width: d, eps: c.epsF32)
+            let f = c.intermediateSize
+            layer.gate.apply(xb + rows.lowerBound * d, s.hb.pointer + rows.lowerBound * f, rows: rows.count)
+            layer.up.apply(xb + rows.lowerBound * d, s.hb2.pointer + rows.lowerBound * f, rows: rows.count)
+            swiglu(s.hb.pointer + rows.lowerBound * f, s.hb2.pointer + rows.lowerBound * f, count: rows.count * f)
+            layer.down.apply(s.hb.pointer + rows.lowerBound * f, x + rows.lowerBound * d, rows: rows.count,
+                             accumulate: true)
+
+            if let bad = firstNonFinite(x + rows.lowerBound * d, rows: rows.count, width: d) {
+                throw ForwardError(reason: "the residual after layer \(l) is not finite at position \(rows.lowerBound + bad) (NaN/Inf); check the weights of layer \(l)")
+            }
+            emit(.residPost(layer: l), rows)   // resid_post of layer l, before the final norm
+        }
+
+        guard wantLogits, let head = w.head else { return nil }
+        // Logits at the last position: head(rmsnorm(x[T-1], final_norm)).
+        rmsnorm(xb, x, w.finalNorm, rows: lastRow, width: d, eps: c.epsF32)
+        head.apply(xb + (T - 1) * d, s.logits.pointer, rows: 1)
+        return Array(UnsafeBufferPointer(start: s.logits.pointer, count: c.vocabSize))
+    }
+
+    // MARK: - Blocks
+
+    /// out[r] = w ⊙ (x[r] / sqrt(mean(x[r]²) + eps)), as HF's LlamaRMSNorm in float32.
+    func rmsnorm(_ out: UnsafeMutablePointer<Float>, _ x: UnsafeMutablePointer<Float>, _ weight: [Float],
+                 rows: Range<Int>, width d: Int, eps: Float) {
+        weight.withUnsafeBufferPointer { wp in
+            let w = wp.baseAddress!
+            pool.parallelRanges(rows.count, minChunk: max(1, 16384 / d)) { chunk in
+                for r in chunk {
+                    let xr = x + (rows.lowerBound + r) * d, o = out + (rows.lowerBound + r) * d
+                    let ss = sumOfSquares(xr, d)
+                    let inv = 1 / (ss / Float(d) + eps).squareRoot()
+                    for i in 0..<d { o[i] = w[i] * (xr[i] * inv) }
+                }
+            }
+        }
+    }
+
+    /// cos/sin of position · inv_freq for every position and frequency (HF computes them in float32).
+    func ropeTables(_ s: RunState, count: Int) {
+        let half = s.invFreq.count
+        for p in 0..<count {
+            for i in 0..<half {
+                let angle = Float(p) * s.invFreq[i]
+                s.cos[p * half + i] = cosf(angle)
+                s.sin[p * half + i] = sinf(angle)
+            }
+        }
+    }
+
+    /// Rotary embedding of each head's vector at each position, in the weights' layout.
+    func rotate(_ v: UnsafeMutablePointer<Float>, heads: Int, rows: Range<Int>, _ s: RunState) {
+        let hd = config.headDimension, half = hd / 2, width = heads * hd
+        let layout = weights.ropeLayout
+        for p in rows {
+            let cs = s.cos.pointer + p * half, sn = s.sin.pointer + p * half
+            for h in 0..<heads {
+                let e = v + p * width + h * hd
+                switch layout {
+                case .rotateHalf:   // pairs (i, i + half): HF's rotate_half
+                    for i in 0..<half {
+                        let a = e[i], b = e[i + half]
+                        e[i] = a * cs[i] - b * sn[i]
+                        e[i + half] = b * cs[i] + a * sn[i]
+                    }
+                case .interleaved:  // pairs (2i, 2i + 1)
+                    for i in 0..<half {
+                        let a = e[2 * i], b = e[2 * i + 1]
+                        e[2 * i] = a * cs[i] - b * sn[i]
+                        e[2 * i + 1] = b * cs[i] + a * sn[i]
+                    }
+                }
+            }
+        }
+    }
+
+    /// Causal grouped-query attention for the query rows `queries` against keys 0...query.
+    /// Query head h reads key/value head h / (heads / kv_heads).
+    func attention(_ s: RunState, queries: Range<Int>) {
+        let c = config
+        let hd = c.headDimension, nh = c.numAttentionHeads, group = nh / c.kvHeads
+        let qw = c.qDim, kw = c.kvDim, T = s.capacity
+        let scale = Float(1 / Double(hd).squareRoot())
+        let q = s.q.pointer, k = s.k.pointer, v = s.v.pointer, att = s.att.pointer, scratch = s.scores.pointer
+        let chunk = 16
+        let chunks = (queries.count + chunk - 1) / chunk
+        pool.parallelFor(nh * chunks) { item, thread in
+            let h = item % nh, ci = item / nh
+            let kvh = h / group
+            let sc = scratch + thread * T
+            let lo = queries.lowerBound + ci * chunk, hi = min(queries.upperBound, lo + chunk)
+            for i in lo..<hi {
+                let qi = q + i * qw + h * hd
+                var maxScore = -Float.infinity
+                for j in 0...i {
+                    let score = dot(qi, k + j * kw + kvh * hd, hd) * scale
+                    sc[j] = score
+                    maxScore = max(maxScore, score)
+                }
+                var sum: Float = 0
+                for j in 0...i {
+                    let e = expf(sc[j] - maxScore)
+                    sc[j] = e
+                    sum += e
+                }
+                let out = att + i * qw + h * hd
+                out.initialize(repeating: 0, count: hd)
+                for j in 0...i {
+                    axpy(sc[j] / sum, v + j * kw + kvh * hd, out, hd)
+                }
+            }
+        }
+    }
+
+    /// a = silu(a) * b elementwise, silu(x) = x / (1 + e^-x).
+    func swiglu(_ a: UnsafeMutablePointer<Float>, _ b: UnsafeMutablePointer<Float>, count: Int) {
+        pool.parallelRanges(count, minChunk: 16384) { r in
+            for i in r {
+                let g = a[i]
+                a[i] = g / (1 + expf(-g)) * b[i]
+            }
+        }
+    }
+}
+
+// MARK: - Small vector helpers
+
+@inline(__always)
+func dot(_ a: UnsafePointer<Float>, _ b: UnsafePointer<Float>, _ n: Int) -> Float {
+    var acc0 = SIMD8<Float>(), acc1 = SIMD8<Float>()
+    var i = 0
+    while i + 16 <= n {
+        acc0 += UnsafeRawPointer(a + i).loadUnaligned(as: SIMD8<Float>.self) * UnsafeRawPointer(b + i).loadUnaligned(as: SIMD8<Float>.self)
+        acc1 += UnsafeRawPointer(a + i + 8).loadUnaligned(as: SIMD8<Float>.self) * UnsafeRawPointer(b + i + 8).loadUnaligned(as: SIMD8<Float>.self)
+        i += 16
+    }
+    while i + 8 <= n {
+        acc0 += UnsafeRawPointer(a + i).loadUnaligned(as: SIMD8<Float>.self) * UnsafeRawPointer(b + i).loadUnaligned(as: SIMD8<Float>.self)
+        i += 8
+    }
+    var s = horizontalSum(acc0 + acc1)
+    while i < n { s += a[i] * b[i]; i += 1 }
+    return s
+}
+
+/// y += alpha · x
+@inline(__always)
+func axpy(_ alpha: Float, _ x: UnsafePointer<Float>, _ y: UnsafeMutablePointer<Float>, _ n: Int) {
+    var i = 0
+    let a = SIMD8<Float>(repeating: alpha)
+    while i + 8 <= n {
+        let yv = UnsafeRawPointer(y + i).loadUnaligned(as: SIMD8<Float>.self)
+        let xv = UnsafeRawPointer(x + i).loadUnaligned(as: SIMD8<Float>.self)
+        UnsafeMutableRawPointer(y + i).storeBytes(of: yv + a * xv, as: SIMD8<Float>.self)
+        i += 8
+    }
+    while i < n { y[i] += alpha * x[i]; i += 1 }
+}
+
+/// Sum of squares with 8-lane partial sums reduced by halves.
+@inline(__always)
+func sumOfSquares(_ x: UnsafePointer<Float>, _ n: Int) -> Float {
+    var acc = SIMD8<Float>()
+    var i = 0
+    while i + 8 <= n {
+        let v = UnsafeRawPointer(x + i).loadUnaligned(as: SIMD8<Float>.self)
+        acc += v * v
+        i += 8
+    }
+    var s = horizontalSum(acc)
+    while i < n { s += x[i] * x[i]; i += 1 }
+    return s
+}
+
+@inline(__always)
+func horizontalSum(_ v: SIMD8<Float>) -> Float {
+    let h = v.lowHalf + v.highHalf
+    let q = h.lowHalf + h.highHalf
+    return q[0] + q[1]
+}
+
+/// Index of the first row holding a NaN/Inf, or nil.
+func firstNonFinite(_ x: UnsafePointer<Float>, rows: Int, width: Int) -> Int? {
+    for r in 0..<rows {
+        var acc: Float = 0
+        let p = x + r * width
+        for i in 0..<width { acc += p[i] - p[i] }
+        if acc != 0 || acc.isNaN { return r }
+    }
+    return nil
+}

@@ -1,0 +1,35 @@
+import Foundation
+import Quant
+
+/// A model ready to run: weights, tokenizer and where they came from.
+public final class LoadedModel {
+    public let path: String
+    public let model: LlamaModel
+    public let tokenizer: Tokenizer
+    public var config: LlamaConfig { model.config }
+
+    init(path: String, model: LlamaModel, tokenizer: Tokenizer) {
+        self.path = path; self.model = model; self.tokenizer = tokenizer
+    }
+
+    /// Loads a Hugging Face checkpoint directory. `tokenizerPath` overrides `DIR/tokenizer.model`.
+    public static func load(path: String, tokenizerPath: String? = nil, includeHead: Bool = false,
+                            threads: Int = ThreadPool.defaultThreadCount) throws -> LoadedModel {
+        if path.hasSuffix(".gguf") {
+            throw FileError(path: path, reason: "GGUF files are not supported by this build yet; pass a Hugging Face checkpoint directory")
+        }
+        let checkpoint = try HFCheckpoint(directory: path)
+        let tokPath = tokenizerPath ?? path + "/tokenizer.model"
+        guard FileManager.default.fileExists(atPath: tokPath) else {
+            throw FileError(path: tokPath, reason: "tokenizer not found; pass --tokenizer FILE (a SentencePiece tokenizer.model)")
+        }
+        let tokenizer = try Tokenizer(path: tokPath)
+        guard tokenizer.vocabSize <= checkpoint.config.vocabSize else {
+            throw TokenizerError(source: tokPath, reason: "has \(tokenizer.vocabSize) pieces but the model's vocab_size is \(checkpoint.config.vocabSize)")
+        }
+        let pool = ThreadPool(threads: threads)
+        BLAS.setThreads(threads)
+        let weights = try checkpoint.loadWeights(includeHead: includeHead, pool: pool)
+        return LoadedModel(path: path, model: LlamaModel(weights: weights, pool: pool), tokenizer: tokenizer)
+    }
+}

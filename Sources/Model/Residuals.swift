@@ -1,0 +1,140 @@
+import Foundation
+import Quant
+
+public struct PromptFileError: LocalizedError, Equatable {
+    public let file: String
+    public let line: Int
+    public let reason: String
+    public var errorDescription: String? { "\(file):\(line): \(reason)" }
+}
+
+/// Prompts files: one prompt per line; `\n`, `\t` and `\\` are escapes; lines are not stripped.
+public enum PromptFile {
+    public static func read(path: String) throws -> [String] {
+        let data: Data
+        do { data = try Data(contentsOf: URL(fileURLWithPath: path)) } catch {
+            throw FileError(path: path, reason: "cannot read prompts: \(error.localizedDescription)")
+        }
+        guard let text = String(data: data, encoding: .utf8) else {
+            throw FileError(path: path, reason: "not valid UTF-8")
+        }
+        return try parse(text, file: path)
+    }
+
+    public static func parse(_ text: String, file: String = "<prompts>") throws -> [String] {
+        var lines = text.split(separator: "\n", omittingEmptySubsequences: false).map(String.init)
+        if lines.last == "" { lines.removeLast() }   // the newline ending the last line
+        return try lines.enumerated().map { n, line in try unescape(line, file: file, line: n + 1) }
+    }
+
+    static func unescape(_ line: String, file: String, line number: Int) throws -> String {
+        var out = ""
+        var it = line.unicodeScalars.makeIterator()
+        while let u = it.next() {
+            guard u == "\\" else { out.unicodeScalars.append(u); continue }
+            switch it.next() {
+            case "n": out += "\n"
+            case "t": out += "\t"
+            case "\\": out += "\\"
+            case let other?:
+                throw PromptFileError(file: file, line: number, reason: "unknown escape '\\\(other)' (only \\n, \\t and \\\\ are escapes; write a backslash as \\\\)")
+            case nil:
+                throw PromptFileError(file: file, line: number, reason: "line ends with a lone backslash (write it as \\\\)")
+            }
+        }
+        return out
+    }
+
+    public static func escape(_ prompt: String) -> String {
+        prompt.replacingOccurrences(of: "\\", with: "\\\\").replacingOccurrences(of: "\n", with: "\\n")
+            .replacingOccurrences(of: "\t", with: "\\t")
+    }
+}
+
+/// What to capture per prompt.
+public struct CaptureOptions: Sendable, Equatable {
+    public var positions: Positions = .last
+    public var embeddings = false
+    public var logits = false
+    public init(positions: Positions = .last, embeddings: Bool = false, logits: Bool = false) {
+        self.positions = positions; self.embeddings = embeddings; self.logits = logits
+    }
+}
+
+/// The residuals of one prompt: resid_post [layers, rows, d] (rows = 1 for `.last`).
+public struct PromptResiduals {
+    public var tokens: [Int32]
+    public var residPost: [Float]
+    public var embedding: [Float]?
+    public var logitsLast: [Float]?
+}
+
+extension LlamaModel {
+    /// Runs one tokenized prompt and collects resid_post of every layer (and optionally the embedding
+    /// output and the last position's logits).
+    public func capture(_ tokens: [Int32], _ options: CaptureOptions) throws -> PromptResiduals {
+        let c = config
+        let rows = options.positions == .all ? tokens.count : 1
+        let d = c.hiddenSize
+        var resid = [Float](repeating: 0, count: c.numHiddenLayers * rows * d)
+        var embed: [Float]? = options.embeddings ? [Float](repeating: 0, count: rows * d) : nil
+        let logits = try resid.withUnsafeMutableBufferPointer { rp in
+            try forward(tokens, positions: options.positions, logits: options.logits) { point, view in
+                precondition(view.count == rows)
+                switch point {
+                case .embedding:
+                    embed?.withUnsafeMutableBufferPointer { $0.baseAddress!.update(from: view.pointer, count: rows * d) }
+                case .residPost(let l):
+                    (rp.baseAddress! + l * rows * d).update(from: view.pointer, count: rows * d)
+                }
+            }
+        }
+        return PromptResiduals(tokens: tokens, residPost: resid, embedding: embed, logitsLast: logits)
+    }
+}
+
+/// `llamaprobe residuals`: prompts in, one safetensors file out with, per prompt i, `p{i}.tokens` (I64 [T]),
+/// `p{i}.resid_post` (F32 [layers, d] or [layers, T, d]), and when asked `p{i}.embed` ([d] or [T, d]) and
+/// `p{i}.logits_last` ([vocab]). Tensors are streamed prompt by prompt; the file appears only when complete.
+public enum ResidualsJob {
+    public static func run(model loaded: LoadedModel, prompts: [String], renderer: PromptRenderer,
+                           options: CaptureOptions, outPath: String,
+                           progress: ((Int, Int, Int) -> Void)? = nil) throws {
+        let c = loaded.config
+        let tokenized = try prompts.enumerated().map { i, p -> [Int32] in
+            let ids = try loaded.tokenizer.encode(renderer.render(p))
+            guard ids.count <= c.maxPositionEmbeddings else {
+                throw ForwardError(reason: "prompt \(i + 1) has \(ids.count) tokens, more than max_position_embeddings = \(c.maxPositionEmbeddings)")
+            }
+            return ids
+        }
+        let L = c.numHiddenLayers, d = c.hiddenSize
+        var specs: [SafeTensorsWriter.Spec] = []
+        for (i, ids) in tokenized.enumerated() {
+            let T = ids.count
+            specs.append(.init("p\(i).tokens", .i64, [T]))
+            specs.append(.init("p\(i).resid_post", .f32, options.positions == .all ? [L, T, d] : [L, d]))
+            if options.embeddings { specs.append(.init("p\(i).embed", .f32, options.positions == .all ? [T, d] : [d])) }
+            if options.logits { specs.append(.init("p\(i).logits_last", .f32, [c.vocabSize])) }
+        }
+        let metadata = [
+            "format": "llamaprobe-residuals", "version": "1",
+            "model": loaded.path, "config": c.summary,
+            "template": renderer.template.rawValue, "suffix": renderer.suffix,
+            "system_prompt": renderer.systemPrompt ?? "",
+            "positions": options.positions.rawValue,
+            "hook": "resid_post (residual after each block, before the final norm)",
+            "prompts": String(prompts.count),
+        ]
+        let writer = try SafeTensorsWriter(path: outPath, tensors: specs, metadata: metadata)
+        for (i, ids) in tokenized.enumerated() {
+            let r = try loaded.model.capture(ids, options)
+            try writer.write(ids.map(Int64.init))
+            try writer.write(r.residPost)
+            if let e = r.embedding { try writer.write(e) }
+            if let l = r.logitsLast { try writer.write(l) }
+            progress?(i + 1, prompts.count, ids.count)
+        }
+        try writer.commit()
+    }
+}

@@ -1,0 +1,300 @@
+import Foundation
+
+/// Element types of the safetensors format.
+public enum SafeTensorsDType: String, Sendable, CaseIterable {
+    case f64 = "F64", f32 = "F32", f16 = "F16", bf16 = "BF16"
+    case i64 = "I64", i32 = "I32", i16 = "I16", i8 = "I8", u8 = "U8", bool = "BOOL"
+    case u16 = "U16", u32 = "U32", u64 = "U64"
+
+    public var elementSize: Int {
+        switch self {
+        case .f64, .i64, .u64: return 8
+        case .f32, .i32, .u32: return 4
+        case .f16, .bf16, .i16, .u16: return 2
+        case .i8, .u8, .bool: return 1
+        }
+    }
+
+    /// The weight storage type, for the float types this project computes with.
+    public var quantType: QuantType? {
+        switch self {
+        case .f32: return .f32
+        case .f16: return .f16
+        case .bf16: return .bf16
+        default: return nil
+        }
+    }
+
+    public init(_ q: QuantType.ID) {
+        switch q {
+        case .f32: self = .f32
+        case .f16: self = .f16
+        case .bf16: self = .bf16
+        }
+    }
+}
+
+public struct SafeTensorsError: LocalizedError, Equatable {
+    public let file: String
+    public let tensor: String?
+    public let reason: String
+    public init(file: String, tensor: String? = nil, reason: String) {
+        self.file = file; self.tensor = tensor; self.reason = reason
+    }
+    public var errorDescription: String? {
+        if let tensor { return "\(file): tensor '\(tensor)': \(reason)" }
+        return "\(file): \(reason)"
+    }
+}
+
+public struct TensorInfo: Sendable, Equatable {
+    public let name: String
+    public let dtype: SafeTensorsDType
+    public let shape: [Int]
+    /// Offset of the first byte from the start of the file.
+    public let fileOffset: Int
+    public let byteCount: Int
+    public var elementCount: Int { shape.reduce(1, *) }
+}
+
+/// A memory-mapped safetensors file with a validated header.
+public final class SafeTensorsFile: @unchecked Sendable {
+    /// Headers above this are refused: real checkpoints have headers of a few hundred KB.
+    public static let maxHeaderBytes = 100 << 20
+
+    public let path: String
+    public let file: MappedFile
+    public let metadata: [String: String]
+    public let tensors: [String: TensorInfo]
+    /// Tensor names in file order (by data offset).
+    public let names: [String]
+
+    public init(path: String) throws {
+        self.path = path
+        let file = try MappedFile(path: path)
+        self.file = file
+        func fail(_ reason: String, _ tensor: String? = nil) -> SafeTensorsError {
+            SafeTensorsError(file: path, tensor: tensor, reason: reason)
+        }
+        guard file.size >= 8 else { throw fail("truncated: \(file.size) bytes, shorter than the 8-byte header length") }
+        let headerLength = file.bytes.loadUnaligned(as: UInt64.self).littleEndian
+        guard headerLength <= UInt64(Self.maxHeaderBytes) else {
+            throw fail("header length \(headerLength) bytes is absurd (limit \(Self.maxHeaderBytes)); not a safetensors file or corrupt")
+        }
+        guard Int(headerLength) <= file.size - 8 else {
+            throw fail("truncated: header length \(headerLength) exceeds the \(file.size - 8) bytes after the length field")
+        }
+        let headerData = Data(bytes: file.bytes + 8, count: Int(headerLength))
+        guard headerData.first == UInt8(ascii: "{") else { throw fail("header is not a JSON object") }
+        let parsed: Any
+        do { parsed = try JSONSerialization.jsonObject(with: headerData) } catch {
+            throw fail("header is not valid JSON: \(error.localizedDescription)")
+        }
+        guard let header = parsed as? [String: Any] else { throw fail("header is not a JSON object") }
+
+        let dataStart = 8 + Int(headerLength)
+        let dataSize = file.size - dataStart
+        var meta: [String: String] = [:]
+        var infos: [String: TensorInfo] = [:]
+        for (name, value) in header {
+            if name == "__metadata__" {
+                guard let m = value as? [String: Any] else { throw fail("__metadata__ is not an object") }
+                for (k, v) in m {
+                    guard let s = v as? String else { throw fail("__metadata__ value for '\(k)' is not a string") }
+                    meta[k] = s
+                }
+                continue
+            }
+            guard let entry = value as? [String: Any] else { throw fail("entry is not an object", name) }
+            guard let dtypeName = entry["dtype"] as? String else { throw fail("missing dtype", name) }
+            guard let dtype = SafeTensorsDType(rawValue: dtypeName) else {
+                throw fail("unknown dtype '\(dtypeName)'", name)
+            }
+            guard let shapeAny = entry["shape"] as? [Any] else { throw fail("missing shape", name) }
+            var shape: [Int] = []
+            for d in shapeAny {
+                guard let n = (d as? NSNumber).flatMap({ Int(exactly: $0.doubleValue) }), n >= 0 else {
+                    throw fail("shape \(shapeAny) has an invalid dimension", name)
+                }
+                shape.append(n)
+            }
+            guard let offs = entry["data_offsets"] as? [Any], offs.count == 2,
+                  let begin = (offs[0] as? NSNumber).flatMap({ Int(exactly: $0.doubleValue) }),
+                  let end = (offs[1] as? NSNumber).flatMap({ Int(exactly: $0.doubleValue) }) else {
+                throw fail("missing or invalid data_offsets", name)
+            }
+            guard begin >= 0, begin <= end else { throw fail("data_offsets [\(begin), \(end)] are reversed", name) }
+            guard end <= dataSize else {
+                throw fail("data_offsets [\(begin), \(end)] run past the end of the data (\(dataSize) bytes): file truncated?", name)
+            }
+            var elements = 1
+            for d in shape {
+                let (p, overflow) = elements.multipliedReportingOverflow(by: d)
+                guard !overflow else { throw fail("shape \(shape) overflows", name) }
+                elements = p
+            }
+            let (bytes, overflow) = elements.multipliedReportingOverflow(by: dtype.elementSize)
+            guard !overflow, bytes == end - begin else {
+                throw fail("\(dtypeName) \(shape) needs \(elements * dtype.elementSize) bytes but data_offsets span \(end - begin)", name)
+            }
+            infos[name] = TensorInfo(name: name, dtype: dtype, shape: shape, fileOffset: dataStart + begin,
+                                     byteCount: bytes)
+        }
+        let ordered = infos.values.sorted { ($0.fileOffset, $0.name) < ($1.fileOffset, $1.name) }
+        for (a, b) in zip(ordered, ordered.dropFirst()) where b.byteCount > 0 && a.fileOffset + a.byteCount > b.fileOffset {
+            throw fail("data overlaps tensor '\(a.name)'", b.name)
+        }
+        metadata = meta
+        tensors = infos
+        names = ordered.map(\.name)
+    }
+
+    public func info(_ name: String) throws -> TensorInfo {
+        guard let t = tensors[name] else { throw SafeTensorsError(file: path, tensor: name, reason: "tensor not found") }
+        return t
+    }
+
+    public func data(_ info: TensorInfo) -> UnsafeRawPointer { file.bytes + info.fileOffset }
+
+    /// The tensor converted to f32 (exact for F32/F16/BF16).
+    public func floats(_ name: String) throws -> [Float] {
+        let t = try info(name)
+        guard let q = t.dtype.quantType else {
+            throw SafeTensorsError(file: path, tensor: name, reason: "dtype \(t.dtype.rawValue) is not a float type")
+        }
+        return [Float](unsafeUninitializedCapacity: t.elementCount) { buf, n in
+            q.toFloat(data(t), buf.baseAddress!, t.elementCount)
+            n = t.elementCount
+        }
+    }
+
+    /// The tensor as Int64 values (I64/I32 tensors).
+    public func integers(_ name: String) throws -> [Int64] {
+        let t = try info(name)
+        let p = data(t)
+        switch t.dtype {
+        case .i64: return (0..<t.elementCount).map { p.loadUnaligned(fromByteOffset: 8 * $0, as: Int64.self) }
+        case .i32: return (0..<t.elementCount).map { Int64(p.loadUnaligned(fromByteOffset: 4 * $0, as: Int32.self)) }
+        default: throw SafeTensorsError(file: path, tensor: name, reason: "dtype \(t.dtype.rawValue) is not an integer type")
+        }
+    }
+}
+
+/// Streams a safetensors file: the header (all names, dtypes and shapes) is fixed up front, then each
+/// tensor's bytes are written in the declared order. Written atomically (temp file, fsync, rename).
+public final class SafeTensorsWriter {
+    public struct Spec: Sendable {
+        public let name: String
+        public let dtype: SafeTensorsDType
+        public let shape: [Int]
+        public init(_ name: String, _ dtype: SafeTensorsDType, _ shape: [Int]) {
+            self.name = name; self.dtype = dtype; self.shape = shape
+        }
+        public var byteCount: Int { shape.reduce(1, *) * dtype.elementSize }
+    }
+
+    public let path: String
+    private let specs: [Spec]
+    private let out: AtomicFileWriter
+    private var next = 0
+    private var writtenInCurrent = 0
+
+    public init(path: String, tensors: [Spec], metadata: [String: String] = [:]) throws {
+        self.path = path
+        specs = tensors
+        var seen = Set<String>()
+        for s in tensors where !seen.insert(s.name).inserted {
+            throw SafeTensorsError(file: path, tensor: s.name, reason: "duplicate tensor name")
+        }
+        out = try AtomicFileWriter(path: path)
+        var header = Self.header(tensors, metadata: metadata)
+        let padded = (8 + header.utf8.count + 7) / 8 * 8 - 8   // data starts 8-byte aligned
+        header += String(repeating: " ", count: padded - header.utf8.count)
+        var length = UInt64(header.utf8.count).littleEndian
+        try withUnsafeBytes(of: &length) { try out.write($0) }
+        try out.write(header)
+    }
+
+    static func header(_ specs: [Spec], metadata: [String: String]) -> String {
+        var parts: [String] = []
+        if !metadata.isEmpty {
+            let m = metadata.keys.sorted().map { "\(jsonString($0)):\(jsonString(metadata[$0]!))" }
+            parts.append("\"__metadata__\":{\(m.joined(separator: ","))}")
+        }
+        var offset = 0
+        for s in specs {
+            let end = offset + s.byteCount
+            let shape = s.shape.map(String.init).joined(separator: ",")
+            parts.append("\(jsonString(s.name)):{\"dtype\":\"\(s.dtype.rawValue)\",\"shape\":[\(shape)],\"data_offsets\":[\(offset),\(end)]}")
+            offset = end
+        }
+        return "{" + parts.joined(separator: ",") + "}"
+    }
+
+    /// Appends bytes of the current tensor (a tensor may be written in several pieces).
+    public func write(_ bytes: UnsafeRawBufferPointer) throws {
+        var remaining = bytes
+        while !remaining.isEmpty {
+            advance()
+            guard next < specs.count else {
+                throw SafeTensorsError(file: path, reason: "more data written than the header declares")
+            }
+            let want = specs[next].byteCount - writtenInCurrent
+            let n = min(want, remaining.count)
+            try out.write(UnsafeRawBufferPointer(rebasing: remaining[..<n]))
+            writtenInCurrent += n
+            remaining = UnsafeRawBufferPointer(rebasing: remaining[n...])
+            advance()
+        }
+        advance()
+    }
+
+    private func advance() {
+        while next < specs.count && writtenInCurrent == specs[next].byteCount {
+            next += 1
+            writtenInCurrent = 0
+        }
+    }
+
+    public func write<T>(_ values: [T]) throws { try values.withUnsafeBytes { try write($0) } }
+
+    /// Writes f32 values converted to the current tensor's float dtype.
+    public func writeFloats(_ values: UnsafeBufferPointer<Float>) throws {
+        advance()
+        guard next < specs.count, let q = specs[next].dtype.quantType else {
+            throw SafeTensorsError(file: path, tensor: next < specs.count ? specs[next].name : nil,
+                                   reason: "writeFloats on a tensor that is not F32/F16/BF16")
+        }
+        if q.id == .f32 { try write(UnsafeRawBufferPointer(values)); return }
+        let bytes = q.byteCount(elements: values.count)
+        let tmp = UnsafeMutableRawPointer.allocate(byteCount: bytes, alignment: 16)
+        defer { tmp.deallocate() }
+        q.fromFloat(values.baseAddress!, tmp, values.count)
+        try write(UnsafeRawBufferPointer(start: tmp, count: bytes))
+    }
+
+    public func commit() throws {
+        advance()
+        guard next == specs.count else {
+            throw SafeTensorsError(file: path, tensor: specs[next].name, reason: "tensor data not fully written")
+        }
+        try out.commit()
+    }
+}
+
+/// A JSON string literal with the escapes JSON requires.
+public func jsonString(_ s: String) -> String {
+    var out = "\""
+    for u in s.unicodeScalars {
+        switch u {
+        case "\"": out += "\\\""
+        case "\\": out += "\\\\"
+        case "\n": out += "\\n"
+        case "\r": out += "\\r"
+        case "\t": out += "\\t"
+        case _ where u.value < 0x20: out += String(format: "\\u%04x", u.value)
+        default: out.unicodeScalars.append(u)
+        }
+    }
+    return out + "\""
+}

@@ -1,0 +1,169 @@
+import Foundation
+import Model
+import Quant
+import Testing
+
+/// Runs the built `llamaprobe` executable (it sits next to the test bundle in the build directory).
+struct CLI {
+    static var executable: String {
+        let bundleDir = URL(fileURLWithPath: "/proc/self/exe").resolvingSymlinksInPath().deletingLastPathComponent()
+        return bundleDir.appendingPathComponent("llamaprobe").path
+    }
+    static let fixtures = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
+        .appendingPathComponent("fixtures")
+
+    struct Result { let status: Int32; let stdout: String; let stderr: String }
+
+    static func run(_ args: [String]) throws -> Result {
+        guard FileManager.default.isExecutableFile(atPath: executable) else {
+            throw CLIError(message: "\(executable) is not built; run `swift build` (make test does) before the tests")
+        }
+        let p = Process()
+        p.executableURL = URL(fileURLWithPath: executable)
+        p.arguments = args
+        let out = Pipe(), err = Pipe()
+        p.standardOutput = out
+        p.standardError = err
+        try p.run()
+        let o = out.fileHandleForReading.readDataToEndOfFile(), e = err.fileHandleForReading.readDataToEndOfFile()
+        p.waitUntilExit()
+        // A crash shows up as an uncaught signal, not a clean exit status.
+        #expect(p.terminationReason == .exit, "llamaprobe \(args) crashed: \(String(decoding: e, as: UTF8.self))")
+        return Result(status: p.terminationStatus, stdout: String(decoding: o, as: UTF8.self),
+                      stderr: String(decoding: e, as: UTF8.self))
+    }
+
+    struct CLIError: Error, CustomStringConvertible { let message: String; var description: String { message } }
+}
+
+func scratch(_ name: String = #function) -> String {
+    let dir = FileManager.default.temporaryDirectory
+        .appendingPathComponent("llamaprobe-cli-\(name.filter(\.isLetter))-\(UUID().uuidString.prefix(8))").path
+    try! FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+    return dir
+}
+
+@Suite struct CLITests {
+    @Test("tokenize --ids prints HF's ids for Meta's tokenizer")
+    func tokenizeIDs() throws {
+        let tok = CLI.fixtures.appendingPathComponent("llama2-tokenizer/tokenizer.model").path
+        let r = try CLI.run(["tokenize", "--tokenizer", tok, "--template", "raw", "--ids", "Hello world"])
+        #expect(r.status == 0 && r.stdout == "1 15043 3186\n")
+        let chat = try CLI.run(["tokenize", "--tokenizer", tok, "--ids", "I feel happy today."])
+        #expect(chat.stdout.hasPrefix("1 518 25580 29962 306 4459 9796 9826 29889 518 29914 25580 29962 306 1348"))
+        let pieces = try CLI.run(["tokenize", "--tokenizer", tok, "--template", "raw", "Hello"])
+        #expect(pieces.stdout.contains("15043\t▁Hello"))
+    }
+
+    @Test("residuals writes the documented tensors and matches the reference")
+    func residualsEndToEnd() throws {
+        let dir = scratch()
+        let prompts = dir + "/prompts.txt"
+        // Case "hello" of the fixtures is raw "Hello"-like text; use the cases file to stay in sync.
+        let cases = try JSONSerialization.jsonObject(with: Data(contentsOf: CLI.fixtures.appendingPathComponent("cases.json"))) as! [[String: Any]]
+        let raw = cases.enumerated().filter { ($0.element["template"] as! String) == "raw" }.prefix(4)
+        try raw.map { PromptFile.escape($0.element["text"] as! String) }.joined(separator: "\n")
+            .appending("\n").write(toFile: prompts, atomically: true, encoding: .utf8)
+        let out = dir + "/out.safetensors"
+        let model = CLI.fixtures.appendingPathComponent("models/gqa-f16-theta").path
+        let r = try CLI.run(["residuals", "--model", model, "--prompts", prompts, "--out", out, "--template", "raw",
+                             "--logits", "--with-embeddings", "--threads", "2"])
+        #expect(r.status == 0, "\(r.stderr)")
+        let f = try SafeTensorsFile(path: out)
+        let ref = try SafeTensorsFile(path: CLI.fixtures.appendingPathComponent("references/gqa-f16-theta.safetensors").path)
+        for (j, (i, _)) in raw.enumerated() {
+            #expect(try f.integers("p\(j).tokens") == (try ref.integers("p\(i).tokens")))
+            for (mine, theirs) in [("resid_post", "resid_post"), ("embed", "embed"), ("logits_last", "logits_last")] {
+                let a = try f.floats("p\(j).\(mine)"), b = try ref.floats("p\(i).\(theirs)")
+                let err = zip(a, b).map { abs($0 - $1) }.max()! / b.map(abs).max()!
+                #expect(err <= 1e-4, "p\(j).\(mine): \(err)")
+            }
+        }
+    }
+
+    /// Every bad input: one clear message naming the file (and tensor), exit status 1, no crash, no output file.
+    @Test("bad input gives one clear error and a non-zero exit")
+    func badInput() throws {
+        let dir = scratch()
+        let prompts = dir + "/p.txt"
+        try "hello\n".write(toFile: prompts, atomically: true, encoding: .utf8)
+        let out = dir + "/out.safetensors"
+        func expectFailure(_ args: [String], mentions: [String]) throws {
+            let r = try CLI.run(args)
+            #expect(r.status != 0, "\(args) succeeded")
+            for m in mentions { #expect(r.stderr.contains(m), "\(args): stderr was \(r.stderr)") }
+            #expect(r.stderr.components(separatedBy: "Error:").count == 2, "expected one error line: \(r.stderr)")
+            #expect(!FileManager.default.fileExists(atPath: out))
+        }
+        // Missing model and prompts files.
+        try expectFailure(["residuals", "--model", dir + "/nope", "--prompts", prompts, "--out", out], mentions: [dir + "/nope"])
+        let good = CLI.fixtures.appendingPathComponent("models/gqa-bf16").path
+        try expectFailure(["residuals", "--model", good, "--prompts", dir + "/missing.txt", "--out", out], mentions: ["missing.txt"])
+
+        // Truncated safetensors.
+        let broken = dir + "/broken"
+        try FileManager.default.copyItem(atPath: good, toPath: broken)
+        let st = broken + "/model.safetensors"
+        let data = try Data(contentsOf: URL(fileURLWithPath: st))
+        try data.prefix(data.count / 2).write(to: URL(fileURLWithPath: st))
+        try expectFailure(["residuals", "--model", broken, "--prompts", prompts, "--out", out], mentions: [st, "truncated", "tensor '"])
+
+        // Absurd header length.
+        var absurd = data
+        absurd.replaceSubrange(0..<8, with: withUnsafeBytes(of: UInt64.max.littleEndian) { Data($0) })
+        try absurd.write(to: URL(fileURLWithPath: st))
+        try expectFailure(["info", "--model", broken], mentions: [st, "absurd"])
+
+        // NaN in a weight.
+        try data.write(to: URL(fileURLWithPath: st))
+        let info = try SafeTensorsFile(path: st).info("model.norm.weight")
+        var nan = data
+        nan[info.fileOffset] = 0xC0; nan[info.fileOffset + 1] = 0x7F   // bf16 NaN
+        try nan.write(to: URL(fileURLWithPath: st))
+        try expectFailure(["residuals", "--model", broken, "--prompts", prompts, "--out", out],
+                          mentions: ["model.norm.weight", "non-finite"])
+
+        // Wrong shape in config, unknown dtype, unsupported setting.
+        try data.write(to: URL(fileURLWithPath: st))
+        var config = try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: broken + "/config.json"))) as! [String: Any]
+        config["rope_scaling"] = ["type": "dynamic", "factor": 2.0]
+        try JSONSerialization.data(withJSONObject: config).write(to: URL(fileURLWithPath: broken + "/config.json"))
+        try expectFailure(["residuals", "--model", broken, "--prompts", prompts, "--out", out], mentions: ["rope_scaling", "config.json"])
+
+        // Bad prompts file and bad flags.
+        try "ok\nbad \\q escape\n".write(toFile: prompts, atomically: true, encoding: .utf8)
+        try expectFailure(["residuals", "--model", good, "--prompts", prompts, "--out", out], mentions: ["p.txt:2", "escape"])
+        try expectFailure(["residuals", "--model", good, "--prompts", prompts, "--out", out, "--positions", "middle"], mentions: ["positions"])
+        try expectFailure(["synth", "--preset", "llama-3-8b", "--out", dir + "/m"], mentions: ["llama-2-13b"])
+        try expectFailure(["tokenize", "hi"], mentions: ["--model", "--tokenizer"])
+    }
+
+    @Test("every subcommand has --help that explains its flags")
+    func help() throws {
+        for (sub, flags) in [("synth", ["--preset", "--layers", "--seed", "--dtype", "--tokenizer"]),
+                             ("tokenize", ["--model", "--tokenizer", "--template", "--suffix", "--system-prompt", "--ids"]),
+                             ("residuals", ["--model", "--prompts", "--out", "--template", "--positions", "--with-embeddings", "--logits", "--threads"]),
+                             ("info", ["--model"]), ("demo", ["--out"])] {
+            let r = try CLI.run([sub, "--help"])
+            #expect(r.status == 0)
+            for f in flags { #expect(r.stdout.contains(f), "\(sub) --help lacks \(f)") }
+            #expect(r.stdout.contains("Example:"), "\(sub) --help has no example")
+        }
+    }
+
+    @Test("synth writes a loadable checkpoint with the requested shape and dtype")
+    func synth() throws {
+        let dir = scratch() + "/m"
+        let corpus = CLI.fixtures.deletingLastPathComponent().deletingLastPathComponent().appendingPathComponent("data/tokenizer/corpus.txt").path
+        let r = try CLI.run(["synth", "--preset", "llama-2-7b", "--layers", "1", "--dtype", "bf16", "--out", dir,
+                             "--corpus", corpus, "--seed", "5"])
+        #expect(r.status == 0, "\(r.stderr)")
+        let c = try LlamaConfig.load(path: dir + "/config.json")
+        #expect(c.hiddenSize == 4096 && c.intermediateSize == 11008 && c.numHiddenLayers == 1 && c.vocabSize == 32000)
+        #expect(c.storageDtype == "bfloat16")
+        let info = try CLI.run(["info", "--model", dir])
+        #expect(info.status == 0 && info.stdout.contains("d_model=4096"))
+        let tok = try Tokenizer(path: dir + "/tokenizer.model")
+        #expect(tok.vocabSize == 4096)
+    }
+}
