@@ -81,6 +81,20 @@ import Testing
         #expect(r.logitsLast!.allSatisfy { $0.isFinite })
     }
 
+    @Test("synthetic weights stay finite and non-trivial 80 layers deep (the llama-2-70b depth)")
+    func deep() throws {
+        var c = Preset.named("tiny")!.config
+        c.numHiddenLayers = 80
+        let pool = ThreadPool(threads: 2)
+        let m = LlamaModel(weights: LlamaWeights.synthetic(config: c, seed: 11, pool: pool), pool: pool)
+        let ids: [Int32] = [1] + (0..<40).map { Int32(3 + ($0 * 37) % 1000) }
+        let r = try m.capture(ids, CaptureOptions())
+        let d = c.hiddenSize
+        let rms = (0..<80).map { l in (r.residPost[(l * d)..<((l + 1) * d)].reduce(Float(0)) { $0 + $1 * $1 } / Float(d)).squareRoot() }
+        #expect(rms.allSatisfy { $0.isFinite && $0 > 0.5 && $0 < 1000 }, "\(rms)")
+        #expect(rms[79] > rms[0])
+    }
+
     @Test("same seed, same bytes; bf16 stores the rounded f32 values")
     func deterministicAndDtypes() throws {
         let a = try tinyModel(seed: 3, layers: 1), b = try tinyModel(seed: 3, layers: 1)
