@@ -8,6 +8,12 @@ extension QuantType.ID: ExpressibleByArgument {
     public static var allValueStrings: [String] { allCases.map { $0.rawValue.lowercased() } }
 }
 
+/// The float types a safetensors checkpoint stores.
+enum FloatDType: String, ExpressibleByArgument, CaseIterable {
+    case f32, f16, bf16
+    var id: QuantType.ID { QuantType.ID(rawValue: rawValue.uppercased())! }
+}
+
 struct Synth: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Write a LLaMA checkpoint with seeded random weights (Hugging Face layout).",
@@ -33,7 +39,7 @@ struct Synth: ParsableCommand {
     var seed: UInt64 = 0
 
     @Option(help: "Storage type of the weights: f32, f16 or bf16.")
-    var dtype: QuantType.ID = .f32
+    var dtype: FloatDType = .f32
 
     @Option(help: ArgumentHelp("Use this SentencePiece tokenizer.model instead of training one (e.g. Meta's LLaMA-2 tokenizer).", valueName: "file"))
     var tokenizer: String?
@@ -78,7 +84,7 @@ struct Synth: ParsableCommand {
         let params = HFCheckpoint.expectedTensors(config).reduce(0) { $0 + $1.shape.reduce(1, *) }
         note("writing \(preset)\(layers.map { " (\($0) layers)" } ?? "") to \(out): \(params) parameters, \(dtype.rawValue)")
         var lastReport = now()
-        try Model.Synth.write(config: config, to: out, seed: seed, dtype: dtype, tokenizer: tokenizerData, pool: pool) { name, i, n in
+        try Model.Synth.write(config: config, to: out, seed: seed, dtype: dtype.id, tokenizer: tokenizerData, pool: pool) { name, i, n in
             if now() - lastReport > 2 { note("  [\(i)/\(n)] \(name)"); lastReport = now() }
         }
         note("done in \(formatSeconds(now() - t0))")

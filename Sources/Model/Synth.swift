@@ -86,7 +86,9 @@ public enum Synth {
         c.torchDtype = ["F32": "float32", "F16": "float16", "BF16": "bfloat16"][dtype.rawValue]
         try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
         let tensors = HFCheckpoint.expectedTensors(c)
-        let stDtype = SafeTensorsDType(dtype)
+        guard let stDtype = SafeTensorsDType(dtype) else {
+            throw FileError(path: dir, reason: "synthetic checkpoints are stored as f32, f16 or bf16, not \(dtype.rawValue)")
+        }
         let writer = try SafeTensorsWriter(
             path: dir + "/model.safetensors",
             tensors: tensors.map { .init($0.name, stDtype, $0.shape) },

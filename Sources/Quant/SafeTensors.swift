@@ -25,11 +25,13 @@ public enum SafeTensorsDType: String, Sendable, CaseIterable {
         }
     }
 
-    public init(_ q: QuantType.ID) {
+    /// The safetensors dtype storing a float type; nil for block-quantized types.
+    public init?(_ q: QuantType.ID) {
         switch q {
         case .f32: self = .f32
         case .f16: self = .f16
         case .bf16: self = .bf16
+        case .q8_0: return nil
         }
     }
 }

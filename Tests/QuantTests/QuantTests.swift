@@ -3,31 +3,52 @@ import Quant
 import Testing
 
 @Suite struct QuantTypeTests {
-    @Test("every row's fast conversion equals its scalar reference on every 16-bit pattern / random f32")
-    func fastMatchesReference() {
-        let n = 65536
-        var raw = [UInt8](repeating: 0, count: 6 * n)
-        for i in 0..<n {
-            raw[2 * i] = UInt8(i & 0xFF); raw[2 * i + 1] = UInt8(i >> 8)
+    @Test("every row's fast dequantize, quantize and dot equal its scalar reference", arguments: QuantType.all)
+    func fastMatchesReference(type t: QuantType) {
+        let n = 4096   // a multiple of every block size
+        var rng = SplitMix(seed: 42)
+        // Stored rows from random bytes (block scales kept finite), starting at an odd address as in mapped files.
+        var raw = [UInt8](repeating: 0, count: t.byteCount(elements: n) + 1)
+        for i in raw.indices { raw[i] = UInt8(truncatingIfNeeded: rng.next()) }
+        if t.id == .q8_0 {
+            for b in 0..<(n / 32) { let h = floatToF16(Float(rng.next() % 1000) / 1e4); raw[1 + 34 * b] = UInt8(h & 0xFF); raw[2 + 34 * b] = UInt8(h >> 8) }
         }
-        var rng = SystemRandomNumberGenerator()
-        for i in 0..<n { let f = Float(bitPattern: rng.next()); withUnsafeBytes(of: f) { for b in 0..<4 { raw[2 * n + 4 * i + b] = $0[b] } } }
-        for t in QuantType.all {
-            var fast = [Float](repeating: 0, count: n), ref = [Float](repeating: 1, count: n)
-            // Start at an odd offset: storage in mapped files is not aligned.
-            raw.withUnsafeBytes { r in
-                let src = r.baseAddress! + (t.id == .f32 ? 2 * n : 0)
-                t.toFloat(src, &fast, n - 1)
-                t.toFloatReference(src, &ref, n - 1)
-            }
-            #expect(zip(fast, ref).prefix(n - 1).allSatisfy { $0.bitPattern == $1.bitPattern }, "\(t) toFloat")
-            var outFast = [UInt8](repeating: 0, count: 4 * n), outRef = [UInt8](repeating: 1, count: 4 * n)
-            ref[n - 1] = 0.3
-            t.fromFloat(ref, &outFast, n)
-            t.fromFloatReference(ref, &outRef, n)
-            let bytes = t.byteCount(elements: n)
-            #expect(outFast.prefix(bytes) == outRef.prefix(bytes), "\(t) fromFloat")
+        if t.id == .f32 || t.id == .f16 || t.id == .bf16 {   // no NaN patterns: compare values, not payloads
+            var x = (0..<n).map { _ in Float(Int(rng.next() % 2001) - 1000) / 37 }
+            raw.withUnsafeMutableBytes { r in t.fromFloatReference(&x, r.baseAddress! + 1, n) }
         }
+        var fast = [Float](repeating: 0, count: n), ref = [Float](repeating: 1, count: n)
+        let x = (0..<n).map { _ in Float(Int(rng.next() % 2001) - 1000) / 300 }
+        var dotFast: Float = 0, dotRef: Float = 0
+        raw.withUnsafeBytes { r in
+            t.toFloat(r.baseAddress! + 1, &fast, n)
+            t.toFloatReference(r.baseAddress! + 1, &ref, n)
+            dotFast = t.dot(r.baseAddress! + 1, x, n)
+            dotRef = t.dotReference(r.baseAddress! + 1, x, n)
+        }
+        #expect(zip(fast, ref).allSatisfy { $0.bitPattern == $1.bitPattern }, "\(t) dequantize")
+        #expect(abs(dotFast - dotRef) <= 1e-4 * max(1, abs(dotRef)), "\(t) dot \(dotFast) vs \(dotRef)")
+        let bytes = t.byteCount(elements: n)
+        var outFast = [UInt8](repeating: 0, count: bytes), outRef = [UInt8](repeating: 1, count: bytes)
+        let y = x.map { $0 * 3 }
+        t.fromFloat(y, &outFast, n)
+        t.fromFloatReference(y, &outRef, n)
+        #expect(outFast == outRef, "\(t) quantize")
+    }
+
+    @Test("Q8_0 is ggml's block: f16 d = max|x|/127, q = round(x/d) half away from zero")
+    func q8_0Definition() {
+        var x = [Float](repeating: 0, count: 64)
+        for j in 0..<32 { x[j] = Float(j - 16) * 0.25 }   // max |x| = 4 -> d = 4/127
+        x[5] = 2.5 * 4 / 127                                 // exactly half way -> rounds away from zero to 3
+        var out = [UInt8](repeating: 0, count: 68)
+        QuantType.q8_0.fromFloat(x, &out, 64)
+        #expect(UInt16(out[0]) | UInt16(out[1]) << 8 == floatToF16(4 / 127))
+        #expect(Int8(bitPattern: out[2]) == -127 && Int8(bitPattern: out[2 + 5]) == 3 && Int8(bitPattern: out[2 + 16]) == 0)
+        #expect(out[34] == 0 && out[35] == 0 && out[36...].allSatisfy { $0 == 0 })   // an all-zero block: d = 0, q = 0
+        var back = [Float](repeating: 1, count: 64)
+        QuantType.q8_0.toFloat(out, &back, 64)
+        #expect(zip(back.prefix(32), x.prefix(32)).allSatisfy { abs($0 - $1) <= 0.5 * 4 / 127 + 1e-3 })
     }
 
     @Test("16-bit types round-trip exactly through f32")
@@ -179,5 +200,18 @@ import Testing
             BLAS.matmulTransposedB(x, w, &y, m: m, n: n, k: k, accumulate: true)
             #expect(y[0] == 2 * (0..<k).reduce(Float(0)) { $0 + x[$1] * w[$1] })
         }
+    }
+}
+
+/// A small deterministic generator for test data.
+struct SplitMix: RandomNumberGenerator {
+    var state: UInt64
+    init(seed: UInt64) { state = seed }
+    mutating func next() -> UInt64 {
+        state &+= 0x9E37_79B9_7F4A_7C15
+        var z = state
+        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
+        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
+        return z ^ (z >> 31)
     }
 }
