@@ -16,18 +16,30 @@ if !portable {
     cpuFlags.append(.unsafeFlags(["-target-cpu", "haswell"], .when(platforms: [.linux])))
 }
 #endif
-/// Kernels: additionally drop exclusivity and overflow checks in release builds (measured ~1.5x on SIMD loops).
+/// Kernels: additionally drop exclusivity and overflow checks in release builds (measured ~1.5x on SIMD
+/// loops), and optimize debug builds too (the tests run the forward pass on real prompts).
 let kernelFlags = cpuFlags + [
     .unsafeFlags(["-Ounchecked", "-enforce-exclusivity=unchecked"], .when(configuration: .release)),
+    .unsafeFlags(["-O"], .when(configuration: .debug)),
 ]
-let cCPUFlags: [CSetting] = portable ? [] : [.unsafeFlags(["-mavx2", "-mfma", "-mf16c"], .when(platforms: [.linux]))]
+/// A kernel module's own CPU level (x86_64 only; its functions are dispatched at run time).
+func cpuTarget(_ cpu: String) -> [SwiftSetting] {
+    var flags: [SwiftSetting] = [
+        .unsafeFlags(["-Ounchecked", "-enforce-exclusivity=unchecked"], .when(configuration: .release)),
+        .unsafeFlags(["-O"], .when(configuration: .debug)),
+    ]
+    #if arch(x86_64)
+    flags.append(.unsafeFlags(["-target-cpu", cpu], .when(platforms: [.linux])))
+    #endif
+    return flags
+}
 
 let package = Package(
     name: "llamaprobe",
     platforms: [.macOS(.v15)],
     products: [
         .executable(name: "llamaprobe", targets: ["CLI"]),
-        .executable(name: "llamaprobe-bench", targets: ["ForwardBench"]),
+        .executable(name: "llamaprobe-kernel-bench", targets: ["KernelBench"]),
         .library(name: "Quant", targets: ["Quant"]),
         .library(name: "Model", targets: ["Model"]),
         .library(name: "Probe", targets: ["Probe"]),
@@ -47,7 +59,11 @@ let package = Package(
                 linkerSettings: [.linkedLibrary("sentencepiece"), .linkedLibrary("sentencepiece_train")]),
 
         // Storage formats, quantization types, kernels, thread pool, the OpenBLAS path.
-        .target(name: "Quant", dependencies: ["CBLAS"], swiftSettings: kernelFlags),
+        .target(name: "Quant", dependencies: ["CBLAS", "KernelsAVX2", "KernelsAVX512"], swiftSettings: kernelFlags),
+        // SIMD kernels compiled for a given CPU level whatever the build's target; Quant calls them only
+        // after checking the CPU at run time (so a portable build still uses them where they run).
+        .target(name: "KernelsAVX2", swiftSettings: cpuTarget("haswell")),
+        .target(name: "KernelsAVX512", swiftSettings: cpuTarget("cascadelake")),
         // Config, checkpoints, tokenizer, template, forward pass with residual capture.
         .target(name: "Model", dependencies: ["Quant", "CSentencePiece"], swiftSettings: kernelFlags),
         // Shards, split, trainer, checkpoints, report.
@@ -57,8 +73,8 @@ let package = Package(
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
         ], path: "Sources/CLI", swiftSettings: cpuFlags),
 
-        .executableTarget(name: "ForwardBench", dependencies: ["Model", "Quant"],
-                          path: "Benchmarks/ForwardBench", swiftSettings: kernelFlags),
+        .executableTarget(name: "KernelBench", dependencies: ["Model", "Quant"],
+                          path: "Benchmarks/KernelBench", swiftSettings: kernelFlags),
 
         .testTarget(name: "QuantTests", dependencies: ["Quant"], swiftSettings: cpuFlags),
         .testTarget(name: "ModelTests", dependencies: ["Model"], swiftSettings: cpuFlags),

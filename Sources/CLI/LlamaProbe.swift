@@ -15,7 +15,7 @@ struct LlamaProbe: ParsableCommand {
 
         Start with `llamaprobe demo --out demo-run` or `make demo`.
         """,
-        subcommands: [Demo.self, Synth.self, Tokenize.self, Residuals.self, Info.self])
+        subcommands: [Demo.self, Synth.self, Tokenize.self, Residuals.self, BenchCommand.self, Info.self])
 }
 
 // MARK: - Shared option groups
@@ -30,12 +30,16 @@ struct ModelOptions: ParsableArguments {
     @Option(name: .long, help: "Threads for the forward pass (default: all cores).")
     var threads: Int = ThreadPool.defaultThreadCount
 
+    @Option(name: .long, help: "Projection backend for int8 weights: simd (our kernels) or blas (OpenBLAS sgemm on dequantized tiles).")
+    var backend: Backend = .simd
+
     func validate() throws {
         if threads < 1 { throw ValidationError("--threads must be at least 1") }
     }
 
     func load(includeHead: Bool = false) throws -> LoadedModel {
-        try LoadedModel.load(path: model, tokenizerPath: tokenizer, includeHead: includeHead, threads: threads)
+        try LoadedModel.load(path: model, tokenizerPath: tokenizer, includeHead: includeHead, threads: threads,
+                             backend: backend)
     }
 }
 

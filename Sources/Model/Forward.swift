@@ -75,21 +75,29 @@ public final class RunState {
 public final class LlamaModel {
     public let weights: LlamaWeights
     public let pool: ThreadPool
+    /// Runs the projections (OpenBLAS for f32 weights, the selected int8 kernel for Q8_0).
+    public let engine: GEMMEngine
     private var state: RunState?
     /// One forward pass at a time per model (the run state is shared).
     private let lock = NSLock()
 
     public var config: LlamaConfig { weights.config }
 
-    public init(weights: LlamaWeights, pool: ThreadPool) {
+    public init(weights: LlamaWeights, pool: ThreadPool, backend: Backend = .simd, kernel: Q8Kernel = .detected) {
         self.weights = weights
         self.pool = pool
+        engine = GEMMEngine(pool: pool, backend: backend, kernel: kernel)
     }
 
+    /// The run state for `tokens` positions: reused while large enough (allocation happens here, before a
+    /// forward pass, never inside it).
     private func runState(for tokens: Int) -> RunState {
         if let s = state, s.capacity >= tokens { return s }
         let cap = max(tokens, min(64, config.maxPositionEmbeddings))
         let s = RunState(config: config, capacity: cap, threads: pool.threadCount)
+        let c = config
+        engine.reserve(rows: cap, cols: max(c.hiddenSize, c.qDim, c.intermediateSize),
+                       maxOut: max(c.qDim, c.intermediateSize, c.hiddenSize, c.vocabSize))
         state = s
         return s
     }
@@ -138,24 +146,27 @@ public final class LlamaModel {
             let rows = isLast && positions == .last ? lastRow : allRows
 
             // Attention: xb = rmsnorm(x); q,k,v = projections; rotate; attend; x += att · Woᵀ.
+            let lo = rows.lowerBound, n = rows.count
             rmsnorm(xb, x, layer.attnNorm, rows: allRows, width: d, eps: c.epsF32)
-            layer.wk.apply(xb, s.k.pointer, rows: T)
-            layer.wv.apply(xb, s.v.pointer, rows: T)
-            layer.wq.apply(xb + rows.lowerBound * d, s.q.pointer + rows.lowerBound * c.qDim, rows: rows.count)
+            let xin = engine.prepare(xb, rows: T, cols: d)
+            layer.wk.apply(xin, s.k.pointer, engine: engine)
+            layer.wv.apply(xin, s.v.pointer, engine: engine)
+            layer.wq.apply(xin.rows(rows), s.q.pointer + lo * c.qDim, engine: engine)
             rotate(s.k.pointer, heads: c.kvHeads, rows: allRows, s)
             rotate(s.q.pointer, heads: c.numAttentionHeads, rows: rows, s)
             attention(s, queries: rows)
-            layer.wo.apply(s.att.pointer + rows.lowerBound * c.qDim, x + rows.lowerBound * d, rows: rows.count,
-                           accumulate: true)
+            let ain = engine.prepare(s.att.pointer + lo * c.qDim, rows: n, cols: c.qDim)
+            layer.wo.apply(ain, x + lo * d, accumulate: true, engine: engine)
 
             // MLP: xb = rmsnorm(x); x += down(silu(gate(xb)) * up(xb)).
             rmsnorm(xb, x, layer.mlpNorm, rows: rows, width: d, eps: c.epsF32)
             let f = c.intermediateSize
-            layer.gate.apply(xb + rows.lowerBound * d, s.hb.pointer + rows.lowerBound * f, rows: rows.count)
-            layer.up.apply(xb + rows.lowerBound * d, s.hb2.pointer + rows.lowerBound * f, rows: rows.count)
-            swiglu(s.hb.pointer + rows.lowerBound * f, s.hb2.pointer + rows.lowerBound * f, count: rows.count * f)
-            layer.down.apply(s.hb.pointer + rows.lowerBound * f, x + rows.lowerBound * d, rows: rows.count,
-                             accumulate: true)
+            let min = engine.prepare(xb + lo * d, rows: n, cols: d)
+            layer.gate.apply(min, s.hb.pointer + lo * f, engine: engine)
+            layer.up.apply(min, s.hb2.pointer + lo * f, engine: engine)
+            swiglu(s.hb.pointer + lo * f, s.hb2.pointer + lo * f, count: n * f)
+            let hin = engine.prepare(s.hb.pointer + lo * f, rows: n, cols: f)
+            layer.down.apply(hin, x + lo * d, accumulate: true, engine: engine)
 
             if let bad = firstNonFinite(x + rows.lowerBound * d, rows: rows.count, width: d) {
                 throw ForwardError(reason: "the residual after layer \(l) is not finite at position \(rows.lowerBound + bad) (NaN/Inf); check the weights of layer \(l)")
@@ -166,7 +177,7 @@ public final class LlamaModel {
         guard wantLogits, let head = w.head else { return nil }
         // Logits at the last position: head(rmsnorm(x[T-1], final_norm)).
         rmsnorm(xb, x, w.finalNorm, rows: lastRow, width: d, eps: c.epsF32)
-        head.apply(xb + (T - 1) * d, s.logits.pointer, rows: 1)
+        head.apply(engine.prepare(xb + (T - 1) * d, rows: 1, cols: d), s.logits.pointer, engine: engine)
         return Array(UnsafeBufferPointer(start: s.logits.pointer, count: c.vocabSize))
     }
 

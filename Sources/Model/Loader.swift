@@ -14,7 +14,7 @@ public final class LoadedModel {
 
     /// Loads a Hugging Face checkpoint directory. `tokenizerPath` overrides `DIR/tokenizer.model`.
     public static func load(path: String, tokenizerPath: String? = nil, includeHead: Bool = false,
-                            threads: Int = ThreadPool.defaultThreadCount) throws -> LoadedModel {
+                            threads: Int = ThreadPool.defaultThreadCount, backend: Backend = .simd) throws -> LoadedModel {
         if path.hasSuffix(".gguf") {
             throw FileError(path: path, reason: "GGUF files are not supported by this build yet; pass a Hugging Face checkpoint directory")
         }
@@ -30,6 +30,6 @@ public final class LoadedModel {
         let pool = ThreadPool(threads: threads)
         BLAS.setThreads(threads)
         let weights = try checkpoint.loadWeights(includeHead: includeHead, pool: pool)
-        return LoadedModel(path: path, model: LlamaModel(weights: weights, pool: pool), tokenizer: tokenizer)
+        return LoadedModel(path: path, model: LlamaModel(weights: weights, pool: pool, backend: backend), tokenizer: tokenizer)
     }
 }

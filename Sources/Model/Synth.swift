@@ -140,10 +140,12 @@ public func writeAtomically(_ data: Data, to path: String) throws {
 }
 
 extension LlamaWeights {
-    /// Seeded random f32 weights built in memory (no disk), with exactly the values `Synth.write` stores
-    /// in f32. Throughput depends on shapes, not on values: this is what benchmarks run on.
+    /// Seeded random weights built in memory (no disk), with exactly the values `Synth.write` stores in
+    /// f32; with `quantized`, projections are stored as Q8_0 (those whose row length is not a multiple of
+    /// 32 stay f32, as llama.cpp keeps them in F16). Throughput depends on shapes, not on values: this is
+    /// what benchmarks run on.
     public static func synthetic(config c: LlamaConfig, seed: UInt64, includeHead: Bool = false,
-                                 pool: ThreadPool) -> LlamaWeights {
+                                 quantized: Bool = false, pool: ThreadPool) -> LlamaWeights {
         let synth = SyntheticWeights(config: c, seed: seed)
         let shapes = Dictionary(uniqueKeysWithValues: HFCheckpoint.expectedTensors(c).map { ($0.name, $0.shape) })
         func matrix(_ name: String) -> Matrix {
@@ -155,19 +157,25 @@ extension LlamaWeights {
             }
             return Matrix(buf, rows: rows, cols: cols)
         }
+        func linear(_ name: String) -> Linear {
+            let m = matrix(name)
+            guard quantized, m.cols % Q8_0.blockSize == 0 else { return .f32(m) }
+            return .q8_0(PackedQ8Matrix(quantizing: m.pointer, rows: m.rows, cols: m.cols, pool: pool))
+        }
         func vector(_ name: String) -> [Float] { let m = matrix(name); return Array(UnsafeBufferPointer(start: m.pointer, count: m.rows)) }
         let embedding = matrix("model.embed_tokens.weight")
         let layers = (0..<c.numHiddenLayers).map { l -> LayerWeights in
             let p = "model.layers.\(l)."
             return LayerWeights(
                 attnNorm: vector(p + "input_layernorm.weight"),
-                wq: .f32(matrix(p + "self_attn.q_proj.weight")), wk: .f32(matrix(p + "self_attn.k_proj.weight")),
-                wv: .f32(matrix(p + "self_attn.v_proj.weight")), wo: .f32(matrix(p + "self_attn.o_proj.weight")),
+                wq: linear(p + "self_attn.q_proj.weight"), wk: linear(p + "self_attn.k_proj.weight"),
+                wv: linear(p + "self_attn.v_proj.weight"), wo: linear(p + "self_attn.o_proj.weight"),
                 mlpNorm: vector(p + "post_attention_layernorm.weight"),
-                gate: .f32(matrix(p + "mlp.gate_proj.weight")), up: .f32(matrix(p + "mlp.up_proj.weight")),
-                down: .f32(matrix(p + "mlp.down_proj.weight")))
+                gate: linear(p + "mlp.gate_proj.weight"), up: linear(p + "mlp.up_proj.weight"),
+                down: linear(p + "mlp.down_proj.weight"))
         }
-        let head: Linear? = includeHead ? .f32(c.tiedEmbeddings ? embedding : matrix("lm_head.weight")) : nil
+        var head: Linear? = nil
+        if includeHead { head = c.tiedEmbeddings ? .f32(embedding) : linear("lm_head.weight") }
         return LlamaWeights(config: c, embedding: embedding, layers: layers, finalNorm: vector("model.norm.weight"),
                             head: head, ropeLayout: .rotateHalf)
     }

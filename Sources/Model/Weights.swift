@@ -1,45 +1,6 @@
 import Foundation
 import Quant
 
-/// A dense row-major f32 matrix [rows, cols], kept alive by `owner` (a mapped file or a FloatBuffer).
-public struct Matrix: @unchecked Sendable {
-    public let pointer: UnsafePointer<Float>
-    public let rows: Int
-    public let cols: Int
-    let owner: AnyObject
-
-    public init(pointer: UnsafePointer<Float>, rows: Int, cols: Int, owner: AnyObject) {
-        self.pointer = pointer; self.rows = rows; self.cols = cols; self.owner = owner
-    }
-
-    public init(_ buffer: FloatBuffer, rows: Int, cols: Int) {
-        precondition(buffer.count == rows * cols)
-        self.init(pointer: UnsafePointer(buffer.pointer), rows: rows, cols: cols, owner: buffer)
-    }
-
-    public func row(_ r: Int) -> UnsafePointer<Float> { pointer + r * cols }
-}
-
-/// A projection y = x · Wᵀ with W stored [out_features, in_features].
-/// (The int8 storage of the Int8 issue is a further case here.)
-public enum Linear: @unchecked Sendable {
-    case f32(Matrix)
-
-    public var outFeatures: Int { switch self { case .f32(let m): return m.rows } }
-    public var inFeatures: Int { switch self { case .f32(let m): return m.cols } }
-
-    /// y[rows, out] = x[rows, in] · Wᵀ (+ y when `accumulate`).
-    @inline(__always)
-    public func apply(_ x: UnsafePointer<Float>, _ y: UnsafeMutablePointer<Float>, rows: Int,
-                      ldx: Int? = nil, ldy: Int? = nil, accumulate: Bool = false) {
-        switch self {
-        case .f32(let w):
-            BLAS.matmulTransposedB(x, w.pointer, y, m: rows, n: w.rows, k: w.cols, ldx: ldx, ldy: ldy,
-                                   accumulate: accumulate)
-        }
-    }
-}
-
 /// How Q/K rows pair up for rotary embeddings inside each head.
 public enum RopeLayout: String, Sendable {
     /// Hugging Face: element i pairs with i + head_dim/2 (`rotate_half`).
@@ -71,4 +32,22 @@ public struct LlamaWeights: Sendable {
     public var head: Linear?
     /// Rotary layout of the stored Q/K projections.
     public var ropeLayout: RopeLayout
+}
+
+extension LlamaWeights {
+    /// The same model with every projection stored as Q8_0 (rows whose length is not a multiple of 32
+    /// stay f32, as llama.cpp keeps them in F16). The embedding and norms stay f32.
+    public func quantizedQ8_0(pool: ThreadPool, includeHead: Bool = true) -> LlamaWeights {
+        func q(_ l: Linear) -> Linear {
+            guard case .f32(let m) = l, m.cols % Q8_0.blockSize == 0 else { return l }
+            return .q8_0(PackedQ8Matrix(quantizing: m.pointer, rows: m.rows, cols: m.cols, pool: pool))
+        }
+        var out = self
+        out.layers = layers.map { w in
+            LayerWeights(attnNorm: w.attnNorm, wq: q(w.wq), wk: q(w.wk), wv: q(w.wv), wo: q(w.wo),
+                         mlpNorm: w.mlpNorm, gate: q(w.gate), up: q(w.up), down: q(w.down))
+        }
+        if includeHead, let h = head { out.head = q(h) }
+        return out
+    }
 }
