@@ -163,7 +163,7 @@ public final class HFCheckpoint: @unchecked Sendable {
         let finalNorm = try vector("model.norm.weight")
         var head: Linear? = nil
         if includeHead { head = .f32(c.tiedEmbeddings ? embedding : try matrix("lm_head.weight")) }
-        return LlamaWeights(config: c, embedding: embedding, layers: layers, finalNorm: finalNorm, head: head,
+        return LlamaWeights(config: c, embedding: EmbeddingTable(embedding), layers: layers, finalNorm: finalNorm, head: head,
                             ropeLayout: .rotateHalf)
     }
 }

@@ -127,7 +127,7 @@ public final class LlamaModel {
             guard id >= 0 && Int(id) < c.vocabSize else {
                 throw ForwardError(reason: "token id \(id) at position \(t) is outside the model's vocabulary (vocab_size \(c.vocabSize))")
             }
-            (x + t * d).update(from: w.embedding.row(Int(id)), count: d)
+            w.embedding.copyRow(Int(id), into: x + t * d)
         }
         let allRows = 0..<T
         let lastRow = (T - 1)..<T

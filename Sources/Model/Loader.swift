@@ -15,8 +15,10 @@ public final class LoadedModel {
     /// Loads a Hugging Face checkpoint directory. `tokenizerPath` overrides `DIR/tokenizer.model`.
     public static func load(path: String, tokenizerPath: String? = nil, includeHead: Bool = false,
                             threads: Int = ThreadPool.defaultThreadCount, backend: Backend = .simd) throws -> LoadedModel {
-        if path.hasSuffix(".gguf") {
-            throw FileError(path: path, reason: "GGUF files are not supported by this build yet; pass a Hugging Face checkpoint directory")
+        var isDir: ObjCBool = false
+        if FileManager.default.fileExists(atPath: path, isDirectory: &isDir), !isDir.boolValue {
+            return try loadGGUF(path: path, tokenizerPath: tokenizerPath, includeHead: includeHead, threads: threads,
+                                backend: backend)
         }
         let checkpoint = try HFCheckpoint(directory: path)
         let tokPath = tokenizerPath ?? path + "/tokenizer.model"
@@ -30,6 +32,23 @@ public final class LoadedModel {
         let pool = ThreadPool(threads: threads)
         BLAS.setThreads(threads)
         let weights = try checkpoint.loadWeights(includeHead: includeHead, pool: pool)
+        return LoadedModel(path: path, model: LlamaModel(weights: weights, pool: pool, backend: backend), tokenizer: tokenizer)
+    }
+
+    /// Loads a GGUF file (llama.cpp's format). The tokenizer is rebuilt from the GGUF vocabulary unless
+    /// `tokenizerPath` gives a tokenizer.model.
+    public static func loadGGUF(path: String, tokenizerPath: String? = nil, includeHead: Bool = false,
+                                threads: Int = ThreadPool.defaultThreadCount, backend: Backend = .simd) throws -> LoadedModel {
+        let g = try GGUFFile(path: path)
+        let config = try GGUFModel.config(g)
+        let tokenizer = try tokenizerPath.map { try Tokenizer(path: $0) }
+            ?? Tokenizer(serialized: try SentencePieceModel.fromGGUF(g), source: path + " (GGUF vocabulary)")
+        guard tokenizer.vocabSize <= config.vocabSize else {
+            throw TokenizerError(source: tokenizer.source, reason: "has \(tokenizer.vocabSize) pieces but the model's vocabulary has \(config.vocabSize) rows")
+        }
+        let pool = ThreadPool(threads: threads)
+        BLAS.setThreads(threads)
+        let weights = try GGUFModel.loadWeights(g, config: config, includeHead: includeHead, pool: pool)
         return LoadedModel(path: path, model: LlamaModel(weights: weights, pool: pool, backend: backend), tokenizer: tokenizer)
     }
 }

@@ -176,7 +176,7 @@ extension LlamaWeights {
         }
         var head: Linear? = nil
         if includeHead { head = c.tiedEmbeddings ? .f32(embedding) : linear("lm_head.weight") }
-        return LlamaWeights(config: c, embedding: embedding, layers: layers, finalNorm: vector("model.norm.weight"),
+        return LlamaWeights(config: c, embedding: EmbeddingTable(embedding), layers: layers, finalNorm: vector("model.norm.weight"),
                             head: head, ropeLayout: .rotateHalf)
     }
 }

@@ -22,10 +22,40 @@ public struct LayerWeights: Sendable {
     public var down: Linear       // [d, f]
 }
 
-/// All weights of a LLaMA model, in f32 (upcast exactly from the stored type).
+/// The token embedding table [vocab, d] in its stored type (f32, f16, bf16 or Q8_0, possibly still in a
+/// mapped file); a row is converted to f32 when a token is looked up.
+public struct EmbeddingTable: @unchecked Sendable {
+    public let data: UnsafeRawPointer
+    public let type: QuantType
+    public let rows: Int
+    public let cols: Int
+    let owner: AnyObject
+
+    public init(data: UnsafeRawPointer, type: QuantType, rows: Int, cols: Int, owner: AnyObject) {
+        self.data = data; self.type = type; self.rows = rows; self.cols = cols; self.owner = owner
+    }
+
+    public init(_ m: Matrix) {
+        self.init(data: UnsafeRawPointer(m.pointer), type: .f32, rows: m.rows, cols: m.cols, owner: m.owner)
+    }
+
+    public var rowBytes: Int { type.byteCount(elements: cols) }
+
+    /// dst[0..<cols] = row r in f32.
+    public func copyRow(_ r: Int, into dst: UnsafeMutablePointer<Float>) {
+        type.toFloat(data + r * rowBytes, dst, cols)
+    }
+
+    /// The table as an f32 matrix when it is stored in f32 (for a tied output head).
+    public var matrix: Matrix? {
+        type.id == .f32 ? Matrix(pointer: data.assumingMemoryBound(to: Float.self), rows: rows, cols: cols, owner: owner) : nil
+    }
+}
+
+/// All weights of a LLaMA model: norms in f32, projections f32 or Q8_0.
 public struct LlamaWeights: Sendable {
     public var config: LlamaConfig
-    public var embedding: Matrix      // [vocab, d]
+    public var embedding: EmbeddingTable  // [vocab, d]
     public var layers: [LayerWeights]
     public var finalNorm: [Float]     // [d]
     /// [vocab, d]; nil when the head was not loaded (no logits requested). Tied: the embedding.

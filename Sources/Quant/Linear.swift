@@ -3,7 +3,7 @@ public struct Matrix: @unchecked Sendable {
     public let pointer: UnsafePointer<Float>
     public let rows: Int
     public let cols: Int
-    let owner: AnyObject
+    public let owner: AnyObject
 
     public init(pointer: UnsafePointer<Float>, rows: Int, cols: Int, owner: AnyObject) {
         self.pointer = pointer; self.rows = rows; self.cols = cols; self.owner = owner

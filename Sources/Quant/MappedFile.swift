@@ -118,3 +118,14 @@ public final class AtomicFileWriter {
         if dfd >= 0 { fsync(dfd); close(dfd) }
     }
 }
+
+extension MappedFile {
+    /// Drops the pages of a range from this process's resident set (they stay in the page cache and are
+    /// read again if touched). Used after repacking a tensor so the mapped copy does not count twice.
+    public func release(offset: Int, count: Int) {
+        let page = Int(sysconf(Int32(_SC_PAGESIZE)))
+        let start = (offset + page - 1) / page * page
+        let end = (offset + count) / page * page
+        if end > start { _ = madvise(UnsafeMutableRawPointer(mutating: bytes + start), end - start, MADV_DONTNEED) }
+    }
+}

@@ -165,7 +165,10 @@ public enum Q8_0 {
             let block = dst + b * blockBytes
             block.storeBytes(of: floatToF16(d), as: UInt16.self)
             for j in 0..<blockSize {
-                block.storeBytes(of: Int8((x[j] * id).rounded()), toByteOffset: 2 + j, as: Int8.self)
+                // Finite input gives |q| <= 127; NaN/Inf (which callers refuse) must not trap here.
+                let v = (x[j] * id).rounded()
+                let q: Int8 = v.isNaN ? 0 : Int8(max(-127, min(127, v)))
+                block.storeBytes(of: q, toByteOffset: 2 + j, as: Int8.self)
             }
         }
     }

@@ -1,0 +1,125 @@
+import Foundation
+import Quant
+
+/// LLaMA models in GGUF files (llama.cpp's format): configuration from the `llama.*` metadata, weights
+/// from the `token_embd` / `blk.N.*` / `output*` tensors. llama.cpp's converter stores Q and K in the
+/// interleaved rotary layout (Meta's original), so these weights run with `RopeLayout.interleaved`.
+public enum GGUFModel {
+    public static func config(_ g: GGUFFile) throws -> LlamaConfig {
+        let arch = try g.string("general.architecture")
+        guard arch == "llama" else {
+            throw GGUFError(file: g.path, key: "general.architecture", reason: "'\(arch)' is not supported: only LLaMA-architecture models ('llama') are")
+        }
+        let embd = try g.info("token_embd.weight")
+        guard embd.shape.count == 2 else {
+            throw GGUFError(file: g.path, tensor: embd.name, reason: "expected a matrix, found shape \(embd.shape)")
+        }
+        if let scaling = try g.stringIfPresent("llama.rope.scaling.type"), scaling != "none" {
+            let factor = try g.floatIfPresent("llama.rope.scaling.factor") ?? 1
+            if factor != 1 { throw GGUFError(file: g.path, key: "llama.rope.scaling.type", reason: "rope scaling '\(scaling)' is not supported") }
+        }
+        let d = try g.uint("llama.embedding_length")
+        let heads = try g.uint("llama.attention.head_count")
+        let headDim = try g.uintIfPresent("llama.attention.key_length") ?? (heads > 0 ? d / heads : 0)
+        if let rot = try g.uintIfPresent("llama.rope.dimension_count"), rot != headDim {
+            throw GGUFError(file: g.path, key: "llama.rope.dimension_count", reason: "partial rotary embeddings (\(rot) of \(headDim) dimensions) are not supported")
+        }
+        var c = LlamaConfig(
+            hiddenSize: d, intermediateSize: try g.uint("llama.feed_forward_length"),
+            numHiddenLayers: try g.uint("llama.block_count"), numAttentionHeads: heads,
+            numKeyValueHeads: try g.uintIfPresent("llama.attention.head_count_kv") ?? heads,
+            headDim: headDim == d / max(heads, 1) ? nil : headDim,
+            rmsNormEps: Double(try g.float("llama.attention.layer_norm_rms_epsilon")),
+            ropeTheta: Double(try g.floatIfPresent("llama.rope.freq_base") ?? 10000),
+            vocabSize: embd.shape[0], maxPositionEmbeddings: try g.uint("llama.context_length"),
+            tieWordEmbeddings: g.tensors["output.weight"] == nil)
+        c.torchDtype = nil
+        try c.validate(file: g.path)
+        return c
+    }
+
+    /// Names and shapes the config implies (GGUF names, row-major shapes).
+    public static func expectedTensors(_ c: LlamaConfig) -> [(name: String, shape: [Int])] {
+        let d = c.hiddenSize, f = c.intermediateSize
+        var out: [(String, [Int])] = [("token_embd.weight", [c.vocabSize, d])]
+        for l in 0..<c.numHiddenLayers {
+            let p = "blk.\(l)."
+            out += [(p + "attn_norm.weight", [d]), (p + "attn_q.weight", [c.qDim, d]), (p + "attn_k.weight", [c.kvDim, d]),
+                    (p + "attn_v.weight", [c.kvDim, d]), (p + "attn_output.weight", [d, c.qDim]),
+                    (p + "ffn_norm.weight", [d]), (p + "ffn_gate.weight", [f, d]), (p + "ffn_up.weight", [f, d]),
+                    (p + "ffn_down.weight", [d, f])]
+        }
+        out.append(("output_norm.weight", [d]))
+        if !c.tiedEmbeddings { out.append(("output.weight", [c.vocabSize, d])) }
+        return out
+    }
+
+    /// Loads the weights: Q8_0 projections are repacked for the kernels (and their mapped pages released),
+    /// F32/F16/BF16 ones converted to f32; the embedding table stays mapped in its stored type.
+    public static func loadWeights(_ g: GGUFFile, config c: LlamaConfig, includeHead: Bool, pool: ThreadPool) throws -> LlamaWeights {
+        for (name, shape) in expectedTensors(c) {
+            guard let t = g.tensors[name] else {
+                throw GGUFError(file: g.path, tensor: name, reason: "missing (expected \(shape) from the llama.* metadata)")
+            }
+            guard t.shape == shape else {
+                throw GGUFError(file: g.path, tensor: name, reason: "shape \(t.shape) does not match \(shape) implied by the llama.* metadata")
+            }
+            _ = try g.quantType(t)
+        }
+        func tensor(_ name: String) throws -> (GGUFTensorInfo, QuantType) {
+            let t = try g.info(name)
+            return (t, try g.quantType(t))
+        }
+        func floats(_ name: String) throws -> FloatBuffer {
+            let (t, q) = try tensor(name)
+            let buf = FloatBuffer(count: t.elementCount)
+            let cols = t.rowLength, rowBytes = q.byteCount(elements: cols)
+            pool.parallelRanges(t.rowCount, chunksPerThread: 4) { r in
+                q.toFloat(g.data(t) + r.lowerBound * rowBytes, buf.pointer + r.lowerBound * cols, r.count * cols)
+            }
+            try checkFinite(buf.pointer, count: t.elementCount, file: g.path, tensor: name, pool: pool)
+            return buf
+        }
+        func linear(_ name: String) throws -> Linear {
+            let (t, q) = try tensor(name)
+            let rows = t.rowCount, cols = t.rowLength
+            guard q.id == .q8_0 else { return .f32(Matrix(try floats(name), rows: rows, cols: cols)) }
+            try checkQ8Scales(g.data(t), blocks: t.elementCount / Q8_0.blockSize, file: g.path, tensor: name)
+            let packed = PackedQ8Matrix(q8_0: g.data(t), rows: rows, cols: cols, pool: pool)
+            g.file.release(offset: t.fileOffset, count: t.byteCount)
+            return .q8_0(packed)
+        }
+        func vector(_ name: String) throws -> [Float] { (try floats(name)).array }
+
+        let (embd, embdType) = try tensor("token_embd.weight")
+        if embdType.id == .q8_0 {
+            try checkQ8Scales(g.data(embd), blocks: embd.elementCount / Q8_0.blockSize, file: g.path, tensor: embd.name)
+        }
+        let embedding = EmbeddingTable(data: g.data(embd), type: embdType, rows: c.vocabSize, cols: c.hiddenSize, owner: g)
+        var layers: [LayerWeights] = []
+        for l in 0..<c.numHiddenLayers {
+            let p = "blk.\(l)."
+            layers.append(LayerWeights(
+                attnNorm: try vector(p + "attn_norm.weight"),
+                wq: try linear(p + "attn_q.weight"), wk: try linear(p + "attn_k.weight"),
+                wv: try linear(p + "attn_v.weight"), wo: try linear(p + "attn_output.weight"),
+                mlpNorm: try vector(p + "ffn_norm.weight"),
+                gate: try linear(p + "ffn_gate.weight"), up: try linear(p + "ffn_up.weight"),
+                down: try linear(p + "ffn_down.weight")))
+        }
+        var head: Linear? = nil
+        if includeHead { head = try linear(c.tiedEmbeddings ? "token_embd.weight" : "output.weight") }
+        return LlamaWeights(config: c, embedding: embedding, layers: layers, finalNorm: try vector("output_norm.weight"),
+                            head: head, ropeLayout: .interleaved)
+    }
+
+    /// A Q8_0 tensor's block scales must be finite (a NaN scale would poison every product).
+    static func checkQ8Scales(_ data: UnsafeRawPointer, blocks: Int, file: String, tensor: String) throws {
+        for b in 0..<blocks {
+            let d = f16ToFloat(data.loadUnaligned(fromByteOffset: b * Q8_0.blockBytes, as: UInt16.self))
+            if !d.isFinite {
+                throw GGUFError(file: file, tensor: tensor, reason: "block \(b) has a non-finite scale (\(d)); refusing to compute with it")
+            }
+        }
+    }
+}
