@@ -46,8 +46,14 @@ struct BenchCommand: ParsableCommand {
     @Option(help: "Projection backend: simd (our int8 kernels) or blas (OpenBLAS sgemm on dequantized tiles).")
     var backend: Backend = .simd
 
+    @Option(help: ArgumentHelp("SIMD kernel: auto, \(Q8Kernel.allCases.map(\.rawValue).joined(separator: ", ")).", valueName: "kernel"))
+    var kernel: KernelChoice = .auto
+
     @Option(help: "Weights to compute with: q8_0 (int8, the default) or f32 (the exact OpenBLAS path).")
     var weights: WeightFormat = .q8_0
+
+    @Option(help: "Positions: all (every layer computes every token) or last (the last layer stops at the last token after attention, as extraction and llama.cpp's prompt processing do).")
+    var positions: Positions = .all
 
     @Flag(help: "Print one JSON object instead of the table.")
     var json = false
@@ -62,6 +68,7 @@ struct BenchCommand: ParsableCommand {
         if tokens < 1 { throw ValidationError("--tokens must be at least 1") }
         if repeats < 1 { throw ValidationError("--repeats must be at least 1") }
         if threads < 1 { throw ValidationError("--threads must be at least 1") }
+        try kernel.validate()
     }
 
     func run() throws {
@@ -79,7 +86,7 @@ struct BenchCommand: ParsableCommand {
             if !json { note("building \(synthetic) (\(c.numHiddenLayers) layers, \(weights.rawValue)) in memory") }
             w = LlamaWeights.synthetic(config: c, seed: 1, quantized: weights == .q8_0, pool: pool)
         } else {
-            let loaded = try LoadedModel.load(path: model!, threads: threads)
+            let loaded = try LoadedModel.load(path: model!, threads: threads, kernel: kernel.resolved)
             w = loaded.model.weights
             fullDepth = w.config.numHiddenLayers
             if weights == .q8_0 { w = w.quantizedQ8_0(pool: pool) }
@@ -87,8 +94,8 @@ struct BenchCommand: ParsableCommand {
         guard tokens <= w.config.maxPositionEmbeddings else {
             throw ValidationError("--tokens \(tokens) exceeds max_position_embeddings \(w.config.maxPositionEmbeddings)")
         }
-        let m = LlamaModel(weights: w, pool: pool, backend: backend)
-        let r = try Bench.run(model: m, tokens: tokens, repeats: repeats, fullDepth: fullDepth)
+        let m = LlamaModel(weights: w, pool: pool, backend: backend, kernel: kernel.resolved)
+        let r = try Bench.run(model: m, tokens: tokens, repeats: repeats, positions: positions, fullDepth: fullDepth)
         if json {
             let e = JSONEncoder()
             e.outputFormatting = [.sortedKeys]

@@ -15,7 +15,7 @@ struct LlamaProbe: ParsableCommand {
 
         Start with `llamaprobe demo --out demo-run` or `make demo`.
         """,
-        subcommands: [Demo.self, Synth.self, QuantizeCommand.self, Tokenize.self, Residuals.self, BenchCommand.self, Info.self])
+        subcommands: [Demo.self, Synth.self, QuantizeCommand.self, Tokenize.self, Residuals.self, Generate.self, BenchCommand.self, Info.self])
 }
 
 // MARK: - Shared option groups
@@ -33,13 +33,17 @@ struct ModelOptions: ParsableArguments {
     @Option(name: .long, help: "Projection backend for int8 weights: simd (our kernels) or blas (OpenBLAS sgemm on dequantized tiles).")
     var backend: Backend = .simd
 
+    @Option(name: .long, help: ArgumentHelp("SIMD kernel for int8 weights: auto, \(Q8Kernel.allCases.map(\.rawValue).joined(separator: ", ")) (avx512vnni-a8 quantizes activations to 8 bits like llama.cpp: fastest, least exact).", valueName: "kernel"))
+    var kernel: KernelChoice = .auto
+
     func validate() throws {
         if threads < 1 { throw ValidationError("--threads must be at least 1") }
+        try kernel.validate()
     }
 
     func load(includeHead: Bool = false) throws -> LoadedModel {
         try LoadedModel.load(path: model, tokenizerPath: tokenizer, includeHead: includeHead, threads: threads,
-                             backend: backend)
+                             backend: backend, kernel: kernel.resolved)
     }
 }
 
@@ -73,3 +77,30 @@ func note(_ s: String) {
 func formatSeconds(_ s: Double) -> String { String(format: "%.2f s", s) }
 
 func now() -> Double { Date().timeIntervalSince1970 }
+
+/// `--kernel`: auto (the best this CPU runs; W8A8 only on request) or a named kernel.
+enum KernelChoice: ExpressibleByArgument, Equatable {
+    case auto
+    case named(Q8Kernel)
+
+    init?(argument: String) {
+        if argument == "auto" { self = .auto }
+        else if let k = Q8Kernel(rawValue: argument) { self = .named(k) }
+        else { return nil }
+    }
+
+    static var allValueStrings: [String] { ["auto"] + Q8Kernel.allCases.map(\.rawValue) }
+
+    var resolved: Q8Kernel {
+        switch self {
+        case .auto: return .detected
+        case .named(let k): return k
+        }
+    }
+
+    func validate() throws {
+        if case .named(let k) = self, !Q8Kernel.supported.contains(k) {
+            throw ValidationError("this CPU cannot run --kernel \(k.rawValue); it supports: \(Q8Kernel.supported.map(\.rawValue).joined(separator: ", "))")
+        }
+    }
+}

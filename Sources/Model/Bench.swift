@@ -29,19 +29,21 @@ public struct BenchReport: Codable, Sendable {
 public enum Bench {
     static func now() -> Double { Double(DispatchTime.now().uptimeNanoseconds) / 1e9 }
 
-    /// Times `repeats` forward passes over `tokens` tokens (every position computed in every layer) and
-    /// reports medians per layer.
-    public static func run(model: LlamaModel, tokens: Int, repeats: Int, fullDepth: Int? = nil) throws -> BenchReport {
+    /// Times `repeats` forward passes over `tokens` tokens and reports medians per layer. With `.all` every
+    /// layer computes every position (per-layer figures comparable across layers); with `.last` the last
+    /// layer stops at the last position after attention, as extraction (and llama.cpp's prompt processing) does.
+    public static func run(model: LlamaModel, tokens: Int, repeats: Int, positions: Positions = .all,
+                           fullDepth: Int? = nil) throws -> BenchReport {
         let c = model.config
         let ids = (0..<tokens).map { Int32(($0 * 7919 + 3) % min(c.vocabSize, 32000)) }
         let L = c.numHiddenLayers
         var perLayer = [[Double]](repeating: [], count: L)
         var totals: [Double] = []
-        _ = try model.forward(ids, positions: .all) { _, _ in }   // warm-up (allocates the run state)
+        _ = try model.forward(ids, positions: positions) { _, _ in }   // warm-up (allocates the run state)
         for _ in 0..<repeats {
             var stamps = [Double](repeating: 0, count: L + 1)
             let t0 = now()
-            try model.forward(ids, positions: .all) { point, _ in
+            try model.forward(ids, positions: positions) { point, _ in
                 switch point {
                 case .embedding: stamps[0] = now()
                 case .residPost(let l): stamps[l + 1] = now()
@@ -56,7 +58,7 @@ public enum Bench {
             BenchReport.Layer(layer: l, ms_per_token: s * 1e3 / T, tokens_per_second: T / s)
         }
         let flops = layerFlops(c, tokens: tokens)
-        let typical = median(layerMedians)
+        let typical = median(positions == .all || L < 3 ? layerMedians : Array(layerMedians.dropLast()))
         let sgemm = sgemmGFLOPs(c, tokens: tokens, repeats: repeats, pool: model.pool)
         let gflops = flops / typical / 1e9
         let depth = fullDepth ?? L

@@ -14,11 +14,12 @@ public final class LoadedModel {
 
     /// Loads a Hugging Face checkpoint directory. `tokenizerPath` overrides `DIR/tokenizer.model`.
     public static func load(path: String, tokenizerPath: String? = nil, includeHead: Bool = false,
-                            threads: Int = ThreadPool.defaultThreadCount, backend: Backend = .simd) throws -> LoadedModel {
+                            threads: Int = ThreadPool.defaultThreadCount, backend: Backend = .simd,
+                            kernel: Q8Kernel = .detected) throws -> LoadedModel {
         var isDir: ObjCBool = false
         if FileManager.default.fileExists(atPath: path, isDirectory: &isDir), !isDir.boolValue {
             return try loadGGUF(path: path, tokenizerPath: tokenizerPath, includeHead: includeHead, threads: threads,
-                                backend: backend)
+                                backend: backend, kernel: kernel)
         }
         let checkpoint = try HFCheckpoint(directory: path)
         let tokPath = tokenizerPath ?? path + "/tokenizer.model"
@@ -32,13 +33,14 @@ public final class LoadedModel {
         let pool = ThreadPool(threads: threads)
         BLAS.setThreads(threads)
         let weights = try checkpoint.loadWeights(includeHead: includeHead, pool: pool)
-        return LoadedModel(path: path, model: LlamaModel(weights: weights, pool: pool, backend: backend), tokenizer: tokenizer)
+        return LoadedModel(path: path, model: LlamaModel(weights: weights, pool: pool, backend: backend, kernel: kernel), tokenizer: tokenizer)
     }
 
     /// Loads a GGUF file (llama.cpp's format). The tokenizer is rebuilt from the GGUF vocabulary unless
     /// `tokenizerPath` gives a tokenizer.model.
     public static func loadGGUF(path: String, tokenizerPath: String? = nil, includeHead: Bool = false,
-                                threads: Int = ThreadPool.defaultThreadCount, backend: Backend = .simd) throws -> LoadedModel {
+                                threads: Int = ThreadPool.defaultThreadCount, backend: Backend = .simd,
+                            kernel: Q8Kernel = .detected) throws -> LoadedModel {
         let g = try GGUFFile(path: path)
         let config = try GGUFModel.config(g)
         let tokenizer = try tokenizerPath.map { try Tokenizer(path: $0) }
@@ -49,6 +51,6 @@ public final class LoadedModel {
         let pool = ThreadPool(threads: threads)
         BLAS.setThreads(threads)
         let weights = try GGUFModel.loadWeights(g, config: config, includeHead: includeHead, pool: pool)
-        return LoadedModel(path: path, model: LlamaModel(weights: weights, pool: pool, backend: backend), tokenizer: tokenizer)
+        return LoadedModel(path: path, model: LlamaModel(weights: weights, pool: pool, backend: backend, kernel: kernel), tokenizer: tokenizer)
     }
 }

@@ -76,7 +76,14 @@ public enum Quantizer {
             m += [("llama.attention.key_length", .uint32(UInt32(c.headDimension))),
                   ("llama.attention.value_length", .uint32(UInt32(c.headDimension)))]
         }
-        m += SentencePieceModel.ggufMetadata(try SentencePieceModel.parse(tokenizer, source: source))
+        // llama.cpp wants one vocabulary entry per embedding row: pad as its converter does.
+        var vocab = try SentencePieceModel.parse(tokenizer, source: source)
+        if vocab.pieces.count < c.vocabSize {
+            for i in 1...(c.vocabSize - vocab.pieces.count) {
+                vocab.pieces.append((piece: "[PAD\(i)]", score: -1000, type: SentencePieceModel.PieceType.unused.rawValue))
+            }
+        }
+        m += SentencePieceModel.ggufMetadata(vocab)
         return m
     }
 

@@ -108,6 +108,14 @@ public final class Tokenizer: @unchecked Sendable {
 
     public func score(_ id: Int32) -> Float { spm_get_score(handle, id) }
 
+    /// The raw bytes a token stands for, as llama.cpp prints pieces: byte-fallback pieces `<0xAB>` are the
+    /// byte, `▁` is a space, control pieces are their text.
+    public func pieceBytes(_ id: Int32) -> [UInt8] {
+        let p = piece(id)
+        if spm_is_byte(handle, id) != 0, p.count == 6, let b = UInt8(p.dropFirst(3).prefix(2), radix: 16) { return [b] }
+        return Array(p.replacingOccurrences(of: "\u{2581}", with: " ").utf8)
+    }
+
     public func decode(_ ids: [Int32]) throws -> String {
         var cap = ids.count * 8 + 16
         while true {
