@@ -13,7 +13,7 @@ struct Tokenize: ParsableCommand {
         Example: llamaprobe tokenize --tokenizer tokenizer.model --template raw --ids "Hello world"
         """)
 
-    @Option(help: ArgumentHelp("Model directory whose tokenizer.model to use.", valueName: "path"))
+    @Option(help: ArgumentHelp("Model whose tokenizer to use: a checkpoint directory (its tokenizer.model) or a GGUF file (its vocabulary).", valueName: "path"))
     var model: String?
 
     @Option(help: ArgumentHelp("A SentencePiece tokenizer.model.", valueName: "file"))
@@ -32,8 +32,7 @@ struct Tokenize: ParsableCommand {
     }
 
     func run() throws {
-        let path = tokenizer ?? model! + "/tokenizer.model"
-        let tok = try Tokenizer(path: path)
+        let tok = try tokenizer.map { try Tokenizer(path: $0) } ?? LoadedModel.tokenizer(forModel: model!)
         let rendered = templateOptions.renderer.render(text)
         let tokens = try tok.encode(rendered)
         if ids {

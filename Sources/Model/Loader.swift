@@ -53,4 +53,14 @@ public final class LoadedModel {
         let weights = try GGUFModel.loadWeights(g, config: config, includeHead: includeHead, pool: pool)
         return LoadedModel(path: path, model: LlamaModel(weights: weights, pool: pool, backend: backend, kernel: kernel), tokenizer: tokenizer)
     }
+
+    /// The tokenizer of a model path without loading its weights: DIR/tokenizer.model, or a GGUF file's vocabulary.
+    public static func tokenizer(forModel path: String) throws -> Tokenizer {
+        var isDir: ObjCBool = false
+        if FileManager.default.fileExists(atPath: path, isDirectory: &isDir), !isDir.boolValue {
+            let g = try GGUFFile(path: path)
+            return try Tokenizer(serialized: try SentencePieceModel.fromGGUF(g), source: path + " (GGUF vocabulary)")
+        }
+        return try Tokenizer(path: path + "/tokenizer.model")
+    }
 }

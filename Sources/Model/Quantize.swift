@@ -144,7 +144,7 @@ public enum Quantizer {
                 try writer.write(UnsafeRawBufferPointer(start: out, count: n * q.byteCount(elements: cols)))
                 r0 += n
             }
-            file.file.release(offset: info.fileOffset, count: info.byteCount)
+            file.release(info)
             done += p.spec.byteCount
         }
         progress?(Progress(tensor: "", index: plans.count, count: plans.count, bytesDone: total, bytesTotal: total))

@@ -65,28 +65,45 @@ public final class SafeTensorsFile: @unchecked Sendable {
     public static let maxHeaderBytes = 100 << 20
 
     public let path: String
-    public let file: MappedFile
+    /// The mapped file (nil for a file parsed from memory).
+    public let file: MappedFile?
+    private let owner: AnyObject
+    private let base: UnsafeRawPointer
+    public let size: Int
     public let metadata: [String: String]
     public let tensors: [String: TensorInfo]
     /// Tensor names in file order (by data offset).
     public let names: [String]
 
-    public init(path: String) throws {
-        self.path = path
+    public convenience init(path: String) throws {
         let file = try MappedFile(path: path)
+        try self.init(path: path, file: file, owner: file, base: file.bytes, size: file.size)
+    }
+
+    /// Parses a safetensors file held in memory (e.g. decompressed); `name` is used in errors.
+    public convenience init(bytes: [UInt8], name: String) throws {
+        let owned = OwnedBytes(bytes)
+        try self.init(path: name, file: nil, owner: owned, base: UnsafeRawPointer(owned.pointer), size: bytes.count)
+    }
+
+    private init(path: String, file: MappedFile?, owner: AnyObject, base: UnsafeRawPointer, size: Int) throws {
+        self.path = path
         self.file = file
+        self.owner = owner
+        self.base = base
+        self.size = size
         func fail(_ reason: String, _ tensor: String? = nil) -> SafeTensorsError {
             SafeTensorsError(file: path, tensor: tensor, reason: reason)
         }
-        guard file.size >= 8 else { throw fail("truncated: \(file.size) bytes, shorter than the 8-byte header length") }
-        let headerLength = file.bytes.loadUnaligned(as: UInt64.self).littleEndian
+        guard size >= 8 else { throw fail("truncated: \(size) bytes, shorter than the 8-byte header length") }
+        let headerLength = base.loadUnaligned(as: UInt64.self).littleEndian
         guard headerLength <= UInt64(Self.maxHeaderBytes) else {
             throw fail("header length \(headerLength) bytes is absurd (limit \(Self.maxHeaderBytes)); not a safetensors file or corrupt")
         }
-        guard Int(headerLength) <= file.size - 8 else {
-            throw fail("truncated: header length \(headerLength) exceeds the \(file.size - 8) bytes after the length field")
+        guard Int(headerLength) <= size - 8 else {
+            throw fail("truncated: header length \(headerLength) exceeds the \(size - 8) bytes after the length field")
         }
-        let headerData = Data(bytes: file.bytes + 8, count: Int(headerLength))
+        let headerData = Data(bytes: base + 8, count: Int(headerLength))
         guard headerData.first == UInt8(ascii: "{") else { throw fail("header is not a JSON object") }
         let parsed: Any
         do { parsed = try JSONSerialization.jsonObject(with: headerData) } catch {
@@ -95,7 +112,7 @@ public final class SafeTensorsFile: @unchecked Sendable {
         guard let header = parsed as? [String: Any] else { throw fail("header is not a JSON object") }
 
         let dataStart = 8 + Int(headerLength)
-        let dataSize = file.size - dataStart
+        let dataSize = size - dataStart
         var meta: [String: String] = [:]
         var infos: [String: TensorInfo] = [:]
         for (name, value) in header {
@@ -156,7 +173,10 @@ public final class SafeTensorsFile: @unchecked Sendable {
         return t
     }
 
-    public func data(_ info: TensorInfo) -> UnsafeRawPointer { file.bytes + info.fileOffset }
+    public func data(_ info: TensorInfo) -> UnsafeRawPointer { base + info.fileOffset }
+
+    /// Drops a tensor's mapped pages from the resident set (no-op for in-memory files).
+    public func release(_ info: TensorInfo) { file?.release(offset: info.fileOffset, count: info.byteCount) }
 
     /// The tensor converted to f32 (exact for F32/F16/BF16).
     public func floats(_ name: String) throws -> [Float] {
@@ -281,6 +301,36 @@ public final class SafeTensorsWriter {
             throw SafeTensorsError(file: path, tensor: specs[next].name, reason: "tensor data not fully written")
         }
         try out.commit()
+    }
+}
+
+/// An owned copy of bytes with a stable address.
+public final class OwnedBytes: @unchecked Sendable {
+    public let pointer: UnsafeMutableRawPointer
+    public let count: Int
+    public init(_ bytes: [UInt8]) {
+        count = bytes.count
+        pointer = UnsafeMutableRawPointer.allocate(byteCount: max(1, count), alignment: 64)
+        bytes.withUnsafeBytes { if count > 0 { pointer.copyMemory(from: $0.baseAddress!, byteCount: count) } }
+    }
+    deinit { pointer.deallocate() }
+}
+
+public enum SafeTensors {
+    /// A whole safetensors file in memory: header (8-byte aligned data) then each tensor's bytes in order.
+    public static func encode(_ tensors: [(SafeTensorsWriter.Spec, UnsafeRawBufferPointer)], metadata: [String: String]) -> [UInt8] {
+        var header = SafeTensorsWriter.header(tensors.map(\.0), metadata: metadata)
+        let padded = (8 + header.utf8.count + 7) / 8 * 8 - 8
+        header += String(repeating: " ", count: padded - header.utf8.count)
+        var out = [UInt8]()
+        out.reserveCapacity(8 + header.utf8.count + tensors.reduce(0) { $0 + $1.1.count })
+        withUnsafeBytes(of: UInt64(header.utf8.count).littleEndian) { out += $0 }
+        out += Array(header.utf8)
+        for (spec, data) in tensors {
+            precondition(data.count == spec.byteCount, "tensor \(spec.name): \(data.count) bytes for \(spec.byteCount)")
+            out += data
+        }
+        return out
     }
 }
 
