@@ -68,8 +68,10 @@ let package = Package(
         .target(name: "Model", dependencies: ["Quant", "CSentencePiece"], swiftSettings: kernelFlags),
         // Shards, split, trainer, checkpoints, report.
         .target(name: "Probe", dependencies: ["Quant", "CZstd"], swiftSettings: cpuFlags),
+        // The extraction pipeline: model forward passes into shards.
+        .target(name: "Extraction", dependencies: ["Model", "Probe"], swiftSettings: cpuFlags),
         .executableTarget(name: "CLI", dependencies: [
-            "Model", "Probe",
+            "Model", "Probe", "Extraction",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
         ], path: "Sources/CLI", swiftSettings: cpuFlags),
 
@@ -79,7 +81,8 @@ let package = Package(
         .testTarget(name: "QuantTests", dependencies: ["Quant"], swiftSettings: cpuFlags),
         .testTarget(name: "ModelTests", dependencies: ["Model"], swiftSettings: cpuFlags),
         .testTarget(name: "ProbeTests", dependencies: ["Probe"], swiftSettings: cpuFlags),
-        .testTarget(name: "CLITests", dependencies: ["Model"], swiftSettings: cpuFlags),
+        .testTarget(name: "CLITests", dependencies: ["Model", "Probe"], swiftSettings: cpuFlags),
+        .testTarget(name: "ExtractionTests", dependencies: ["Extraction", "Model", "Probe"], swiftSettings: cpuFlags),
     ],
     swiftLanguageModes: [.v5]
 )

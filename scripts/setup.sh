@@ -5,7 +5,7 @@
 set -euo pipefail
 
 APT_PACKAGES=(libopenblas-dev libsentencepiece-dev libzstd-dev pkg-config)
-PIP_TEST_PACKAGES=()   # the Swift tests need no Python today
+PIP_TEST_PACKAGES=(numpy zstandard)   # the shard-reading test reads shards from Python
 PIP_FIXTURE_PACKAGES=(torch "transformers==4.57.*" safetensors sentencepiece numpy scikit-learn)
 
 sudo_if_needed() {

@@ -15,7 +15,7 @@ struct LlamaProbe: ParsableCommand {
 
         Start with `llamaprobe demo --out demo-run` or `make demo`.
         """,
-        subcommands: [Demo.self, Synth.self, QuantizeCommand.self, Tokenize.self, Residuals.self, Generate.self, BenchCommand.self, Info.self])
+        subcommands: [Demo.self, Synth.self, QuantizeCommand.self, Tokenize.self, Residuals.self, Extract.self, Shards.self, Generate.self, BenchCommand.self, Info.self])
 }
 
 // MARK: - Shared option groups

@@ -1,0 +1,185 @@
+import ArgumentParser
+import Extraction
+import Foundation
+import Model
+import Probe
+import Quant
+
+extension ExtractionConfig.OnError: ExpressibleByArgument {}
+
+enum ShardDType: String, ExpressibleByArgument, CaseIterable {
+    case f32, f16, bf16
+    var id: QuantType.ID { QuantType.ID(rawValue: rawValue.uppercased())! }
+}
+
+/// `--worker I/N` or `auto`.
+struct WorkerSpec: ExpressibleByArgument {
+    var index: Int?
+    var count: Int?
+    init?(argument: String) {
+        if argument == "auto" { return }
+        let p = argument.split(separator: "/")
+        guard p.count == 2, let i = Int(p[0]), let n = Int(p[1]), n >= 1, i >= 0, i < n else { return nil }
+        index = i; count = n
+    }
+    init() {}
+
+    /// Resolves `auto` from Slurm (SLURM_ARRAY_TASK_ID / SLURM_ARRAY_TASK_COUNT) or a Kubernetes indexed Job
+    /// (JOB_COMPLETION_INDEX, with --workers N).
+    func resolve(workers: Int?) throws -> (Int, Int) {
+        if let index, let count { return (index, count) }
+        let env = ProcessInfo.processInfo.environment
+        if let id = env["SLURM_ARRAY_TASK_ID"].flatMap(Int.init) {
+            let min = env["SLURM_ARRAY_TASK_MIN"].flatMap(Int.init) ?? 0
+            guard let n = workers ?? env["SLURM_ARRAY_TASK_COUNT"].flatMap(Int.init) else {
+                throw ValidationError("--worker auto: SLURM_ARRAY_TASK_COUNT is not set; pass --workers N")
+            }
+            return (id - min, n)
+        }
+        if let id = env["JOB_COMPLETION_INDEX"].flatMap(Int.init) {
+            guard let n = workers else { throw ValidationError("--worker auto with JOB_COMPLETION_INDEX needs --workers N (the Job's completions)") }
+            return (id, n)
+        }
+        throw ValidationError("--worker auto found neither SLURM_ARRAY_TASK_ID nor JOB_COMPLETION_INDEX; pass --worker I/N")
+    }
+}
+
+struct Extract: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Residual stream of every layer at the readout token, for every row of a labelled dataset, into zstd shards.",
+        discussion: """
+        Each row is wrapped in the template (default: LLaMA-2 chat plus the readout suffix), tokenized, run \
+        through the model; resid_post of every layer at the last token goes to DIR/shard-WWWWW-SSSSS.safetensors.zst \
+        (format: docs/shards.md) with a manifest per worker. Rerunning the same command resumes; a different \
+        configuration on the same DIR is refused. `--worker I/N` takes the rows with row % N == I, so N machines \
+        can fill one directory; `llamaprobe shards verify DIR` checks the result.
+
+        Examples:
+          llamaprobe extract --model llama-2-13b-chat.Q8_0.gguf --data emotions.csv --out shards/
+          llamaprobe extract --model MODEL --data chats.jsonl --out shards/ --worker 2/8 --dtype f16
+        """)
+
+    @OptionGroup var modelOptions: ModelOptions
+
+    @Option(help: ArgumentHelp("Dataset: CSV (header row; RFC 4180) or JSONL (message or messages, label).", valueName: "file"))
+    var data: String
+
+    @Option(help: ArgumentHelp("Output shard directory.", valueName: "dir"))
+    var out: String
+
+    @Option(name: .customLong("text-column"), help: "CSV column (or JSONL key) holding the message.")
+    var textColumn = "message"
+
+    @Option(name: .customLong("label-column"), help: "CSV column (or JSONL key) holding the label.")
+    var labelColumn = "label"
+
+    @Option(help: ArgumentHelp("Class order, comma-separated (ids = positions). Default: the recipe's seven emotional states, when every label is among them.", valueName: "a,b,c"))
+    var labels: String?
+
+    @OptionGroup var templateOptions: TemplateOptions
+
+    @Option(name: .customLong("max-tokens"), help: "Longer prompts lose tokens from the start of the content (after BOS); the readout suffix is kept.")
+    var maxTokens = 2048
+
+    @Flag(name: .customLong("with-embeddings"), help: "Also store the embedding output: layers + 1 rows per example, HF hidden_states indexing.")
+    var withEmbeddings = false
+
+    @Option(help: "Storage type of the residuals: f32 (the reference precision), f16 or bf16.")
+    var dtype: ShardDType = .f32
+
+    @Option(name: .customLong("rows-per-shard"), help: "Rows per shard file.")
+    var rowsPerShard = 256
+
+    @Option(help: ArgumentHelp("This worker's share: I/N takes rows with row % N == I; auto reads SLURM_ARRAY_TASK_ID/COUNT or JOB_COMPLETION_INDEX.", valueName: "I/N|auto"))
+    var worker = WorkerSpec(argument: "0/1")!
+
+    @Option(help: "Number of workers, for --worker auto under Kubernetes (or to override Slurm's count).")
+    var workers: Int?
+
+    @Option(name: .customLong("on-error"), help: "Bad rows (missing column, empty message, unknown label, invalid UTF-8 or JSON): fail (default) or skip (recorded in the manifest).")
+    var onError: ExtractionConfig.OnError = .fail
+
+    func validate() throws {
+        if rowsPerShard < 1 { throw ValidationError("--rows-per-shard must be at least 1") }
+        if maxTokens < 8 { throw ValidationError("--max-tokens must be at least 8") }
+    }
+
+    func run() throws {
+        let (wi, wn) = try worker.resolve(workers: workers)
+        var cfg = ExtractionConfig(modelPath: modelOptions.model, dataPath: data, outDir: out)
+        cfg.tokenizerPath = modelOptions.tokenizer
+        cfg.textColumn = textColumn
+        cfg.labelColumn = labelColumn
+        cfg.labels = labels.map { $0.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) } }
+        cfg.renderer = templateOptions.renderer
+        cfg.maxTokens = maxTokens
+        cfg.withEmbeddings = withEmbeddings
+        cfg.dtype = dtype.id
+        cfg.rowsPerShard = rowsPerShard
+        cfg.threads = modelOptions.threads
+        cfg.worker = wi
+        cfg.workers = wn
+        cfg.onError = onError
+        cfg.backend = modelOptions.backend
+        cfg.kernel = modelOptions.kernel.resolved
+        let bar = ProgressBar(label: "extract")
+        let s = try Extractor.run(cfg, log: note) { p in
+            bar.update(done: p.rowsDone, total: p.rowsTotal,
+                       detail: String(format: "%.1f tokens/s", p.tokensPerSecond), seconds: p.seconds)
+        }
+        bar.finish()
+        note(String(format: "worker %d/%d: %d rows (%d already done), %d tokens in %.1f s = %.1f tokens/s; %d skipped, %d truncated; %.1f MB written, compression %.2fx -> %@",
+                    wi, wn, s.rows, s.rowsAlreadyDone, s.tokens, s.seconds, s.tokensPerSecond, s.skipped, s.truncated,
+                    Double(s.bytesWritten) / 1e6, s.compressionRatio, out))
+    }
+}
+
+struct Shards: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Inspect and check shard directories.",
+        subcommands: [ShardsVerify.self, ShardsInfo.self])
+}
+
+struct ShardsVerify: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "verify",
+        abstract: "Check every checksum, that the workers' configurations agree, and that no row is missing or duplicated.",
+        discussion: "Exit status 0 when complete, 1 otherwise.\n\nExample: llamaprobe shards verify shards/")
+
+    @Argument(help: "Shard directory.")
+    var directory: String
+
+    func run() throws {
+        let v = try ShardVerification.run(directory: directory)
+        print("\(v.shards) shards, \(v.rows) rows (expected \(v.expectedRows)), \(v.skippedRows) skipped rows recorded")
+        for p in v.problems { print("problem: \(p)") }
+        if !v.isComplete { throw ExitCode.failure }
+        print("complete")
+    }
+}
+
+struct ShardsInfo: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "info",
+        abstract: "Summarise a shard directory: workers, shards, rows, layout, labels, size.",
+        discussion: "Example: llamaprobe shards info shards/")
+
+    @Argument(help: "Shard directory.")
+    var directory: String
+
+    func run() throws {
+        let dir = try ShardDirectory(path: directory)
+        let m = dir.metadata, cfg = dir.manifests[0].config
+        let bytes = dir.manifests.flatMap(\.shards).reduce(0) { $0 + $1.bytes }
+        let elem = m.dtype == "F32" ? 4 : 2
+        let raw = dir.totalRows * (m.layers.count * m.dModel * elem + 20)
+        print("model: \(m.model)")
+        print("data: \(cfg["data_file"] ?? "?") (\(cfg["rows_total"] ?? "?") rows), workers: \(dir.manifests[0].workers), manifests: \(dir.manifests.count), complete: \(dir.manifests.filter(\.complete).count)")
+        print("shards: \(dir.shardPaths.count), rows: \(dir.totalRows), skipped: \(dir.manifests.flatMap(\.skipped).count), truncated: \(dir.manifests.flatMap(\.shards).flatMap(\.truncated).count)")
+        print("layout: resid_post [n, \(m.layers.count), \(m.dModel)] \(m.dtype)\(m.withEmbeddings ? " (row 0 = embeddings, HF indexing)" : "")")
+        print("labels: \(m.labels.joined(separator: ", "))")
+        print("template: \(m.template), suffix: \(jsonString(m.suffix)), system prompt: \(jsonString(m.systemPrompt))")
+        print(String(format: "size: %.1f MB on disk, %.1f MB raw, compression %.2fx", Double(bytes) / 1e6, Double(raw) / 1e6,
+                     bytes > 0 ? Double(raw) / Double(bytes) : 0))
+    }
+}

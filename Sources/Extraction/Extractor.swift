@@ -1,0 +1,235 @@
+import Foundation
+import Model
+import Probe
+import Quant
+
+/// The reference recipe's seven emotional states, in id order.
+public let defaultEmotionLabels = ["very_happy", "happy", "slightly_positive", "neutral", "slightly_negative", "sad", "very_sad"]
+
+public struct ExtractionError: LocalizedError, Equatable {
+    public let reason: String
+    public init(_ reason: String) { self.reason = reason }
+    public var errorDescription: String? { reason }
+}
+
+/// Everything that determines an extraction's output.
+public struct ExtractionConfig: Sendable {
+    public enum OnError: String, Sendable, CaseIterable { case fail, skip }
+
+    public var modelPath: String
+    public var tokenizerPath: String?
+    public var dataPath: String
+    public var outDir: String
+    public var textColumn = "message"
+    public var labelColumn = "label"
+    public var labels: [String]?
+    public var renderer = PromptRenderer()
+    public var maxTokens = 2048
+    public var withEmbeddings = false
+    public var dtype: QuantType.ID = .f32
+    public var rowsPerShard = 256
+    public var threads = ThreadPool.defaultThreadCount
+    public var worker = 0
+    public var workers = 1
+    public var onError = OnError.fail
+    public var backend = Backend.simd
+    public var kernel = Q8Kernel.detected
+
+    public init(modelPath: String, dataPath: String, outDir: String) {
+        self.modelPath = modelPath; self.dataPath = dataPath; self.outDir = outDir
+    }
+}
+
+public struct ExtractionProgress: Sendable {
+    public let rowsDone: Int
+    public let rowsTotal: Int
+    public let tokensDone: Int
+    public let seconds: Double
+    public var tokensPerSecond: Double { seconds > 0 ? Double(tokensDone) / seconds : 0 }
+}
+
+public struct ExtractionSummary: Sendable {
+    public var rows = 0
+    public var rowsAlreadyDone = 0
+    public var skipped = 0
+    public var truncated = 0
+    public var tokens = 0
+    public var seconds = 0.0
+    public var bytesWritten = 0
+    public var rawBytes = 0
+    public var tokensPerSecond: Double { seconds > 0 ? Double(tokens) / seconds : 0 }
+    public var compressionRatio: Double { bytesWritten > 0 ? Double(rawBytes) / Double(bytesWritten) : 0 }
+}
+
+/// `llamaprobe extract`: a labelled dataset in, per row the residual stream after every layer at the readout
+/// (last) token, into zstd-compressed shards. Resumable; rows are split across workers by `row % N == I`.
+public enum Extractor {
+    /// One row ready to run.
+    struct Job {
+        let row: Int
+        let label: Int
+        let ids: [Int32]
+        let truncated: Bool
+    }
+
+    public static func run(_ cfg: ExtractionConfig, log: (String) -> Void = { _ in },
+                           progress: (ExtractionProgress) -> Void = { _ in }) throws -> ExtractionSummary {
+        guard cfg.workers >= 1, (0..<cfg.workers).contains(cfg.worker) else {
+            throw ExtractionError("worker \(cfg.worker)/\(cfg.workers) is not valid: need 0 <= I < N")
+        }
+        guard cfg.maxTokens >= 8 else { throw ExtractionError("--max-tokens \(cfg.maxTokens) is too small") }
+        let data = try Dataset(path: cfg.dataPath, textColumn: cfg.textColumn, labelColumn: cfg.labelColumn)
+        let labels = try labelNames(cfg, data)
+        let labelID = Dictionary(uniqueKeysWithValues: labels.enumerated().map { ($1, $0) })
+
+        // Tokenize this worker's rows first: every row error is found before anything is written.
+        let tokenizer = try cfg.tokenizerPath.map { try Tokenizer(path: $0) } ?? LoadedModel.tokenizer(forModel: cfg.modelPath)
+        var jobs: [Job] = [], skipped: [BadRow] = []
+        for (index, r) in data.rows.enumerated() where index % cfg.workers == cfg.worker {
+            do {
+                let row = try r.get()
+                guard let id = labelID[row.label] else {
+                    throw DatasetError(file: cfg.dataPath, row: index, line: row.line,
+                                       reason: "unknown label '\(row.label)' (labels: \(labels.joined(separator: ", ")))")
+                }
+                var ids: [Int32]
+                do {
+                    switch row.content {
+                    case .message(let m): ids = try tokenizer.encode(cfg.renderer.render(m))
+                    case .conversation(let turns):
+                        ids = try tokenizer.encode(try cfg.renderer.render(messages: turns.map { ChatMessage(role: $0.role, content: $0.content) }))
+                    }
+                } catch {
+                    throw DatasetError(file: cfg.dataPath, row: index, line: row.line, reason: error.localizedDescription)
+                }
+                let truncated = ids.count > cfg.maxTokens
+                if truncated {   // drop content from the start (after BOS): the readout suffix must survive
+                    ids = [ids[0]] + ids[(ids.count - cfg.maxTokens + 1)...]
+                }
+                jobs.append(Job(row: index, label: id, ids: ids, truncated: truncated))
+            } catch let e as DatasetError {
+                guard cfg.onError == .skip else { throw e }
+                skipped.append(BadRow(index: index, line: e.line ?? 0, reason: e.reason))
+            }
+        }
+
+        let t0 = Date()
+        let loaded = try LoadedModel.load(path: cfg.modelPath, tokenizerPath: cfg.tokenizerPath, threads: cfg.threads,
+                                          backend: cfg.backend, kernel: cfg.kernel)
+        let c = loaded.config
+        if let big = jobs.first(where: { $0.ids.count > c.maxPositionEmbeddings }) {
+            throw ExtractionError("row \(big.row) has \(big.ids.count) tokens, more than the model's \(c.maxPositionEmbeddings) positions; lower --max-tokens")
+        }
+        log(String(format: "loaded %@ in %.1f s (%@)", cfg.modelPath, Date().timeIntervalSince(t0), computeDescription(loaded.model)))
+
+        let layerCount = c.numHiddenLayers + (cfg.withEmbeddings ? 1 : 0)
+        let metadata = ShardMetadata(
+            model: modelIdentity(loaded), labels: labels, template: cfg.renderer.template.rawValue,
+            suffix: cfg.renderer.suffix, systemPrompt: cfg.renderer.systemPrompt ?? "", layers: Array(0..<layerCount),
+            withEmbeddings: cfg.withEmbeddings, dtype: cfg.dtype.rawValue, dModel: c.hiddenSize)
+        let writer = try ShardWriter(directory: cfg.outDir, worker: cfg.worker, workers: cfg.workers, metadata: metadata,
+                                     rowsPerShard: cfg.rowsPerShard, config: try manifestConfig(cfg, data: data, compute: computeDescription(loaded.model)))
+        var summary = ExtractionSummary()
+        let resumeAfter = writer.lastCompletedRow ?? -1
+        summary.rowsAlreadyDone = writer.completedRows
+        if resumeAfter >= 0 { log("resuming after row \(resumeAfter): \(writer.completedRows) rows already in \(writer.manifest.shards.count) shards") }
+
+        // Rows and skips in input order, from the first row not in a completed shard.
+        var events: [(row: Int, job: Job?, skip: BadRow?)] = jobs.filter { $0.row > resumeAfter }.map { ($0.row, $0, nil) }
+        events += skipped.filter { $0.index > resumeAfter }.map { ($0.index, nil, $0) }
+        events.sort { $0.row < $1.row }
+        let todo = events.compactMap(\.job).count
+        let d = c.hiddenSize
+        var rowBuffer = [Float](repeating: 0, count: layerCount * d)
+        let start = Date()
+        var done = 0
+        for e in events {
+            if let bad = e.skip {
+                writer.skip(row: bad.index, reason: bad.reason)
+                summary.skipped += 1
+                continue
+            }
+            let job = e.job!
+            try rowBuffer.withUnsafeMutableBufferPointer { buf in
+                let base = buf.baseAddress!
+                try loaded.model.forward(job.ids, positions: .last) { point, view in
+                    switch point {
+                    case .embedding where cfg.withEmbeddings: base.update(from: view.row(position: job.ids.count - 1), count: d)
+                    case .embedding: break
+                    case .residPost(let l):
+                        (base + (l + (cfg.withEmbeddings ? 1 : 0)) * d).update(from: view.row(position: job.ids.count - 1), count: d)
+                    }
+                }
+                try writer.append(row: job.row, label: job.label, nTokens: job.ids.count, residPost: base, truncated: job.truncated)
+            }
+            done += 1
+            summary.rows += 1
+            summary.tokens += job.ids.count
+            if job.truncated { summary.truncated += 1 }
+            progress(ExtractionProgress(rowsDone: done, rowsTotal: todo, tokensDone: summary.tokens,
+                                        seconds: Date().timeIntervalSince(start)))
+        }
+        try writer.finish()
+        summary.seconds = Date().timeIntervalSince(start)
+        summary.bytesWritten = writer.bytesWritten
+        summary.rawBytes = writer.rawBytes
+        return summary
+    }
+
+    /// The class order: --labels, or the recipe's seven states when every label is among them.
+    static func labelNames(_ cfg: ExtractionConfig, _ data: Dataset) throws -> [String] {
+        if let l = cfg.labels {
+            guard !l.isEmpty, Set(l).count == l.count else { throw ExtractionError("--labels must be distinct names") }
+            return l
+        }
+        let found = data.labelsFound
+        if found.allSatisfy(defaultEmotionLabels.contains) { return defaultEmotionLabels }
+        throw ExtractionError("\(cfg.dataPath): labels found: \(found.prefix(20).joined(separator: ", "))\(found.count > 20 ? ", …" : ""); they are not all among the default \(defaultEmotionLabels.joined(separator: ",")). Pass --labels a,b,c to fix the class order (ids = positions).")
+    }
+
+    /// A hash of what determines the model's numbers: its configuration and the stored weights' names, types
+    /// and sizes (not their bytes: hashing 14 GB per run would cost minutes).
+    static func modelIdentity(_ m: LoadedModel) -> String {
+        var h = SHA256()
+        h.update(Array(m.config.summary.utf8))
+        h.update(Array(m.model.weights.ropeLayout.rawValue.utf8))
+        for l in m.model.weights.layers {
+            for w in [l.wq, l.wk, l.wv, l.wo, l.gate, l.up, l.down] { h.update(Array("\(w.storage)\(w.outFeatures)x\(w.inFeatures);".utf8)) }
+        }
+        if let size = try? fileTreeSize(m.path) { h.update(Array(String(size).utf8)) }
+        return "sha256:" + h.finalize().prefix(12).map { String($0, radix: 16).count == 1 ? "0" + String($0, radix: 16) : String($0, radix: 16) }.joined()
+    }
+
+    static func fileTreeSize(_ path: String) throws -> Int {
+        var isDir: ObjCBool = false
+        guard FileManager.default.fileExists(atPath: path, isDirectory: &isDir) else { return 0 }
+        if !isDir.boolValue { return (try FileManager.default.attributesOfItem(atPath: path)[.size] as? Int) ?? 0 }
+        return try FileManager.default.contentsOfDirectory(atPath: path).filter { $0.hasSuffix(".safetensors") }
+            .reduce(0) { $0 + ((try FileManager.default.attributesOfItem(atPath: path + "/" + $1)[.size] as? Int) ?? 0) }
+    }
+
+    /// The configuration every worker and every rerun must share (written to the manifests).
+    /// How the numbers are computed (part of the configuration: another kernel gives other low bits).
+    static func computeDescription(_ m: LlamaModel) -> String {
+        let quantized = m.weights.layers.contains { l in [l.wq, l.wk, l.wv, l.wo, l.gate, l.up, l.down].contains { $0.storage == "Q8_0" } }
+        return quantized ? "Q8_0 weights, " + m.engine.description : "f32 weights, OpenBLAS sgemm"
+    }
+
+    static func manifestConfig(_ cfg: ExtractionConfig, data: Dataset, compute: String) throws -> [String: String] {
+        let bytes: Data
+        do { bytes = try Data(contentsOf: URL(fileURLWithPath: cfg.dataPath)) } catch {
+            throw DatasetError(file: cfg.dataPath, reason: "cannot read: \(error.localizedDescription)")
+        }
+        return [
+            "data_file": (cfg.dataPath as NSString).lastPathComponent,
+            "data_sha256": bytes.withUnsafeBytes { SHA256.hex($0) },
+            "rows_total": String(data.rows.count),
+            "text_column": cfg.textColumn, "label_column": cfg.labelColumn,
+            "template": cfg.renderer.template.rawValue, "suffix": cfg.renderer.suffix,
+            "system_prompt": cfg.renderer.systemPrompt ?? "",
+            "max_tokens": String(cfg.maxTokens), "with_embeddings": String(cfg.withEmbeddings),
+            "dtype": cfg.dtype.rawValue, "rows_per_shard": String(cfg.rowsPerShard), "on_error": cfg.onError.rawValue,
+            "compute": compute,
+        ]
+    }
+}
