@@ -45,6 +45,7 @@ public final class RunState {
     let hb: FloatBuffer      // [T, f]  gate, then silu(gate) * up
     let hb2: FloatBuffer     // [T, f]  up
     let scores: FloatBuffer  // [threads, T] one softmax row per thread
+    let block: FloatBuffer   // [attentionBlock, T] scores of a block of queries (long prompts, via sgemm)
     let cos: FloatBuffer     // [T, head_dim/2]
     let sin: FloatBuffer     // [T, head_dim/2]
     let invFreq: [Float]     // [head_dim/2]
@@ -62,6 +63,7 @@ public final class RunState {
         hb = FloatBuffer(count: capacity * c.intermediateSize)
         hb2 = FloatBuffer(count: capacity * c.intermediateSize)
         scores = FloatBuffer(count: threads * capacity)
+        block = FloatBuffer(count: capacity >= LlamaModel.blasAttentionMinTokens ? LlamaModel.attentionBlock * capacity : 1)
         cos = FloatBuffer(count: capacity * half)
         sin = FloatBuffer(count: capacity * half)
         logits = FloatBuffer(count: c.vocabSize)
@@ -154,7 +156,8 @@ public final class LlamaModel {
             layer.wq.apply(xin.rows(rows), s.q.pointer + lo * c.qDim, engine: engine)
             rotate(s.k.pointer, heads: c.kvHeads, rows: allRows, s)
             rotate(s.q.pointer, heads: c.numAttentionHeads, rows: rows, s)
-            attention(s, queries: rows)
+            if T >= Self.blasAttentionMinTokens && rows.count > 1 { attentionBLAS(s, queries: rows, tokens: T) }
+            else { attention(s, queries: rows) }
             let ain = engine.prepare(s.att.pointer + lo * c.qDim, rows: n, cols: c.qDim)
             layer.wo.apply(ain, x + lo * d, accumulate: true, engine: engine)
 
@@ -271,6 +274,48 @@ public final class LlamaModel {
                 for j in 0...i {
                     axpy(sc[j] / sum, v + j * kw + kvh * hd, out, hd)
                 }
+            }
+        }
+    }
+
+    /// Prompts at least this long compute attention scores with sgemm, a block of queries at a time.
+    static let blasAttentionMinTokens = 256
+    static let attentionBlock = 128
+
+    /// Causal attention through OpenBLAS: for each head and each block of queries [q0, q1), the scores
+    /// S = Q·Kᵀ·scale against keys 0..<q1 come from one sgemm, each row is masked and softmaxed, and
+    /// O = P·V is a second sgemm (the quadratic part at BLAS speed; same arithmetic as `attention`).
+    func attentionBLAS(_ s: RunState, queries: Range<Int>, tokens T: Int) {
+        let c = config
+        let hd = c.headDimension, nh = c.numAttentionHeads, group = nh / c.kvHeads
+        let qw = c.qDim, kw = c.kvDim
+        let scale = Float(1 / Double(hd).squareRoot())
+        let S = s.block.pointer
+        for h in 0..<nh {
+            let kvh = h / group
+            var q0 = queries.lowerBound
+            while q0 < queries.upperBound {
+                let q1 = min(queries.upperBound, q0 + Self.attentionBlock)
+                let m = q1 - q0, keys = q1
+                // S[m, keys] = Q[q0..<q1, h] · K[0..<keys, kvh]ᵀ
+                BLAS.gemm(transB: true, m: m, n: keys, k: hd, alpha: scale,
+                          a: s.q.pointer + q0 * qw + h * hd, lda: qw, b: s.k.pointer + kvh * hd, ldb: kw,
+                          beta: 0, c: S, ldc: keys)
+                pool.parallelRanges(m, minChunk: 8) { rows in
+                    for i in rows {
+                        let row = S + i * keys, valid = q0 + i + 1
+                        var mx = -Float.infinity
+                        for j in 0..<valid { mx = max(mx, row[j]) }
+                        var sum: Float = 0
+                        for j in 0..<valid { let e = expf(row[j] - mx); row[j] = e; sum += e }
+                        for j in 0..<valid { row[j] /= sum }
+                        for j in valid..<keys { row[j] = 0 }
+                    }
+                }
+                // O[q0..<q1, h] = P[m, keys] · V[0..<keys, kvh]
+                BLAS.gemm(transB: false, m: m, n: hd, k: keys, alpha: 1, a: S, lda: keys,
+                          b: s.v.pointer + kvh * hd, ldb: kw, beta: 0, c: s.att.pointer + q0 * qw + h * hd, ldc: qw)
+                q0 = q1
             }
         }
     }

@@ -18,6 +18,14 @@ public enum BLAS {
         }
     }
 
+    /// C[m, n] = alpha · A[m, k] · B (B is [k, n], or [n, k] transposed when `transB`) + beta · C, row-major
+    /// with explicit leading dimensions.
+    public static func gemm(transB: Bool, m: Int, n: Int, k: Int, alpha: Float, a: UnsafePointer<Float>, lda: Int,
+                            b: UnsafePointer<Float>, ldb: Int, beta: Float, c: UnsafeMutablePointer<Float>, ldc: Int) {
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, transB ? CblasTrans : CblasNoTrans, Int32(m), Int32(n), Int32(k), alpha,
+                    a, Int32(lda), b, Int32(ldb), beta, c, Int32(ldc))
+    }
+
     /// OpenBLAS's own thread count for subsequent calls.
     public static func setThreads(_ n: Int) { openblas_set_num_threads(Int32(max(1, n))) }
     public static var threads: Int { Int(openblas_get_num_threads()) }
