@@ -114,6 +114,8 @@ public final class GEMMEngine: @unchecked Sendable {
     static let vnniBlocksPerChunk = 32     // 1024 inputs: a panel pair chunk (35 KB) stays in L1
     static let avx2Depth = 256             // inputs per dequantized panel chunk (16 KB)
     static let blasTileRows = 256
+    /// Prompt rows per work item (the AVX2 kernel's 6-row tiles fit 252 of them exactly).
+    static let rowBlock = 252
 
     public init(pool: ThreadPool, backend: Backend = .simd, kernel: Q8Kernel = .detected) {
         self.pool = pool
@@ -202,17 +204,21 @@ public final class GEMMEngine: @unchecked Sendable {
         let rows = input.rows, ldq = base.cols
         let pairs = w.panels / 2, stride = w.panelStride, chunk = Self.vnniBlocksPerChunk
         let wbytes = UnsafeRawPointer(w.bytes)
-        pool.parallelFor(pairs) { pair in
+        // Work items: (panel pair, block of rows); a row block's activations chunk stays in L2.
+        let mBlocks = (rows + Self.rowBlock - 1) / Self.rowBlock
+        pool.parallelFor(pairs * mBlocks) { item in
+            let pair = item % pairs, mb = item / pairs
             let col0 = 32 * pair
             let cols = min(32, w.rows - col0)
             if cols <= 0 { return }
             let wp = wbytes + 2 * pair * stride
+            let rowEnd = min(rows, (mb + 1) * Self.rowBlock)
             var kb = 0
             while kb < nb {
                 let blocks = min(chunk, nb - kb)
                 let acc = accumulate || kb > 0
-                var r = 0
-                while r + 4 <= rows {
+                var r = mb * Self.rowBlock
+                while r + 4 <= rowEnd {
                     let a = r * ldq + 32 * kb, s = r * nb + kb
                     if let xl {
                         vnni16Tile4x32(x + a, xl + a, ldx: ldq, xs: xs + s, corr: xsum + s, lds: nb, w: wp + kb * 544,
@@ -225,7 +231,7 @@ public final class GEMMEngine: @unchecked Sendable {
                     }
                     r += 4
                 }
-                while r < rows {
+                while r < rowEnd {
                     let a = r * ldq + 32 * kb, s = r * nb + kb
                     if let xl {
                         vnni16Tile1x32(x + a, xl + a, xs: xs + s, corr: xsum + s, w: wp + kb * 544, panelStride: stride,
@@ -249,22 +255,25 @@ public final class GEMMEngine: @unchecked Sendable {
         let rows = input.rows, x = input.x, ldx = input.ldx
         let panels = (w.rows + 15) / 16, stride = w.panelStride
         let wbytes = UnsafeRawPointer(w.bytes)
-        pool.parallelFor(panels) { p, thread in
+        let mBlocks = (rows + Self.rowBlock - 1) / Self.rowBlock
+        pool.parallelFor(panels * mBlocks) { item, thread in
+            let p = item % panels, mb = item / panels
             let buf = scratch + thread * Self.avx2Depth * 16
             let col0 = 16 * p, cols = min(16, w.rows - col0)
+            let rowEnd = min(rows, (mb + 1) * Self.rowBlock)
             var kb = 0
             while kb < nb {
                 let blocks = min(depthBlocks, nb - kb)
                 avx2DequantizePanel(wbytes + p * stride + kb * 544, blocks: blocks, into: buf)
                 let acc = accumulate || kb > 0
                 let k0 = 32 * kb
-                var r = 0
-                while r + 6 <= rows {
+                var r = mb * Self.rowBlock
+                while r + 6 <= rowEnd {
                     avx2Tile6x16(x + r * ldx + k0, ldx: ldx, b: buf, depth: 32 * blocks, y: y + r * ldy + col0,
                                  ldy: ldy, cols: cols, accumulate: acc)
                     r += 6
                 }
-                while r < rows {
+                while r < rowEnd {
                     avx2Tile1x16(x + r * ldx + k0, b: buf, depth: 32 * blocks, y: y + r * ldy + col0, cols: cols,
                                  accumulate: acc)
                     r += 1

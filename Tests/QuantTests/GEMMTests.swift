@@ -11,7 +11,7 @@ import Testing
     // Row counts around the 4- and 6-row tiles, column counts around the 16/32-column panels, inner
     // sizes around the kernels' chunking (1024 inputs for VNNI, 256 for AVX2).
     static let cases = [Case(m: 1, n: 16, k: 32), Case(m: 3, n: 45, k: 64), Case(m: 4, n: 32, k: 96),
-                        Case(m: 7, n: 100, k: 1056), Case(m: 13, n: 64, k: 288), Case(m: 6, n: 17, k: 2080)]
+                        Case(m: 7, n: 100, k: 1056), Case(m: 13, n: 64, k: 288), Case(m: 6, n: 17, k: 2080), Case(m: 300, n: 40, k: 64)]
 
     static let engines: [Q8Kernel] = Q8Kernel.supported
 
