@@ -80,7 +80,7 @@ struct BenchCommand: ParsableCommand {
             var c = Preset.named(synthetic)!.config
             fullDepth = c.numHiddenLayers
             if let layers {
-                guard layers <= c.numHiddenLayers else { throw ValidationError("--layers \(layers) exceeds the \(c.numHiddenLayers) layers of \(synthetic)") }
+                guard layers <= c.numHiddenLayers else { throw CLIError("--layers \(layers) exceeds the \(c.numHiddenLayers) layers of \(synthetic)") }
                 c.numHiddenLayers = layers
             }
             if !json { note("building \(synthetic) (\(c.numHiddenLayers) layers, \(weights.rawValue)) in memory") }
@@ -92,7 +92,7 @@ struct BenchCommand: ParsableCommand {
             if weights == .q8_0 { w = w.quantizedQ8_0(pool: pool) }
         }
         guard tokens <= w.config.maxPositionEmbeddings else {
-            throw ValidationError("--tokens \(tokens) exceeds max_position_embeddings \(w.config.maxPositionEmbeddings)")
+            throw CLIError("--tokens \(tokens) exceeds max_position_embeddings \(w.config.maxPositionEmbeddings)")
         }
         let m = LlamaModel(weights: w, pool: pool, backend: backend, kernel: kernel.resolved)
         let r = try Bench.run(model: m, tokens: tokens, repeats: repeats, positions: positions, fullDepth: fullDepth)

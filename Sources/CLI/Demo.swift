@@ -1,73 +1,103 @@
 import ArgumentParser
+import Extraction
 import Foundation
 import Model
+import Probe
 import Quant
 
 struct Demo: ParsableCommand {
     static let configuration = CommandConfiguration(
-        abstract: "Run the pipeline on the built-in demo model, printing each command it runs.",
+        abstract: "The whole pipeline on the built-in demo model, printing each command it runs.",
         discussion: """
-        Synthesizes the `tiny` demo model (random weights: the residuals show the pipeline working, not \
-        science) and captures the residual stream of every layer for the demo prompts.
+        Synthesizes the `tiny` demo model (random weights: its probes show the pipeline working, not \
+        science), quantizes it to int8, extracts the residual stream of every layer for the demo dataset \
+        (data/demo/emotions.csv) into shards, trains one probe per layer, writes the report and classifies \
+        two new messages. Every step is a real llamaprobe command, printed so you can copy it. OUT is \
+        emptied first.
 
         Example: llamaprobe demo --out demo-run
         """)
 
-    @Option(help: ArgumentHelp("Working directory for the demo's outputs.", valueName: "dir"))
+    @Option(help: ArgumentHelp("Working directory for the demo's outputs (emptied first).", valueName: "dir"))
     var out: String = "demo-run"
 
-    @Option(help: ArgumentHelp("Prompts file (default: data/demo/prompts.txt).", valueName: "file"))
-    var prompts: String?
+    @Option(help: ArgumentHelp("Labelled dataset (default: data/demo/emotions.csv).", valueName: "file"))
+    var data: String?
 
     @Option(help: "Threads (default: all cores).")
     var threads: Int = ThreadPool.defaultThreadCount
 
     func run() throws {
         let exe = CommandLine.arguments[0]
-        let modelDir = out + "/model"
-        let promptsPath = try prompts ?? locate("data/demo/prompts.txt")
-        let residPath = out + "/residuals.safetensors"
+        let dataPath = try data ?? locate("data/demo/emotions.csv")
+        let marker = out + "/.llamaprobe-demo"
+        let existing = (try? FileManager.default.contentsOfDirectory(atPath: out)) ?? []
+        if !existing.isEmpty && !FileManager.default.fileExists(atPath: marker) {
+            throw CLIError("\(out) exists and is not a demo directory; pass a new --out (the demo empties it first)")
+        }
+        try? FileManager.default.removeItem(atPath: out)
         try FileManager.default.createDirectory(atPath: out, withIntermediateDirectories: true)
-
-        let steps: [[String]] = [
-            ["synth", "--preset", "tiny", "--out", modelDir, "--seed", "1"],
-            ["tokenize", "--model", modelDir, "I feel great today!"],
-            ["residuals", "--model", modelDir, "--prompts", promptsPath, "--out", residPath, "--threads", String(threads)],
-        ]
+        FileManager.default.createFile(atPath: marker, contents: Data())
+        let model = out + "/model", gguf = out + "/model.q8_0.gguf", shards = out + "/shards", probes = out + "/probes"
+        let t = String(threads)
         let t0 = now()
-        for args in steps {
-            print("$ llamaprobe " + args.map(shellQuote).joined(separator: " "))
-            fflush(stdout)
-            try runSelf(exe, args)
-        }
+        try step(exe, ["synth", "--preset", "tiny", "--out", model, "--seed", "1"])
+        try step(exe, ["quantize", "--model", model, "--out", gguf, "--threads", t])
+        let extractLog = try step(exe, ["extract", "--model", gguf, "--data", dataPath, "--out", shards, "--threads", t])
+        try step(exe, ["train", "--shards", shards, "--out", probes, "--threads", t])
+        try step(exe, ["predict", "--model", gguf, "--probes", probes, "I finally got the job I wanted, I can't stop smiling!",
+                       "Everything feels heavy and I haven't slept in days."])
 
-        // Summarise what was captured: per-layer RMS of resid_post over the prompts.
-        let file = try SafeTensorsFile(path: residPath)
-        let config = try LlamaConfig.load(path: modelDir + "/config.json")
-        let n = file.names.filter { $0.hasSuffix(".resid_post") }.count
-        var rms = [Double](repeating: 0, count: config.numHiddenLayers)
-        for i in 0..<n {
-            let r = try file.floats("p\(i).resid_post")
-            let d = config.hiddenSize
-            for l in 0..<config.numHiddenLayers {
-                rms[l] += (r[(l * d)..<((l + 1) * d)].reduce(0) { $0 + Double($1 * $1) } / Double(d)).squareRoot() / Double(n)
-            }
-        }
-        print("\nresid_post at the readout token, mean RMS over \(n) prompts:")
-        for (l, v) in rms.enumerated() { print(String(format: "  layer %2d  %.4f", l, v)) }
-        print(String(format: "\ndemo finished in %.1f s. Residuals: %@", now() - t0, residPath))
-        print("Read them in Python: from safetensors.numpy import load_file; r = load_file('\(residPath)'); r['p0.resid_post'].shape")
+        // Where to look.
+        let dir = try ShardDirectory(path: shards)
+        let onDisk = dir.manifests.flatMap(\.shards).reduce(0) { $0 + $1.bytes }
+        let raw = dir.totalRows * dir.metadata.layers.count * dir.metadata.dModel * 4
+        let set = try ProbeSet.load(directory: probes)
+        let metrics = (try? String(contentsOfFile: probes + "/probe_training_metrics.csv", encoding: .utf8)) ?? ""
+        let bestAcc = metrics.split(separator: "\n").dropFirst().compactMap { line -> Double? in
+            let c = line.split(separator: ",", omittingEmptySubsequences: false)
+            return c.count > 5 && Int(c[0]) == set.bestLayer ? Double(c[5]) : nil
+        }.max() ?? 0
+        let rate = extractLog.range(of: #"= ([0-9.]+) tokens/s"#, options: .regularExpression)
+            .map { String(extractLog[$0]).dropFirst(2).replacingOccurrences(of: " tokens/s", with: "") } ?? "?"
+        print("""
+
+        Demo finished in \(String(format: "%.0f", now() - t0)) s. Where to look:
+          report:      \(probes)/probe_training_summary.md (accuracy by layer: \(probes)/accuracy_by_layer.svg)
+          best layer:  \(set.bestLayer), validation accuracy \(String(format: "%.3f", bestAcc)) (random-weight model: the pipeline, not science)
+          shards:      \(shards): \(String(format: "%.2f", Double(onDisk) / 1e6)) MB on disk for \(String(format: "%.2f", Double(raw) / 1e6)) MB of f32 residuals (\(dir.totalRows) rows × \(dir.metadata.layers.count) layers × \(dir.metadata.dModel))
+          extraction:  \(rate) tokens/s
+        Next: the README's "Running LLaMA-2-13B-chat" section.
+        """)
     }
 
-    func runSelf(_ exe: String, _ args: [String]) throws {
+    /// Prints the command, runs it (the same binary), shows its output and returns what it wrote to stderr.
+    @discardableResult
+    func step(_ exe: String, _ args: [String]) throws -> String {
+        print("\n$ llamaprobe " + args.map(shellQuote).joined(separator: " "))
+        fflush(stdout)
         let p = Process()
         p.executableURL = URL(fileURLWithPath: exe)
         p.arguments = args
+        let err = Pipe()
+        p.standardError = err
+        var captured = Data()
+        let lock = NSLock()
+        err.fileHandleForReading.readabilityHandler = { h in
+            let d = h.availableData
+            lock.lock(); captured.append(d); lock.unlock()
+            FileHandle.standardError.write(d)
+        }
         try p.run()
         p.waitUntilExit()
+        err.fileHandleForReading.readabilityHandler = nil
+        let rest = err.fileHandleForReading.readDataToEndOfFile()
+        lock.lock(); captured.append(rest); lock.unlock()
+        FileHandle.standardError.write(rest)
         guard p.terminationStatus == 0 else {
-            throw ValidationError("step `llamaprobe \(args.joined(separator: " "))` failed with exit code \(p.terminationStatus)")
+            throw CLIError("step `llamaprobe \(args.joined(separator: " "))` failed with exit code \(p.terminationStatus)")
         }
+        return String(decoding: captured, as: UTF8.self)
     }
 
     func locate(_ relative: String) throws -> String {
@@ -78,7 +108,7 @@ struct Demo: ParsableCommand {
             dir = dir.deletingLastPathComponent()
         }
         if let found = candidates.first(where: { FileManager.default.fileExists(atPath: $0) }) { return found }
-        throw ValidationError("\(relative) not found; run from the repository or pass --prompts FILE")
+        throw CLIError("\(relative) not found; run from the repository or pass --data FILE")
     }
 }
 

@@ -32,15 +32,15 @@ struct WorkerSpec: ExpressibleByArgument {
         if let id = env["SLURM_ARRAY_TASK_ID"].flatMap(Int.init) {
             let min = env["SLURM_ARRAY_TASK_MIN"].flatMap(Int.init) ?? 0
             guard let n = workers ?? env["SLURM_ARRAY_TASK_COUNT"].flatMap(Int.init) else {
-                throw ValidationError("--worker auto: SLURM_ARRAY_TASK_COUNT is not set; pass --workers N")
+                throw CLIError("--worker auto: SLURM_ARRAY_TASK_COUNT is not set; pass --workers N")
             }
             return (id - min, n)
         }
         if let id = env["JOB_COMPLETION_INDEX"].flatMap(Int.init) {
-            guard let n = workers else { throw ValidationError("--worker auto with JOB_COMPLETION_INDEX needs --workers N (the Job's completions)") }
+            guard let n = workers else { throw CLIError("--worker auto with JOB_COMPLETION_INDEX needs --workers N (the Job's completions)") }
             return (id, n)
         }
-        throw ValidationError("--worker auto found neither SLURM_ARRAY_TASK_ID nor JOB_COMPLETION_INDEX; pass --worker I/N")
+        throw CLIError("--worker auto found neither SLURM_ARRAY_TASK_ID nor JOB_COMPLETION_INDEX; pass --worker I/N")
     }
 }
 

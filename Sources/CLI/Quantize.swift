@@ -39,7 +39,7 @@ struct QuantizeCommand: ParsableCommand {
         let tokPath = tokenizer ?? model + "/tokenizer.model"
         let tok = try Tokenizer(path: tokPath)
         guard tok.vocabSize <= ck.config.vocabSize else {
-            throw ValidationError("\(tokPath) has \(tok.vocabSize) pieces, more than vocab_size \(ck.config.vocabSize)")
+            throw CLIError("\(tokPath) has \(tok.vocabSize) pieces, more than vocab_size \(ck.config.vocabSize)")
         }
         var last = 0.0
         try Quantizer.run(checkpoint: ck, tokenizer: tok.serialized, tokenizerSource: tokPath, outPath: out, type: type,

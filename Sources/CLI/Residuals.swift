@@ -37,7 +37,7 @@ struct Residuals: ParsableCommand {
 
     func run() throws {
         let list = try PromptFile.read(path: prompts)
-        guard !list.isEmpty else { throw ValidationError("\(prompts) has no prompts") }
+        guard !list.isEmpty else { throw CLIError("\(prompts) has no prompts") }
         let t0 = now()
         let loaded = try modelOptions.load(includeHead: logits)
         note("loaded \(modelOptions.model) (\(loaded.config.summary)) in \(formatSeconds(now() - t0))")

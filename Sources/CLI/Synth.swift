@@ -63,7 +63,7 @@ struct Synth: ParsableCommand {
         var config = p.config
         if let layers {
             guard layers <= config.numHiddenLayers else {
-                throw ValidationError("--layers \(layers) exceeds the \(config.numHiddenLayers) layers of \(preset)")
+                throw CLIError("--layers \(layers) exceeds the \(config.numHiddenLayers) layers of \(preset)")
             }
             config.numHiddenLayers = layers
         }
@@ -72,7 +72,7 @@ struct Synth: ParsableCommand {
         if let tokenizer {
             let tok = try Tokenizer(path: tokenizer)
             guard tok.vocabSize <= config.vocabSize else {
-                throw ValidationError("the tokenizer has \(tok.vocabSize) pieces, more than the preset's vocab_size \(config.vocabSize)")
+                throw CLIError("the tokenizer has \(tok.vocabSize) pieces, more than the preset's vocab_size \(config.vocabSize)")
             }
             tokenizerData = tok.serialized
         } else {

@@ -7,6 +7,9 @@
 #include <string>
 #include <vector>
 
+#include <fcntl.h>
+#include <unistd.h>
+
 struct spm_processor {
     sentencepiece::SentencePieceProcessor sp;
 };
@@ -73,7 +76,14 @@ extern "C" int spm_unk_id(const spm_processor *p) { return p->sp.unk_id(); }
 extern "C" int spm_pad_id(const spm_processor *p) { return p->sp.pad_id(); }
 
 extern "C" int spm_train(const char *args, char *err, size_t errlen) {
+    // The trainer logs its command line to stderr before it reads --minloglevel: silence stderr meanwhile.
+    fflush(stderr);
+    int saved = dup(2), devnull = open("/dev/null", O_WRONLY);
+    if (saved >= 0 && devnull >= 0) dup2(devnull, 2);
     auto status = sentencepiece::SentencePieceTrainer::Train(args);
+    fflush(stderr);
+    if (saved >= 0) { dup2(saved, 2); close(saved); }
+    if (devnull >= 0) close(devnull);
     if (!status.ok()) {
         set_err(err, errlen, status.ToString());
         return 1;
