@@ -19,10 +19,12 @@ test: setup
 	$(SWIFT) build --build-tests
 	$(SWIFT) test --skip-build
 
-# fp32 forward throughput on one LLaMA-2-13B-shaped layer (see docs/performance.md).
-bench: setup
-	$(SWIFT) build -c release --product llamaprobe-bench
-	$(RELEASE)/llamaprobe-bench --preset llama-2-13b --layers 1 --tokens 128 --repeats 5
+# Throughput on LLaMA-2-13B-shaped layers (int8, against sgemm in the same run) and the GEMM kernels
+# against OpenBLAS sgemm on the projection shapes (see docs/performance.md).
+bench: build
+	$(SWIFT) build -c release --product llamaprobe-kernel-bench
+	$(RELEASE)/llamaprobe bench --synthetic llama-2-13b --layers 2 --tokens 128
+	$(RELEASE)/llamaprobe-kernel-bench --preset llama-2-13b --tokens 128 --repeats 5
 
 # Regenerate the reference fixtures with Hugging Face transformers (needs torch; not part of `make test`).
 fixtures:

@@ -137,7 +137,7 @@ struct Extract: ParsableCommand {
 struct Shards: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Inspect and check shard directories.",
-        subcommands: [ShardsVerify.self, ShardsInfo.self])
+        subcommands: [ShardsVerify.self, ShardsInfo.self, ShardsImport.self])
 }
 
 struct ShardsVerify: ParsableCommand {

@@ -15,7 +15,7 @@ struct LlamaProbe: ParsableCommand {
 
         Start with `llamaprobe demo --out demo-run` or `make demo`.
         """,
-        subcommands: [Demo.self, Synth.self, QuantizeCommand.self, Tokenize.self, Residuals.self, Extract.self, Shards.self, Generate.self, BenchCommand.self, Info.self])
+        subcommands: [Demo.self, Synth.self, QuantizeCommand.self, Tokenize.self, Residuals.self, Extract.self, Shards.self, Train.self, Predict.self, Generate.self, BenchCommand.self, Info.self])
 }
 
 // MARK: - Shared option groups
@@ -103,4 +103,11 @@ enum KernelChoice: ExpressibleByArgument, Equatable {
             throw ValidationError("this CPU cannot run --kernel \(k.rawValue); it supports: \(Q8Kernel.supported.map(\.rawValue).joined(separator: ", "))")
         }
     }
+}
+
+/// A failure while running a command (input problems found at run time): one line, exit status 1, no usage text.
+struct CLIError: LocalizedError {
+    let message: String
+    init(_ message: String) { self.message = message }
+    var errorDescription: String? { message }
 }

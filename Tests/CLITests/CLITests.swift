@@ -138,16 +138,64 @@ func scratch(_ name: String = #function) -> String {
         try expectFailure(["tokenize", "hi"], mentions: ["--model", "--tokenizer"])
     }
 
-    @Test("every subcommand has --help that explains its flags")
+    @Test("every subcommand has --help that explains its flags and shows an example")
     func help() throws {
-        for (sub, flags) in [("synth", ["--preset", "--layers", "--seed", "--dtype", "--tokenizer"]),
-                             ("tokenize", ["--model", "--tokenizer", "--template", "--suffix", "--system-prompt", "--ids"]),
-                             ("residuals", ["--model", "--prompts", "--out", "--template", "--positions", "--with-embeddings", "--logits", "--threads"]),
-                             ("info", ["--model"]), ("demo", ["--out"])] {
-            let r = try CLI.run([sub, "--help"])
-            #expect(r.status == 0)
+        let commands: [([String], [String])] = [
+            (["demo"], ["--out", "--data", "--threads"]),
+            (["synth"], ["--preset", "--layers", "--seed", "--dtype", "--tokenizer", "--corpus"]),
+            (["quantize"], ["--model", "--out", "--type", "--tokenizer", "--threads"]),
+            (["tokenize"], ["--model", "--tokenizer", "--template", "--suffix", "--system-prompt", "--ids"]),
+            (["residuals"], ["--model", "--prompts", "--out", "--template", "--positions", "--with-embeddings", "--logits", "--threads", "--backend", "--kernel"]),
+            (["extract"], ["--model", "--data", "--out", "--text-column", "--label-column", "--labels", "--template", "--suffix",
+                           "--system-prompt", "--max-tokens", "--with-embeddings", "--dtype", "--rows-per-shard", "--worker", "--workers", "--on-error", "--threads"]),
+            (["shards", "verify"], []), (["shards", "info"], []), (["shards", "import"], ["--activations", "--labels", "--out"]),
+            (["train"], ["--shards", "--out", "--epochs", "--lr", "--beta1", "--beta2", "--weight-decay", "--batch-size", "--val-batch-size",
+                         "--val-every", "--val-fraction", "--seed", "--plateau-factor", "--plateau-patience", "--layers", "--threads", "--max-memory"]),
+            (["predict"], ["--model", "--probes", "--layer", "--template", "--data", "--json"]),
+            (["generate"], ["--model", "--count", "--template"]),
+            (["bench"], ["--model", "--synthetic", "--layers", "--tokens", "--threads", "--backend", "--kernel", "--json"]),
+            (["info"], ["--model"]),
+        ]
+        for (sub, flags) in commands {
+            let r = try CLI.run(sub + ["--help"])
+            #expect(r.status == 0, "\(sub) --help failed")
             for f in flags { #expect(r.stdout.contains(f), "\(sub) --help lacks \(f)") }
-            #expect(r.stdout.contains("Example:"), "\(sub) --help has no example")
+            #expect(r.stdout.contains("Example"), "\(sub) --help has no example")
+        }
+    }
+
+    /// The README's blocks marked `<!-- runnable -->` run as written (on the demo model), so the README
+    /// cannot drift from the code.
+    @Test("the README's runnable command blocks run")
+    func readmeBlocks() throws {
+        let repo = CLI.fixtures.deletingLastPathComponent().deletingLastPathComponent()
+        let readme = try String(contentsOf: repo.appendingPathComponent("README.md"), encoding: .utf8)
+        var blocks: [String] = []
+        var rest = readme[...]
+        while let m = rest.range(of: "<!-- runnable -->\n```sh\n") {
+            guard let end = rest.range(of: "\n```", range: m.upperBound..<rest.endIndex) else { break }
+            blocks.append(String(rest[m.upperBound..<end.lowerBound]))
+            rest = rest[end.upperBound...]
+        }
+        #expect(!blocks.isEmpty, "README.md has no <!-- runnable --> blocks")
+        let dir = scratch()
+        try FileManager.default.createSymbolicLink(atPath: dir + "/data", withDestinationPath: repo.appendingPathComponent("data").path)
+        let bin = URL(fileURLWithPath: CLI.executable).deletingLastPathComponent().path
+        for (i, block) in blocks.enumerated() {
+            let p = Process()
+            p.executableURL = URL(fileURLWithPath: "/bin/bash")
+            p.arguments = ["-euo", "pipefail", "-c", block]
+            p.currentDirectoryURL = URL(fileURLWithPath: dir)
+            var env = ProcessInfo.processInfo.environment
+            env["PATH"] = bin + ":" + (env["PATH"] ?? "/usr/bin:/bin")
+            p.environment = env
+            let err = Pipe()
+            p.standardError = err
+            p.standardOutput = FileHandle.nullDevice
+            try p.run()
+            let errText = String(decoding: err.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+            p.waitUntilExit()
+            #expect(p.terminationStatus == 0, "README block \(i + 1) failed:\n\(block)\n\(errText.suffix(2000))")
         }
     }
 

@@ -1,0 +1,260 @@
+import Foundation
+import Quant
+
+/// What ReduceLROnPlateau watches.
+public enum PlateauMetric: String, Sendable, CaseIterable {
+    case train, val
+}
+
+/// The hyperparameters of `llamaprobe train` (defaults: the reference recipe).
+public struct TrainConfig: Sendable, Equatable {
+    public var epochs = 50
+    public var learningRate = 1e-3
+    public var adam = AdamConfig()
+    public var batchSize = 200
+    public var valBatchSize = 400
+    public var valEvery = 10
+    public var valFraction = 0.2
+    public var seed = 12345
+    public var plateauFactor = 0.75
+    public var plateauPatience = 0
+    public var plateauOn = PlateauMetric.train
+    /// Shuffle the training rows every epoch (false: batches follow the split's train order).
+    public var shuffle = true
+    public var threads = ThreadPool.defaultThreadCount
+    public init() {}
+
+    /// Validation period: every epoch when the scheduler watches the validation loss.
+    public var effectiveValEvery: Int { plateauOn == .val ? 1 : valEvery }
+
+    public func validate() throws {
+        func need(_ ok: Bool, _ what: String) throws { if !ok { throw TrainError(what) } }
+        try need(epochs >= 1, "--epochs must be at least 1")
+        try need(learningRate > 0 && learningRate.isFinite, "--lr must be positive")
+        try need(adam.beta1 >= 0 && adam.beta1 < 1 && adam.beta2 >= 0 && adam.beta2 < 1, "--beta1 and --beta2 must be in [0, 1)")
+        try need(adam.weightDecay >= 0, "--weight-decay must be ≥ 0")
+        try need(batchSize >= 1 && valBatchSize >= 1, "batch sizes must be at least 1")
+        try need(valEvery >= 1, "--val-every must be at least 1")
+        try need(valFraction > 0 && valFraction < 1, "--val-fraction must be in (0, 1)")
+        try need(plateauFactor > 0 && plateauFactor < 1, "--plateau-factor must be in (0, 1)")
+        try need(plateauPatience >= 0, "--plateau-patience must be ≥ 0")
+        try need(seed >= 0 && seed <= Int(UInt32.max), "--seed must be in 0…4294967295 (numpy's RandomState range)")
+        try need(threads >= 1, "--threads must be at least 1")
+    }
+}
+
+/// One row of probe_training_metrics.csv.
+public struct EpochRecord: Sendable, Equatable {
+    public var epoch: Int
+    /// Mean of the per-batch mean losses (each batch's loss rounded to f32, as `loss.item()`).
+    public var trainLoss: Double
+    public var trainCorrect: Int
+    public var trainTotal: Int
+    public var trainAccuracy: Double { Double(trainCorrect) / Double(max(trainTotal, 1)) }
+    public var valAccuracy: Double?
+    public var valLoss: Double?
+    public var bestAccuracy: Double
+    public var isBest: Bool
+    /// Learning rate after the scheduler step.
+    public var lr: Double
+}
+
+/// One layer's training: its metrics, final and best weights.
+public struct LayerOutcome: Sendable {
+    /// The layer number (as stored in the shards' metadata).
+    public var layer: Int
+    public var epochs: [EpochRecord] = []
+    public var finalWeight: [Float] = []
+    public var finalBias: [Float] = []
+    public var bestWeight: [Float]?
+    public var bestBias: [Float]?
+    public var bestEpoch: Int?
+    public var bestAccuracy: Double = 0
+    /// Share of the last epoch's training outputs that were exactly 0 or 1 in f32.
+    public var saturatedShare: Double = 0
+}
+
+public struct TrainProgress: Sendable {
+    public var epoch: Int
+    public var epochs: Int
+    public var batch: Int
+    public var batches: Int
+    /// Running mean (over layers) of this epoch's loss so far.
+    public var meanLoss: Double
+    public var phase: String
+}
+
+/// Trains one probe per layer on an ActivationSource: every batch updates all layers' probes (in
+/// parallel over layers, each with its own Adam state and scheduler), so the data is read once per epoch.
+/// The arithmetic of each layer is the per-layer recipe's; results do not depend on the thread count.
+public final class ProbeTrainer {
+    public let config: TrainConfig
+    public let source: ActivationSource
+    public let classes: Int
+    /// Layer numbers of the probes, in the source's layer order.
+    public let layers: [Int]
+    let labels: [Int32]
+    public let train: [Int]
+    public let val: [Int]
+    public let probes: [ProbeState]
+    let pool: ThreadPool
+    let scratch: [KernelScratch]
+
+    /// `labels` by position; `train`/`val` are positions; `initial` one (weight [classes·dModel], bias) per layer.
+    public init(config: TrainConfig, source: ActivationSource, labels: [Int32], classes: Int, layers: [Int],
+                train: [Int], val: [Int], initial: [(weight: [Float], bias: [Float])], pool: ThreadPool? = nil) throws {
+        try config.validate()
+        guard layers.count == source.layerCount, initial.count == layers.count else {
+            throw TrainError("internal: \(layers.count) layers, \(source.layerCount) in the data, \(initial.count) initial probes")
+        }
+        guard !train.isEmpty else { throw TrainError("the training set is empty") }
+        self.config = config; self.source = source; self.classes = classes; self.layers = layers
+        self.labels = labels; self.train = train; self.val = val
+        let d = source.dModel
+        probes = initial.map { ProbeState(weight: $0.weight, bias: $0.bias, classes: classes, dModel: d) }
+        self.pool = pool ?? ThreadPool(threads: config.threads)
+        scratch = (0..<self.pool.threadCount).map { _ in KernelScratch(dModel: d) }
+    }
+
+    /// N(0, 0.02) weights and zero bias for layer `layer`, from ProbeRNG(seed, stream: 1 + layer).
+    public static func initialProbe(seed: Int, layer: Int, classes: Int, dModel: Int) -> (weight: [Float], bias: [Float]) {
+        var rng = ProbeRNG(seed: UInt64(seed), stream: 1 + UInt64(layer))
+        let w = (0..<(classes * dModel)).map { _ in Float(0.02 * rng.normal()) }
+        return (w, [Float](repeating: 0, count: classes))
+    }
+
+    private final class Accumulator: @unchecked Sendable {
+        var lossOfBatchMeans: [Double]
+        var correct: [Int]
+        var total = 0
+        var saturated: [Int]
+        var batches = 0
+        var failure: String?
+        init(_ n: Int) {
+            lossOfBatchMeans = [Double](repeating: 0, count: n)
+            correct = [Int](repeating: 0, count: n)
+            saturated = [Int](repeating: 0, count: n)
+        }
+    }
+
+    public func run(progress: ((TrainProgress) -> Void)? = nil) throws -> [LayerOutcome] {
+        let n = layers.count
+        var outcomes = layers.map { LayerOutcome(layer: $0) }
+        var lrs = [Double](repeating: config.learningRate, count: n)
+        var schedulers = [PlateauScheduler](repeating: PlateauScheduler(factor: config.plateauFactor, patience: config.plateauPatience), count: n)
+        var shuffler: ProbeRNG? = config.shuffle ? ProbeRNG(seed: UInt64(config.seed), stream: 0) : nil
+        let batches = (train.count + config.batchSize - 1) / config.batchSize
+        let layerBytes = source.dModel * source.type.size
+        let type = source.type
+        for epoch in 1...config.epochs {
+            let acc = Accumulator(n)
+            let lrsNow = lrs
+            try source.forEachBatch(positions: train, batchSize: config.batchSize, shuffle: &shuffler) { batch in
+                batch.rows.withUnsafeBufferPointer { rows in
+                    batch.labels.withUnsafeBufferPointer { lab in
+                        pool.parallelFor(n) { li, thread in
+                            let p = probes[li]
+                            let out = ProbeKernels.forwardBackward(p, rows: rows.baseAddress!, labels: lab.baseAddress!, count: batch.count,
+                                                                   layerOffset: li * layerBytes, type: type, scratch: scratch[thread])
+                            let loss = Float(out.lossSum / Double(batch.count * classes))
+                            if !loss.isFinite { acc.failure = "layer \(layers[li]): the loss is \(loss) at epoch \(epoch) (diverged; lower --lr)" }
+                            p.adamStep(lr: lrsNow[li], config.adam)
+                            acc.lossOfBatchMeans[li] += Double(loss)
+                            acc.correct[li] += out.correct
+                            acc.saturated[li] += out.saturated
+                        }
+                    }
+                }
+                if let f = acc.failure { throw TrainError(f) }
+                acc.total += batch.count
+                acc.batches += 1
+                progress?(TrainProgress(epoch: epoch, epochs: config.epochs, batch: acc.batches, batches: batches,
+                                        meanLoss: acc.lossOfBatchMeans.reduce(0, +) / Double(n * acc.batches), phase: "train"))
+            }
+            var valAcc: [Double]? = nil, valLoss: [Double]? = nil
+            if epoch % config.effectiveValEvery == 0 && !val.isEmpty {
+                let r = try evaluate(positions: val)
+                valAcc = r.accuracy
+                valLoss = r.loss
+            }
+            for li in 0..<n {
+                let trainLoss = acc.lossOfBatchMeans[li] / Double(acc.batches)
+                var isBest = false
+                if let va = valAcc?[li], va > outcomes[li].bestAccuracy {
+                    outcomes[li].bestAccuracy = va
+                    outcomes[li].bestEpoch = epoch
+                    outcomes[li].bestWeight = probes[li].weight.array
+                    outcomes[li].bestBias = probes[li].bias.array
+                    isBest = true
+                }
+                let metric = config.plateauOn == .val ? (valLoss?[li] ?? trainLoss) : trainLoss
+                lrs[li] = schedulers[li].step(metric, lr: lrs[li])
+                outcomes[li].epochs.append(EpochRecord(epoch: epoch, trainLoss: trainLoss, trainCorrect: acc.correct[li], trainTotal: acc.total,
+                                                       valAccuracy: valAcc?[li], valLoss: valLoss?[li],
+                                                       bestAccuracy: outcomes[li].bestAccuracy, isBest: isBest, lr: lrs[li]))
+                if epoch == config.epochs {
+                    outcomes[li].saturatedShare = Double(acc.saturated[li]) / Double(max(1, acc.total * classes))
+                }
+            }
+        }
+        for li in 0..<n {
+            outcomes[li].finalWeight = probes[li].weight.array
+            outcomes[li].finalBias = probes[li].bias.array
+        }
+        return outcomes
+    }
+
+    /// Accuracy and loss (mean of per-batch means, batches of valBatchSize) of every layer's current probe.
+    public func evaluate(positions: [Int]) throws -> (accuracy: [Double], loss: [Double]) {
+        let n = layers.count
+        var correct = [Int](repeating: 0, count: n)
+        var loss = [Double](repeating: 0, count: n)
+        var batches = 0, total = 0
+        var none: ProbeRNG? = nil
+        let layerBytes = source.dModel * source.type.size
+        try source.forEachBatch(positions: positions, batchSize: config.valBatchSize, shuffle: &none) { batch in
+            correct.withUnsafeMutableBufferPointer { cp in
+                loss.withUnsafeMutableBufferPointer { lp in
+                    let (cp, lp) = (cp, lp)
+                    batch.rows.withUnsafeBufferPointer { rows in
+                        batch.labels.withUnsafeBufferPointer { lab in
+                            pool.parallelFor(n) { li, thread in
+                                let out = ProbeKernels.evaluate(probes[li], rows: rows.baseAddress!, labels: lab.baseAddress!, count: batch.count,
+                                                                layerOffset: li * layerBytes, type: source.type, scratch: scratch[thread])
+                                cp[li] += out.correct
+                                lp[li] += Double(Float(out.lossSum / Double(batch.count * classes)))
+                            }
+                        }
+                    }
+                }
+            }
+            batches += 1
+            total += batch.count
+        }
+        return (correct.map { Double($0) / Double(max(total, 1)) }, loss.map { $0 / Double(max(batches, 1)) })
+    }
+
+    /// The sigmoid outputs [positions.count, classes] of layer index `li` with the given weights, and the
+    /// labels in the same order (for the report).
+    public func outputs(layerIndex li: Int, weight: [Float], bias: [Float], positions: [Int]) throws -> (outputs: [Float], labels: [Int32]) {
+        let probe = ProbeState(weight: weight, bias: bias, classes: classes, dModel: source.dModel)
+        var result = [Float]()
+        var labs = [Int32]()
+        var none: ProbeRNG? = nil
+        try source.forEachBatch(positions: positions, batchSize: config.valBatchSize, shuffle: &none) { batch in
+            var out = [Float](repeating: 0, count: batch.count * classes)
+            batch.rows.withUnsafeBufferPointer { rows in
+                batch.labels.withUnsafeBufferPointer { lab in
+                    out.withUnsafeMutableBufferPointer { o in
+                        _ = ProbeKernels.evaluate(probe, rows: rows.baseAddress!, labels: lab.baseAddress!, count: batch.count,
+                                                  layerOffset: li * source.dModel * source.type.size, type: source.type,
+                                                  scratch: scratch[0], outputs: o.baseAddress!)
+                    }
+                }
+            }
+            result += out
+            labs += batch.labels
+        }
+        return (result, labs)
+    }
+}

@@ -1,0 +1,207 @@
+import CZstd
+import Foundation
+import Quant
+
+/// Reads a shard file as a stream: the zstd frame is decompressed in small pieces straight into the
+/// caller's memory, so neither the compressed file nor its decompressed content is ever held whole.
+/// `resid_post` is delivered row by row; `label`, `row`, `n_tokens` and the metadata are returned.
+/// Every failure is a ShardError naming the file (and the row for bad values).
+struct ShardStream {
+    struct Contents {
+        var metadata: ShardMetadata
+        var labels: [Int64]
+        var rows: [Int64]
+        var nTokens: [Int64]
+        var count: Int { labels.count }
+    }
+
+    /// Bytes of the input buffer read from the file at a time.
+    static let inputChunk = 1 << 20
+
+    /// Streams `path`. `rowSink(i, bytes)` receives row i of resid_post ([layers, dModel] in the stored
+    /// type, `bytes` valid only during the call). `header` is called with the metadata and row count before the first row.
+    static func read(path: String, header: (ShardMetadata, Int) throws -> Void = { _, _ in },
+                     rowSink: (Int, UnsafeRawPointer) throws -> Void) throws -> Contents {
+        var s = try Decompressor(path: path)
+        defer { s.close() }
+        func fail(_ reason: String) -> ShardError { ShardError(file: path, reason: reason) }
+
+        var lengthBytes = [UInt8](repeating: 0, count: 8)
+        try lengthBytes.withUnsafeMutableBytes { try s.read(into: $0.baseAddress!, count: 8) }
+        let headerLength = lengthBytes.withUnsafeBytes { $0.loadUnaligned(as: UInt64.self).littleEndian }
+        guard headerLength > 1, headerLength <= UInt64(SafeTensorsFile.maxHeaderBytes) else {
+            throw fail("corrupt shard content: safetensors header length \(headerLength) is invalid")
+        }
+        var headerBytes = [UInt8](repeating: 0, count: Int(headerLength))
+        try headerBytes.withUnsafeMutableBytes { try s.read(into: $0.baseAddress!, count: Int(headerLength)) }
+        guard let json = try? JSONSerialization.jsonObject(with: Data(headerBytes)) as? [String: Any] else {
+            throw fail("corrupt shard content: the safetensors header is not a JSON object")
+        }
+        var meta: [String: String] = [:]
+        struct Entry { let name: String; let dtype: SafeTensorsDType; let shape: [Int]; let begin: Int; let end: Int }
+        var entries: [Entry] = []
+        for (name, value) in json {
+            if name == "__metadata__" {
+                for (k, v) in (value as? [String: Any]) ?? [:] { if let v = v as? String { meta[k] = v } }
+                continue
+            }
+            guard let e = value as? [String: Any], let dt = (e["dtype"] as? String).flatMap(SafeTensorsDType.init(rawValue:)),
+                  let shape = (e["shape"] as? [Any])?.compactMap({ ($0 as? NSNumber)?.intValue }),
+                  let offs = (e["data_offsets"] as? [Any])?.compactMap({ ($0 as? NSNumber)?.intValue }), offs.count == 2,
+                  offs[0] >= 0, offs[1] >= offs[0], shape.allSatisfy({ $0 >= 0 }),
+                  shape.reduce(dt.elementSize, *) == offs[1] - offs[0] else {
+                throw fail("corrupt shard content: tensor '\(name)' has an invalid header entry")
+            }
+            entries.append(Entry(name: name, dtype: dt, shape: shape, begin: offs[0], end: offs[1]))
+        }
+        let metadata = try ShardMetadata(stringMap: meta, file: path)
+        func entry(_ name: String) throws -> Entry {
+            guard let e = entries.first(where: { $0.name == name }) else { throw fail("shard lacks the tensor '\(name)'") }
+            return e
+        }
+        let resid = try entry("resid_post")
+        let n = resid.shape.first ?? 0
+        guard resid.shape == [n, metadata.layers.count, metadata.dModel] else {
+            throw fail("resid_post has shape \(resid.shape), expected [n, \(metadata.layers.count), \(metadata.dModel)]")
+        }
+        guard resid.dtype.rawValue == metadata.dtype, resid.dtype.quantType != nil else {
+            throw fail("resid_post is \(resid.dtype.rawValue) but the metadata says \(metadata.dtype)")
+        }
+        for name in ["label", "row", "n_tokens"] {
+            let e = try entry(name)
+            guard e.shape == [n], e.dtype == .i64 || e.dtype == .i32 else {
+                throw fail("'\(name)' is \(e.dtype.rawValue) \(e.shape); expected I64/I32 [\(n)]")
+            }
+        }
+        try header(metadata, n)
+
+        var position = 0   // bytes of the data section consumed
+        var values: [String: [Int64]] = [:]
+        let rowBytes = metadata.layers.count * metadata.dModel * resid.dtype.elementSize
+        let scratch = UnsafeMutableRawPointer.allocate(byteCount: max(rowBytes, 1 << 16), alignment: 64)
+        defer { scratch.deallocate() }
+        for e in entries.sorted(by: { ($0.begin, $0.end) < ($1.begin, $1.end) }) {
+            guard e.begin >= position else { throw fail("corrupt shard content: tensor '\(e.name)' overlaps another") }
+            try s.skip(e.begin - position, scratch: scratch, scratchSize: max(rowBytes, 1 << 16))
+            position = e.begin
+            switch e.name {
+            case "resid_post":
+                for i in 0..<n {
+                    try s.read(into: scratch, count: rowBytes)
+                    try rowSink(i, UnsafeRawPointer(scratch))
+                }
+            case "label", "row", "n_tokens":
+                let count = e.shape[0]
+                var raw = [UInt8](repeating: 0, count: e.end - e.begin)
+                try raw.withUnsafeMutableBytes { try s.read(into: $0.baseAddress!, count: $0.count) }
+                values[e.name] = raw.withUnsafeBytes { p in
+                    (0..<count).map { e.dtype == .i64 ? p.loadUnaligned(fromByteOffset: 8 * $0, as: Int64.self).littleEndian
+                                                      : Int64(p.loadUnaligned(fromByteOffset: 4 * $0, as: Int32.self).littleEndian) }
+                }
+            default:
+                try s.skip(e.end - e.begin, scratch: scratch, scratchSize: max(rowBytes, 1 << 16))
+            }
+            position = e.end
+        }
+        try s.finish()
+        let labels = values["label"]!
+        if let i = labels.firstIndex(where: { $0 < 0 || $0 >= Int64(metadata.labels.count) }) {
+            throw fail("row \(values["row"]![i]): label id \(labels[i]) is outside the \(metadata.labels.count) labels")
+        }
+        return Contents(metadata: metadata, labels: labels, rows: values["row"]!, nTokens: values["n_tokens"]!)
+    }
+
+    /// ZSTD_decompressStream over a file read in chunks.
+    struct Decompressor {
+        let path: String
+        private let fd: Int32
+        private let dctx: OpaquePointer
+        private let input: UnsafeMutableRawPointer
+        private var inSize = 0, inPos = 0
+        private var eof = false
+        private var lastReturn = 1   // 0 once a frame is complete
+        private var produced = false
+
+        init(path: String) throws {
+            self.path = path
+            fd = open(path, O_RDONLY | O_CLOEXEC)
+            guard fd >= 0 else {
+                throw ShardError(file: path, reason: "cannot read: \(String(cString: strerror(errno)))")
+            }
+            guard let d = ZSTD_createDCtx() else { _ = Glibc.close(fd); throw ShardError(file: path, reason: "cannot create a zstd context") }
+            dctx = d
+            input = UnsafeMutableRawPointer.allocate(byteCount: ShardStream.inputChunk, alignment: 64)
+        }
+
+        func close() {
+            ZSTD_freeDCtx(dctx)
+            input.deallocate()
+            _ = Glibc.close(fd)
+        }
+
+        private mutating func refill() throws {
+            inPos = 0
+            while true {
+                let r = Glibc.read(fd, input, ShardStream.inputChunk)
+                if r < 0 {
+                    if errno == EINTR { continue }
+                    throw ShardError(file: path, reason: "read failed: \(String(cString: strerror(errno)))")
+                }
+                inSize = r
+                if r == 0 { eof = true }
+                return
+            }
+        }
+
+        /// Fills exactly `count` bytes of decompressed content.
+        mutating func read(into dst: UnsafeMutableRawPointer, count: Int) throws {
+            var out = ZSTD_outBuffer(dst: dst, size: count, pos: 0)
+            while out.pos < out.size {
+                try step(&out)
+                if out.pos < out.size && lastReturn == 0 { throw truncated() }
+            }
+        }
+
+        /// One ZSTD_decompressStream call, refilling the input first when it is used up.
+        private mutating func step(_ out: inout ZSTD_outBuffer) throws {
+            if inPos == inSize && !eof { try refill() }
+            var inb = ZSTD_inBuffer(src: input, size: inSize, pos: inPos)
+            let before = out.pos, inBefore = inb.pos
+            let r = ZSTD_decompressStream(dctx, &out, &inb)
+            inPos = inb.pos
+            if ZSTD_isError(r) != 0 {
+                throw ShardError(file: path, reason: "corrupt or truncated shard: zstd: \(String(cString: ZSTD_getErrorName(r)))")
+            }
+            if out.pos > before { produced = true }
+            lastReturn = r
+            // No progress with the whole file read: the frame is cut short.
+            if r != 0 && eof && out.pos == before && inb.pos == inBefore { throw truncated() }
+        }
+
+        private func truncated() -> ShardError {
+            ShardError(file: path, reason: produced ? "corrupt or truncated shard: the zstd frame ends early" : "empty or unreadable file: not a zstd shard")
+        }
+
+        mutating func skip(_ count: Int, scratch: UnsafeMutableRawPointer, scratchSize: Int) throws {
+            var left = count
+            while left > 0 {
+                let n = min(left, scratchSize)
+                try read(into: scratch, count: n)
+                left -= n
+            }
+        }
+
+        /// The frame must end exactly here (its checksum is verified by zstd at the end of the frame).
+        mutating func finish() throws {
+            var dummy: UInt8 = 0
+            while lastReturn != 0 {
+                let extra = try withUnsafeMutableBytes(of: &dummy) { d -> Int in
+                    var out = ZSTD_outBuffer(dst: d.baseAddress!, size: 1, pos: 0)
+                    try step(&out)
+                    return out.pos
+                }
+                if extra > 0 { throw ShardError(file: path, reason: "corrupt shard content: data after the last tensor") }
+            }
+        }
+    }
+}

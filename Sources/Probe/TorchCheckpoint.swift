@@ -1,0 +1,348 @@
+import Foundation
+import Quant
+
+public struct CheckpointError: LocalizedError, Equatable {
+    public let file: String
+    public let reason: String
+    public init(file: String, reason: String) { self.file = file; self.reason = reason }
+    public var errorDescription: String? { "\(file): \(reason)" }
+}
+
+/// A float32 tensor of a PyTorch state_dict.
+public struct TorchTensor: Equatable, Sendable {
+    public var name: String
+    public var shape: [Int]
+    public var values: [Float]
+    public init(name: String, shape: [Int], values: [Float]) { self.name = name; self.shape = shape; self.values = values }
+}
+
+/// PyTorch checkpoints in the zip format of `torch.save` (PyTorch ≥ 1.6): an uncompressed zip whose
+/// records are `{name}/data.pkl` (pickle protocol 2 of an OrderedDict state_dict whose tensors are
+/// `torch._utils._rebuild_tensor_v2` of persistent-id storages), `{name}/data/{key}` (the raw little-endian
+/// storage bytes, 64-byte aligned), `{name}/version` ("3"), `{name}/byteorder` ("little") and the small
+/// records torch ≥ 2.4 adds. Loadable with `torch.load(path, weights_only=True)`.
+public enum TorchCheckpoint {
+    /// The `_metadata` torch attaches to a state_dict of the reference `Probe` module
+    /// (classifier = Sequential(Linear, Sigmoid)); `load_state_dict` reads its versions.
+    public static let probeModules = ["", "classifier", "classifier.0", "classifier.1"]
+
+    /// The bytes of a checkpoint holding `tensors` (f32, contiguous) as an OrderedDict, in order.
+    public static func encode(_ tensors: [TorchTensor], archiveName: String = "archive",
+                              modules: [String] = probeModules) -> [UInt8] {
+        let pickle = Pickle.stateDict(tensors, modules: modules)
+        var records: [(String, [UInt8])] = [("data.pkl", pickle), (".format_version", Array("1".utf8)),
+                                            (".storage_alignment", Array("64".utf8)), ("byteorder", Array("little".utf8))]
+        for (i, t) in tensors.enumerated() {
+            records.append(("data/\(i)", t.values.withUnsafeBytes { Array($0) }))
+        }
+        records.append(("version", Array("3\n".utf8)))
+        // torch writes a random id; ours is derived from the content so identical checkpoints are identical files.
+        var h = SHA256()
+        for (_, bytes) in records { bytes.withUnsafeBytes { h.update($0) } }
+        let id = h.finalize().prefix(20).map { String(format: "%02d", Int($0) % 100) }.joined()
+        records.append((".data/serialization_id", Array(id.utf8)))
+        return Zip.stored(records.map { ("\(archiveName)/\($0.0)", $0.1) }, alignment: 64)
+    }
+
+    /// Writes a checkpoint atomically; the archive name is the file's stem, as torch.save does.
+    public static func write(_ tensors: [TorchTensor], to path: String) throws {
+        let stem = ((path as NSString).lastPathComponent as NSString).deletingPathExtension
+        let bytes = encode(tensors, archiveName: stem.isEmpty ? "archive" : stem)
+        let w = try AtomicFileWriter(path: path)
+        try w.write(bytes)
+        try w.commit()
+    }
+
+    /// Reads a state_dict of f32 tensors from a torch.save zip (ours, or torch's for plain state_dicts).
+    public static func read(path: String) throws -> [TorchTensor] {
+        let data: [UInt8]
+        do { data = Array(try Data(contentsOf: URL(fileURLWithPath: path))) } catch {
+            throw CheckpointError(file: path, reason: "cannot read: \(error.localizedDescription)")
+        }
+        return try decode(data, name: path)
+    }
+
+    public static func decode(_ bytes: [UInt8], name: String) throws -> [TorchTensor] {
+        let entries = try Zip.entries(bytes, name: name)
+        guard let pkl = entries.keys.first(where: { $0.hasSuffix("/data.pkl") }) else {
+            throw CheckpointError(file: name, reason: "no */data.pkl record: not a torch.save zip")
+        }
+        let prefix = String(pkl.dropLast("data.pkl".count))
+        let refs = try Pickle.readStateDict(entries[pkl]!, name: name)
+        return try refs.map { r in
+            guard let storage = entries[prefix + "data/" + r.key] else {
+                throw CheckpointError(file: name, reason: "tensor '\(r.name)': storage record data/\(r.key) is missing")
+            }
+            guard r.dtype == "FloatStorage" else {
+                throw CheckpointError(file: name, reason: "tensor '\(r.name)' is \(r.dtype), only FloatStorage is read")
+            }
+            let count = r.shape.reduce(1, *)
+            var expectedStride = [Int](repeating: 1, count: r.shape.count)
+            for i in stride(from: r.shape.count - 2, through: 0, by: -1) { expectedStride[i] = expectedStride[i + 1] * r.shape[i + 1] }
+            guard r.stride == expectedStride, (r.offset + count) * 4 <= storage.count else {
+                throw CheckpointError(file: name, reason: "tensor '\(r.name)' is not a contiguous view inside its storage")
+            }
+            let values = storage.withUnsafeBytes { p in
+                (0..<count).map { Float(bitPattern: p.loadUnaligned(fromByteOffset: 4 * (r.offset + $0), as: UInt32.self).littleEndian) }
+            }
+            return TorchTensor(name: r.name, shape: r.shape, values: values)
+        }
+    }
+}
+
+/// A minimal zip writer (stored entries, no data descriptors, no zip64) and reader.
+enum Zip {
+    static let crcTable: [UInt32] = (0..<256).map { n -> UInt32 in
+        var c = UInt32(n)
+        for _ in 0..<8 { c = (c & 1) != 0 ? 0xEDB8_8320 ^ (c >> 1) : c >> 1 }
+        return c
+    }
+
+    static func crc32(_ bytes: [UInt8]) -> UInt32 {
+        var c: UInt32 = 0xFFFF_FFFF
+        for b in bytes { c = crcTable[Int((c ^ UInt32(b)) & 0xFF)] ^ (c >> 8) }
+        return c ^ 0xFFFF_FFFF
+    }
+
+    /// Each record's data starts at a multiple of `alignment` (padding in an extra field, as torch does).
+    static func stored(_ records: [(String, [UInt8])], alignment: Int) -> [UInt8] {
+        var out: [UInt8] = []
+        func u16(_ v: Int, _ o: inout [UInt8]) { o += [UInt8(v & 0xFF), UInt8((v >> 8) & 0xFF)] }
+        func u32(_ v: UInt32, _ o: inout [UInt8]) { for s in [0, 8, 16, 24] { o.append(UInt8((v >> UInt32(s)) & 0xFF)) } }
+        var central: [UInt8] = []
+        for (name, data) in records {
+            let nameBytes = Array(name.utf8)
+            let crc = crc32(data)
+            let offset = out.count
+            var headerEnd = offset + 30 + nameBytes.count
+            var pad = 0
+            if headerEnd % alignment != 0 {
+                pad = alignment - headerEnd % alignment
+                if pad < 4 { pad += alignment }   // the extra field needs its 4-byte header
+            }
+            headerEnd += pad
+            u32(0x0403_4B50, &out); u16(20, &out); u16(0, &out); u16(0, &out); u16(0, &out); u16(0x21, &out)
+            u32(crc, &out); u32(UInt32(data.count), &out); u32(UInt32(data.count), &out)
+            u16(nameBytes.count, &out); u16(pad, &out)
+            out += nameBytes
+            if pad > 0 { out += [0x46, 0x42]; u16(pad - 4, &out); out += [UInt8](repeating: 0x5A, count: pad - 4) }
+            out += data
+            u32(0x0201_4B50, &central); u16(20, &central); u16(20, &central); u16(0, &central); u16(0, &central)
+            u16(0, &central); u16(0x21, &central)
+            u32(crc, &central); u32(UInt32(data.count), &central); u32(UInt32(data.count), &central)
+            u16(nameBytes.count, &central); u16(0, &central); u16(0, &central); u16(0, &central); u16(0, &central)
+            u32(0, &central); u32(UInt32(offset), &central)
+            central += nameBytes
+        }
+        let cdOffset = out.count
+        out += central
+        u32(0x0605_4B50, &out); u16(0, &out); u16(0, &out); u16(records.count, &out); u16(records.count, &out)
+        u32(UInt32(central.count), &out); u32(UInt32(cdOffset), &out); u16(0, &out)
+        return out
+    }
+
+    /// name → data of every stored entry, via the central directory; CRCs checked.
+    static func entries(_ b: [UInt8], name: String) throws -> [String: [UInt8]] {
+        func fail(_ r: String) -> CheckpointError { CheckpointError(file: name, reason: r) }
+        func u16(_ o: Int) -> Int { Int(b[o]) | Int(b[o + 1]) << 8 }
+        func u32(_ o: Int) -> Int { u16(o) | u16(o + 2) << 16 }
+        guard b.count >= 22 else { throw fail("too short for a zip file") }
+        var eocd = -1
+        var o = b.count - 22
+        while o >= max(0, b.count - 22 - 65535) {
+            if u32(o) == 0x0605_4B50 { eocd = o; break }
+            o -= 1
+        }
+        guard eocd >= 0 else { throw fail("no zip end-of-central-directory record: not a torch.save zip") }
+        let n = u16(eocd + 10)
+        var p = u32(eocd + 16)
+        var result: [String: [UInt8]] = [:]
+        for _ in 0..<n {
+            guard p + 46 <= b.count, u32(p) == 0x0201_4B50 else { throw fail("corrupt zip central directory") }
+            let method = u16(p + 10), crc = u32(p + 16), size = u32(p + 20), nameLen = u16(p + 28)
+            let extraLen = u16(p + 30), commentLen = u16(p + 32), local = u32(p + 42)
+            guard p + 46 + nameLen <= b.count else { throw fail("corrupt zip central directory") }
+            let entry = String(decoding: b[(p + 46)..<(p + 46 + nameLen)], as: UTF8.self)
+            guard method == 0 else { throw fail("record \(entry) is compressed (method \(method)); torch.save writes stored records") }
+            guard local + 30 <= b.count, u32(local) == 0x0403_4B50 else { throw fail("record \(entry): bad local header") }
+            let start = local + 30 + u16(local + 26) + u16(local + 28)
+            guard start + size <= b.count else { throw fail("record \(entry) runs past the end of the file (truncated?)") }
+            let data = Array(b[start..<(start + size)])
+            guard crc32(data) == UInt32(crc) else { throw fail("record \(entry): CRC mismatch (corrupt file)") }
+            result[entry] = data
+            p += 46 + nameLen + extraLen + commentLen
+        }
+        return result
+    }
+}
+
+/// The pickle subset of torch state_dicts.
+enum Pickle {
+    static func stateDict(_ tensors: [TorchTensor], modules: [String]) -> [UInt8] {
+        var o: [UInt8] = [0x80, 2]
+        var memo = 0
+        var memoOf: [String: Int] = [:]
+        func put() { o += [0x71, UInt8(memo)]; memo += 1 }   // BINPUT (memo stays < 256 here)
+        func get(_ i: Int) { o += [0x68, UInt8(i)] }          // BINGET
+        func global(_ module: String, _ name: String) {
+            let key = module + "\n" + name
+            if let m = memoOf[key] { get(m); return }
+            o.append(0x63); o += Array((key + "\n").utf8)      // GLOBAL
+            memoOf[key] = memo; put()
+        }
+        func str(_ s: String, memoize: Bool = true) {
+            if let m = memoOf["s:" + s] { get(m); return }
+            let u = Array(s.utf8)
+            o.append(0x58)                                       // BINUNICODE
+            for sh in [0, 8, 16, 24] { o.append(UInt8((u.count >> sh) & 0xFF)) }
+            o += u
+            if memoize { memoOf["s:" + s] = memo; put() }
+        }
+        func int(_ v: Int) {
+            if v < 256 { o += [0x4B, UInt8(v)] }                // BININT1
+            else if v < 65536 { o += [0x4D, UInt8(v & 0xFF), UInt8(v >> 8)] }   // BININT2
+            else { o.append(0x4A); for sh in [0, 8, 16, 24] { o.append(UInt8((v >> sh) & 0xFF)) } }   // BININT
+        }
+        func tuple(_ items: [Int]) {
+            switch items.count {
+            case 1: int(items[0]); o.append(0x85)
+            case 2: int(items[0]); int(items[1]); o.append(0x86)
+            case 3: items.forEach(int); o.append(0x87)
+            default: o.append(0x28); items.forEach(int); o.append(0x74)
+            }
+            put()
+        }
+        global("collections", "OrderedDict")
+        let orderedDict = 0
+        o.append(0x29); o.append(0x52); put()                   // EMPTY_TUPLE REDUCE
+        o.append(0x28)                                          // MARK
+        for (i, t) in tensors.enumerated() {
+            str(t.name)
+            global("torch._utils", "_rebuild_tensor_v2")
+            o.append(0x28)                                      // MARK (args)
+            o.append(0x28)                                      // MARK (persistent id tuple)
+            str("storage"); global("torch", "FloatStorage"); str(String(i)); str("cpu"); int(t.values.count)
+            o.append(0x74); put()                               // TUPLE
+            o.append(0x51)                                      // BINPERSID
+            int(0)                                              // storage offset
+            tuple(t.shape)
+            var strides = [Int](repeating: 1, count: t.shape.count)
+            for k in stride(from: t.shape.count - 2, through: 0, by: -1) { strides[k] = strides[k + 1] * t.shape[k + 1] }
+            tuple(strides)
+            o.append(0x89)                                      // NEWFALSE (requires_grad)
+            get(orderedDict); o.append(0x29); o.append(0x52); put()   // OrderedDict() backward hooks
+            o.append(0x74); put()                               // TUPLE
+            o.append(0x52); put()                               // REDUCE
+        }
+        o.append(0x75)                                          // SETITEMS
+        // state: {'_metadata': OrderedDict({module: {'version': 1}})}
+        o.append(0x7D); put()                                   // EMPTY_DICT
+        str("_metadata")
+        get(orderedDict); o.append(0x29); o.append(0x52); put()
+        o.append(0x28)
+        for m in modules {
+            str(m); o.append(0x7D); put(); str("version"); int(1); o.append(0x73)   // {}, 'version', 1, SETITEM
+        }
+        o.append(0x75)                                          // SETITEMS
+        o.append(0x73)                                          // SETITEM
+        o.append(0x62)                                          // BUILD
+        o.append(0x2E)                                          // STOP
+        return o
+    }
+
+    struct TensorRef { var name: String; var key: String; var dtype: String; var offset: Int; var shape: [Int]; var stride: [Int] }
+
+    indirect enum Value {
+        case none, bool(Bool), int(Int), float(Double), string(String), tuple([Value]), list([Value])
+        case dict([(Value, Value)]), global(String), mark, persistent(Value), tensor(TensorRef), object(String, [Value])
+    }
+
+    /// Interprets the opcodes torch uses for a state_dict and returns its tensors in order.
+    static func readStateDict(_ b: [UInt8], name: String) throws -> [TensorRef] {
+        func fail(_ r: String) -> CheckpointError { CheckpointError(file: name, reason: "data.pkl: \(r)") }
+        var stack: [Value] = []
+        var memo: [Int: Value] = [:]
+        var p = 0
+        func byte() throws -> Int { guard p < b.count else { throw fail("truncated") }; p += 1; return Int(b[p - 1]) }
+        func le(_ n: Int) throws -> Int { var v = 0; for i in 0..<n { v |= try byte() << (8 * i) }; return v }
+        func line() throws -> String {
+            guard let e = b[p...].firstIndex(of: 0x0A) else { throw fail("truncated") }
+            let s = String(decoding: b[p..<e], as: UTF8.self); p = e + 1; return s
+        }
+        func popMark() throws -> [Value] {
+            guard let m = stack.lastIndex(where: { if case .mark = $0 { return true }; return false }) else { throw fail("no MARK") }
+            let items = Array(stack[(m + 1)...]); stack.removeSubrange(m...); return items
+        }
+        func pop() throws -> Value { guard let v = stack.popLast() else { throw fail("stack underflow") }; return v }
+        func ints(_ v: Value) throws -> [Int] {
+            guard case .tuple(let t) = v else { throw fail("expected a tuple of ints") }
+            return try t.map { if case .int(let i) = $0 { return i }; throw fail("expected an int") }
+        }
+        func setItems(_ target: Value, _ kv: [Value]) throws -> Value {
+            guard case .dict(var d) = target else {
+                if case .object(let n, var items) = target { items += kv; return .object(n, items) }
+                throw fail("SETITEMS on a non-dict")
+            }
+            var i = 0
+            while i + 1 < kv.count { d.append((kv[i], kv[i + 1])); i += 2 }
+            return .dict(d)
+        }
+        loop: while true {
+            let op = try byte()
+            switch op {
+            case 0x80: _ = try byte()                                      // PROTO
+            case 0x63: let m = try line(), n = try line(); stack.append(.global(m + "." + n))
+            case 0x71: memo[try byte()] = stack.last                      // BINPUT
+            case 0x72: memo[try le(4)] = stack.last                        // LONG_BINPUT
+            case 0x68: guard let v = memo[try byte()] else { throw fail("bad BINGET") }; stack.append(v)
+            case 0x6A: guard let v = memo[try le(4)] else { throw fail("bad LONG_BINGET") }; stack.append(v)
+            case 0x29: stack.append(.tuple([]))
+            case 0x28: stack.append(.mark)
+            case 0x74: stack.append(.tuple(try popMark()))
+            case 0x85: stack.append(.tuple([try pop()]))
+            case 0x86: let b2 = try pop(), a = try pop(); stack.append(.tuple([a, b2]))
+            case 0x87: let c = try pop(), b2 = try pop(), a = try pop(); stack.append(.tuple([a, b2, c]))
+            case 0x58: let n = try le(4); guard p + n <= b.count else { throw fail("truncated") }
+                stack.append(.string(String(decoding: b[p..<(p + n)], as: UTF8.self))); p += n
+            case 0x8C: let n = try byte(); guard p + n <= b.count else { throw fail("truncated") }   // SHORT_BINUNICODE
+                stack.append(.string(String(decoding: b[p..<(p + n)], as: UTF8.self))); p += n
+            case 0x4B: stack.append(.int(try byte()))
+            case 0x4D: stack.append(.int(try le(2)))
+            case 0x4A: stack.append(.int(Int(Int32(truncatingIfNeeded: try le(4)))))
+            case 0x8A: let n = try byte(); var v = 0; for i in 0..<n { v |= try byte() << (8 * i) }; stack.append(.int(v))   // LONG1 (small)
+            case 0x88: stack.append(.bool(true))
+            case 0x89: stack.append(.bool(false))
+            case 0x4E: stack.append(.none)
+            case 0x7D: stack.append(.dict([]))
+            case 0x5D: stack.append(.list([]))
+            case 0x51: stack.append(.persistent(try pop()))               // BINPERSID
+            case 0x73: let v = try pop(), k = try pop(); stack.append(try setItems(try pop(), [k, v]))
+            case 0x75: let kv = try popMark(); stack.append(try setItems(try pop(), kv))
+            case 0x65: let items = try popMark(); if case .list(let l) = try pop() { stack.append(.list(l + items)) } else { throw fail("APPENDS on a non-list") }
+            case 0x62: _ = try pop()                                       // BUILD: state ignored (_metadata)
+            case 0x52:                                                     // REDUCE
+                let args = try pop(), callable = try pop()
+                guard case .global(let g) = callable, case .tuple(let a) = args else { throw fail("REDUCE of a non-global") }
+                switch g {
+                case "collections.OrderedDict": stack.append(.dict([]))
+                case "torch._utils._rebuild_tensor_v2":
+                    guard a.count >= 4, case .persistent(.tuple(let pid)) = a[0], pid.count >= 5,
+                          case .global(let st) = pid[1], case .string(let key) = pid[2], case .int(let off) = a[1] else {
+                        throw fail("unexpected _rebuild_tensor_v2 arguments")
+                    }
+                    stack.append(.tensor(TensorRef(name: "", key: key, dtype: String(st.split(separator: ".").last ?? ""),
+                                                   offset: off, shape: try ints(a[2]), stride: try ints(a[3]))))
+                default: stack.append(.object(g, a))
+                }
+            case 0x2E: break loop                                          // STOP
+            default: throw fail(String(format: "unsupported pickle opcode 0x%02x", op))
+            }
+        }
+        guard case .dict(let d)? = stack.last else { throw fail("the pickled object is not a dict") }
+        return try d.map { k, v in
+            guard case .string(let n) = k, case .tensor(var t) = v else { throw fail("a state_dict entry is not name → tensor") }
+            t.name = n
+            return t
+        }
+    }
+}
