@@ -37,7 +37,9 @@ struct Demo: ParsableCommand {
         }
         try? FileManager.default.removeItem(atPath: out)
         try FileManager.default.createDirectory(atPath: out, withIntermediateDirectories: true)
-        FileManager.default.createFile(atPath: marker, contents: Data())
+        guard FileManager.default.createFile(atPath: marker, contents: Data()) else {
+            throw CLIError("cannot write \(marker); is \(out) writable?")
+        }
         let model = out + "/model", gguf = out + "/model.q8_0.gguf", shards = out + "/shards", probes = out + "/probes"
         let t = String(threads)
         let t0 = now()
@@ -81,23 +83,24 @@ struct Demo: ParsableCommand {
         p.arguments = args
         let err = Pipe()
         p.standardError = err
-        var captured = Data()
+        final class Captured: @unchecked Sendable { var data = Data() }   // guarded by `lock`
+        let captured = Captured()
         let lock = NSLock()
         err.fileHandleForReading.readabilityHandler = { h in
             let d = h.availableData
-            lock.lock(); captured.append(d); lock.unlock()
+            lock.lock(); captured.data.append(d); lock.unlock()
             FileHandle.standardError.write(d)
         }
         try p.run()
         p.waitUntilExit()
         err.fileHandleForReading.readabilityHandler = nil
         let rest = err.fileHandleForReading.readDataToEndOfFile()
-        lock.lock(); captured.append(rest); lock.unlock()
+        lock.lock(); captured.data.append(rest); lock.unlock()
         FileHandle.standardError.write(rest)
         guard p.terminationStatus == 0 else {
             throw CLIError("step `llamaprobe \(args.joined(separator: " "))` failed with exit code \(p.terminationStatus)")
         }
-        return String(decoding: captured, as: UTF8.self)
+        return String(decoding: captured.data, as: UTF8.self)
     }
 
     func locate(_ relative: String) throws -> String {

@@ -20,7 +20,10 @@ struct ShardStream {
 
     /// Streams `path`. `rowSink(i, bytes)` receives row i of resid_post ([layers, dModel] in the stored
     /// type, `bytes` valid only during the call). `header` is called with the metadata and row count before the first row.
+    /// When `rowTarget(i)` returns memory (rowBytes long), row i is decompressed straight into it and `rowSink`
+    /// receives that memory: no copy through the scratch row.
     static func read(path: String, header: (ShardMetadata, Int) throws -> Void = { _, _ in },
+                     rowTarget: (Int) -> UnsafeMutableRawPointer? = { _ in nil },
                      rowSink: (Int, UnsafeRawPointer) throws -> Void) throws -> Contents {
         var s = try Decompressor(path: path)
         defer { s.close() }
@@ -87,8 +90,9 @@ struct ShardStream {
             switch e.name {
             case "resid_post":
                 for i in 0..<n {
-                    try s.read(into: scratch, count: rowBytes)
-                    try rowSink(i, UnsafeRawPointer(scratch))
+                    let dst = rowTarget(i) ?? scratch
+                    try s.read(into: dst, count: rowBytes)
+                    try rowSink(i, UnsafeRawPointer(dst))
                 }
             case "label", "row", "n_tokens":
                 let count = e.shape[0]

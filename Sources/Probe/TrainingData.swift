@@ -182,7 +182,7 @@ enum DataLoader {
     /// Copies the kept layers of one stored row into `dst`, converting to `type`, and refuses NaN/Inf.
     static func copyRow(_ src: UnsafeRawPointer, stored: ActivationType, keep: [Int], dModel: Int, to dst: UnsafeMutableRawPointer,
                         type: ActivationType, file: String, row: () -> String) throws {
-        for (j, l) in keep.enumerated() {
+        for (j, l) in keep.enumerated() where UnsafeRawPointer(dst) != src {   // src == dst: decoded in place
             let s = src + l * dModel * stored.size
             let d = dst + j * dModel * type.size
             if stored == type {
@@ -226,6 +226,7 @@ enum DataLoader {
         let meta = inv.metadata
         let total = inv.totalRows
         let data = ResidentActivations(type: type, layerCount: keep.count, dModel: meta.dModel, count: total)
+        let allLayers = keep == Array(meta.layers.indices)
         var labels = [Int32](repeating: 0, count: total)
         var rows = [Int64](repeating: 0, count: total)
         var errors = [Error?](repeating: nil, count: inv.shards.count)
@@ -247,6 +248,9 @@ enum DataLoader {
                                     throw ShardError(file: ref.path, reason: "holds \(n) rows but its manifest says \(ref.count)")
                                 }
                                 stored = ActivationType(dtype: m.dtype) ?? .f32
+                            }, rowTarget: { i in
+                                // every layer kept in the stored type: the slot is the row as stored
+                                stored == type && allLayers ? data.slot(ref.firstSlot + i) : nil
                             }, rowSink: { i, bytes in
                                 try copyRow(bytes, stored: stored, keep: keep, dModel: meta.dModel, to: data.slot(ref.firstSlot + i),
                                             type: type, file: ref.path, row: { "row \(i) of the shard" })
