@@ -224,9 +224,34 @@ enum DataLoader {
     static func loadResident(_ inv: ShardInventory, keep: [Int], type: ActivationType, pool: ThreadPool,
                              progress: ((Int, Int) -> Void)? = nil) throws -> (ResidentActivations, RowIndex) {
         let meta = inv.metadata
-        let total = inv.totalRows
-        let data = ResidentActivations(type: type, layerCount: keep.count, dModel: meta.dModel, count: total)
+        let data = ResidentActivations(type: type, layerCount: keep.count, dModel: meta.dModel, count: inv.totalRows)
         let allLayers = keep == Array(meta.layers.indices)
+        let index = try readEveryShard(inv, pool: pool, progress: progress, rowTarget: { ref, stored, i in
+            // every layer kept in the stored type: the slot is the row as stored
+            stored == type && allLayers ? data.slot(ref.firstSlot + i) : nil
+        }, rowSink: { ref, stored, i, bytes in
+            try copyRow(bytes, stored: stored, keep: keep, dModel: meta.dModel, to: data.slot(ref.firstSlot + i),
+                        type: type, file: ref.path, row: { "row \(i) of the shard" })
+        })
+        data.setPositions(slotOfPosition: index.positionsToSlots, labels: index.labelsByPosition)
+        return (data, index)
+    }
+
+    /// Reads only labels and rows (the activations are decompressed and skipped): the first pass of streaming.
+    static func scanLabels(_ inv: ShardInventory, pool: ThreadPool) throws -> RowIndex {
+        try readEveryShard(inv, pool: pool, rowSink: { _, _, _, _ in })
+    }
+
+    /// Streams every shard once, in parallel (one shard per thread at a time), checking each against the
+    /// inventory, and returns the labels and row numbers of all of them. `rowTarget` and `rowSink` are
+    /// ShardStream.read's, given the shard and its stored type; the first error (naming its shard) is thrown.
+    private static func readEveryShard(
+        _ inv: ShardInventory, pool: ThreadPool, progress: ((Int, Int) -> Void)? = nil,
+        rowTarget: (ShardRef, ActivationType, Int) -> UnsafeMutableRawPointer? = { _, _, _ in nil },
+        rowSink: (ShardRef, ActivationType, Int, UnsafeRawPointer) throws -> Void
+    ) throws -> RowIndex {
+        let meta = inv.metadata
+        let total = inv.totalRows
         var labels = [Int32](repeating: 0, count: total)
         var rows = [Int64](repeating: 0, count: total)
         var errors = [Error?](repeating: nil, count: inv.shards.count)
@@ -248,13 +273,8 @@ enum DataLoader {
                                     throw ShardError(file: ref.path, reason: "holds \(n) rows but its manifest says \(ref.count)")
                                 }
                                 stored = ActivationType(dtype: m.dtype) ?? .f32
-                            }, rowTarget: { i in
-                                // every layer kept in the stored type: the slot is the row as stored
-                                stored == type && allLayers ? data.slot(ref.firstSlot + i) : nil
-                            }, rowSink: { i, bytes in
-                                try copyRow(bytes, stored: stored, keep: keep, dModel: meta.dModel, to: data.slot(ref.firstSlot + i),
-                                            type: type, file: ref.path, row: { "row \(i) of the shard" })
-                            })
+                            }, rowTarget: { i in rowTarget(ref, stored, i) },
+                            rowSink: { i, bytes in try rowSink(ref, stored, i, bytes) })
                             for i in 0..<c.count {
                                 lp[ref.firstSlot + i] = Int32(c.labels[i])
                                 rp[ref.firstSlot + i] = c.rows[i]
@@ -264,38 +284,6 @@ enum DataLoader {
                         }
                         lock.lock(); done += 1; let d = done; lock.unlock()
                         progress?(d, inv.shards.count)
-                    }
-                }
-            }
-        }
-        if let e = errors.compactMap({ $0 }).first { throw e }
-        let index = try RowIndex(labels: labels, rows: rows, shardOfSlot: { s in inv.shards.last { $0.firstSlot <= s }!.path })
-        data.setPositions(slotOfPosition: index.positionsToSlots, labels: index.labelsByPosition)
-        return (data, index)
-    }
-
-    /// Reads only labels and rows (the activations are decompressed and skipped): the first pass of streaming.
-    static func scanLabels(_ inv: ShardInventory, pool: ThreadPool) throws -> RowIndex {
-        let total = inv.totalRows
-        var labels = [Int32](repeating: 0, count: total)
-        var rows = [Int64](repeating: 0, count: total)
-        var errors = [Error?](repeating: nil, count: inv.shards.count)
-        let meta = inv.metadata
-        labels.withUnsafeMutableBufferPointer { lp in
-            rows.withUnsafeMutableBufferPointer { rp in
-                errors.withUnsafeMutableBufferPointer { ep in
-                    let (lp, rp, ep) = (lp, rp, ep)
-                    pool.parallelFor(inv.shards.count) { si in
-                        let ref = inv.shards[si]
-                        do {
-                            let c = try ShardStream.read(path: ref.path, header: { m, n in
-                                if let diff = ShardInventory.difference(meta, m) {
-                                    throw ShardError(file: ref.path, reason: "metadata differs from its manifest: \(diff)")
-                                }
-                                guard n == ref.count else { throw ShardError(file: ref.path, reason: "holds \(n) rows but its manifest says \(ref.count)") }
-                            }, rowSink: { _, _ in })
-                            for i in 0..<c.count { lp[ref.firstSlot + i] = Int32(c.labels[i]); rp[ref.firstSlot + i] = c.rows[i] }
-                        } catch { ep[si] = error }
                     }
                 }
             }
