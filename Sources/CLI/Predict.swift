@@ -37,6 +37,9 @@ struct Predict: ParsableCommand {
     @Option(name: .customLong("text-column"), help: "With --data: the CSV column (or JSONL key) holding the message.")
     var textColumn = "message"
 
+    @Option(name: .customLong("label-column"), help: ArgumentHelp("With --data: the CSV column (or JSONL key) holding each message's true label; then every label must be one of the probes' labels and the accuracy per layer is printed, e.g. --label-column label.", valueName: "name"))
+    var labelColumn: String?
+
     @Flag(help: "Print one JSON object per message.")
     var json = false
 
@@ -46,12 +49,14 @@ struct Predict: ParsableCommand {
     func validate() throws {
         if messages.isEmpty == (data == nil) { throw ValidationError("pass messages as arguments or --data FILE (one of them)") }
         if layer != "best" && layer != "all" && Int(layer) == nil { throw ValidationError("--layer must be best, all or a layer number") }
+        if labelColumn != nil && data == nil { throw ValidationError("--label-column needs --data FILE") }
     }
 
     func run() throws {
         let set = try ProbeSet.load(directory: probes)
         let m = try modelOptions.load()
         try set.check(against: m.config)
+        if let w = Predictor.identityWarning(model: m, probes: set) { FileHandle.standardError.write(Data((w + "\n").utf8)) }
         let layers: [Int]
         switch layer {
         case "best": layers = [set.bestLayer]
@@ -65,35 +70,53 @@ struct Predict: ParsableCommand {
         }
         var texts: [String] = messages
         var contents: [DatasetRow.Content] = messages.map { .message($0) }
+        var truth: [String]? = nil   // true labels, with --label-column
         if let data {
-            let d = try Dataset(path: data, textColumn: textColumn, labelColumn: textColumn)
+            let d = try Dataset(path: data, textColumn: textColumn, labelColumn: labelColumn ?? textColumn)
             contents = []; texts = []
+            var labelled: [(row: Int, label: String)] = []
             for r in d.rows {
                 let row = try r.get()
                 contents.append(row.content)
+                labelled.append((row.index, row.label))
                 if case .message(let t) = row.content { texts.append(t) } else { texts.append("<conversation>") }
+            }
+            if labelColumn != nil {
+                try Predictor.checkLabels(labelled, file: data, probes: set)
+                truth = labelled.map(\.label)
             }
         }
         let results = try Predictor.run(model: m, probes: set, renderer: templateOptions.renderer, maxTokens: maxTokens,
                                         messages: contents, layers: layers)
-        for (text, r) in zip(texts, results) {
+        func top(_ p: [Float]) -> String { set.labels[p.indices.max { p[$0] < p[$1] }!] }   // first maximum on ties, as training
+        for (i, (text, r)) in zip(texts, results).enumerated() {
             if json {
                 let perLayer = layers.map { l -> String in
                     let p = r[l]!
                     let probs = zip(set.labels, p).map { "\(jsonString($0)):\(String(format: "%.6f", $1))" }.joined(separator: ",")
-                    let top = set.labels[p.indices.max { p[$0] < p[$1] }!]
-                    return "{\"layer\":\(l),\"prediction\":\(jsonString(top)),\"probabilities\":{\(probs)}}"
+                    return "{\"layer\":\(l),\"prediction\":\(jsonString(top(p))),\"probabilities\":{\(probs)}}"
                 }
-                print("{\"message\":\(jsonString(text)),\"layers\":[\(perLayer.joined(separator: ","))]}")
+                let label = truth.map { ",\"label\":" + jsonString($0[i]) } ?? ""
+                print("{\"message\":\(jsonString(text))\(label),\"layers\":[\(perLayer.joined(separator: ","))]}")
                 continue
             }
-            print(text)
+            print(truth.map { "\(text)   (label: \($0[i]))" } ?? text)
             for l in layers {
                 let p = r[l]!
                 let order = p.indices.sorted { p[$0] > p[$1] }
                 let shown = order.map { String(format: "%@ %.3f", set.labels[$0], p[$0]) }.joined(separator: "  ")
                 print("  layer \(l)\(l == set.bestLayer ? " (best)" : ""): \(set.labels[order[0]])   [\(shown)]")
             }
+        }
+        if let truth {
+            // to stderr with --json, so stdout stays one JSON object per line
+            var summary = ""
+            for l in layers {
+                let correct = zip(results, truth).filter { top($0[l]!) == $1 }.count
+                summary += String(format: "layer %d%@: accuracy %.4f (%d of %d labelled messages)\n", l, l == set.bestLayer ? " (best)" : "",
+                                  Double(correct) / Double(max(1, truth.count)), correct, truth.count)
+            }
+            if json { FileHandle.standardError.write(Data(summary.utf8)) } else { print(summary, terminator: "") }
         }
     }
 }

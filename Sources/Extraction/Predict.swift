@@ -105,6 +105,25 @@ public struct ProbeSet: Sendable {
 
 /// `llamaprobe predict`: the same template and forward pass as extraction, then the probes.
 public enum Predictor {
+    /// A warning when the probes were trained on residuals of another model (or another quantization of it):
+    /// shapes may fit while the numbers mean something else. nil when the identities agree or are unknown.
+    public static func identityWarning(model m: LoadedModel, probes: ProbeSet) -> String? {
+        guard let trained = probes.model, !trained.hasPrefix("imported:") else { return nil }
+        let here = Extractor.modelIdentity(m)
+        guard trained != here else { return nil }
+        return "warning: the probes in \(probes.directory) were trained on residuals of model \(trained), but \(m.path) is \(here) "
+            + "(another checkpoint or quantization); their probabilities are only meaningful on the model they were trained on"
+    }
+
+    /// Refuses labelled rows whose label the probes do not know, naming the file, row and label.
+    public static func checkLabels(_ labels: [(row: Int, label: String)], file: String, probes: ProbeSet) throws {
+        let known = Set(probes.labels)
+        if let bad = labels.first(where: { !known.contains($0.label) }) {
+            throw ExtractionError("\(file) (row \(bad.row)): label '\(bad.label)' is not one of the probes' labels "
+                + "(\(probes.labels.joined(separator: ","))): the probes were trained on another label set")
+        }
+    }
+
     /// For each message, layer -> class probabilities for the requested layers.
     public static func run(model m: LoadedModel, probes: ProbeSet, renderer: PromptRenderer, maxTokens: Int,
                            messages: [DatasetRow.Content], layers: [Int]) throws -> [[Int: [Float]]] {
