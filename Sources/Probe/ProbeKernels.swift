@@ -6,10 +6,14 @@ final class KernelScratch: @unchecked Sendable {
     let dModel: Int
     let rows: FloatBuffer          // 4 rows converted to f32 (16-bit storage)
     var z = [Float]()              // [4, classes] logits of the current block
+    var g = [Float]()              // [4, classes] ∂L/∂z of the current block
+    /// The current block's four f32 rows (into the data, or into `rows`).
+    let x = UnsafeMutablePointer<UnsafePointer<Float>>.allocate(capacity: 4)
     init(dModel: Int) {
         self.dModel = dModel
         rows = FloatBuffer(count: 4 * dModel)
     }
+    deinit { x.deallocate() }
 }
 
 /// What one pass of a probe over a batch produced.
@@ -36,14 +40,14 @@ enum ProbeKernels {
         probe.gradB.pointer.update(repeating: 0, count: c)
         let numel = Float(count * c)
         var out = BatchOutcome()
-        var g = [Float](repeating: 0, count: 4 * c)
+        if scratch.g.count != 4 * c { scratch.g = [Float](repeating: 0, count: 4 * c) }
         var b0 = 0
         while b0 < count {
             let n = min(4, count - b0)
             let x = blockRows(rows, b0, n, layerOffset, type, scratch)
             logits(probe, x, scratch: scratch)
             for k in 0..<4 {
-                for j in 0..<c { g[k * c + j] = 0 }
+                for j in 0..<c { scratch.g[k * c + j] = 0 }
                 guard k < n else { continue }
                 let label = Int(labels[b0 + k])
                 var best = 0
@@ -57,12 +61,12 @@ enum ProbeKernels {
                     out.lossSum += Double(bceTerm(s, y))
                     let t = (s - y) / max((1 - s) * s, 1e-12) / numel
                     let gz = t * (1 - s) * s
-                    g[k * c + j] = gz
+                    scratch.g[k * c + j] = gz
                     probe.gradB[j] += gz
                 }
                 if best == label { out.correct += 1 }
             }
-            accumulate(probe, x, g)
+            accumulate(probe, x, scratch.g)
             b0 += n
         }
         return out
@@ -105,27 +109,26 @@ enum ProbeKernels {
     /// f32 pointers to the probe's layer of up to four rows (a short block repeats its first row).
     @inline(__always)
     static func blockRows(_ rows: UnsafePointer<UnsafeRawPointer>, _ start: Int, _ n: Int, _ layerOffset: Int,
-                          _ type: ActivationType, _ scratch: KernelScratch) -> [UnsafePointer<Float>] {
-        var x = [UnsafePointer<Float>]()
-        x.reserveCapacity(4)
+                          _ type: ActivationType, _ scratch: KernelScratch) -> UnsafePointer<UnsafePointer<Float>> {
+        let x = scratch.x
         for k in 0..<4 {
             let src = rows[start + (k < n ? k : 0)] + layerOffset
             if type == .f32 {
-                x.append(src.assumingMemoryBound(to: Float.self))
+                x[k] = src.assumingMemoryBound(to: Float.self)
             } else if k < n {
                 let dst = scratch.rows.pointer + k * scratch.dModel
                 type.convert(src, dst, scratch.dModel)
-                x.append(UnsafePointer(dst))
+                x[k] = UnsafePointer(dst)
             } else {
-                x.append(x[0])
+                x[k] = x[0]
             }
         }
-        return x
+        return UnsafePointer(x)
     }
 
     /// scratch.z[k·classes + j] = x_k · W_j for the four rows, two classes at a time (an odd last class is
     /// computed twice). The first pass streams the rows from memory; the others find them in cache.
-    static func logits(_ probe: ProbeState, _ x: [UnsafePointer<Float>], scratch: KernelScratch) {
+    static func logits(_ probe: ProbeState, _ x: UnsafePointer<UnsafePointer<Float>>, scratch: KernelScratch) {
         let c = probe.classes, d = probe.dModel
         if scratch.z.count != 4 * c { scratch.z = [Float](repeating: 0, count: 4 * c) }
         let w = probe.weight.pointer
@@ -147,7 +150,7 @@ enum ProbeKernels {
                 b2 = b2.addingProduct(v2, vb); b3 = b3.addingProduct(v3, vb)
                 i += 8
             }
-            var s = [a0.sum(), a1.sum(), a2.sum(), a3.sum(), b0.sum(), b1.sum(), b2.sum(), b3.sum()]
+            var s = SIMD8<Float>(a0.sum(), a1.sum(), a2.sum(), a3.sum(), b0.sum(), b1.sum(), b2.sum(), b3.sum())   // rows × (class a, class b)
             while i < d {
                 let pa = w[ja * d + i], pb = w[jb * d + i]
                 for k in 0..<4 { s[k] = s[k].addingProduct(x[k][i], pa); s[4 + k] = s[4 + k].addingProduct(x[k][i], pb) }
@@ -163,7 +166,7 @@ enum ProbeKernels {
 
     /// gradW[j] += Σ_k g[k, j]·x_k, in sample order. d_model is walked in tiles of 512 so that the four rows'
     /// tile stays in L1 while every class (two at a time) uses it.
-    static func accumulate(_ probe: ProbeState, _ x: [UnsafePointer<Float>], _ g: [Float]) {
+    static func accumulate(_ probe: ProbeState, _ x: UnsafePointer<UnsafePointer<Float>>, _ g: [Float]) {
         let c = probe.classes, d = probe.dModel
         let gw = probe.gradW.pointer
         let x0 = UnsafeRawPointer(x[0]), x1 = UnsafeRawPointer(x[1]), x2 = UnsafeRawPointer(x[2]), x3 = UnsafeRawPointer(x[3])

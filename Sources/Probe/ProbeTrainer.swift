@@ -123,18 +123,24 @@ public final class ProbeTrainer {
         return (w, [Float](repeating: 0, count: classes))
     }
 
+    /// One epoch's per-layer sums. Each layer's slots are written by the one thread that runs that layer in a
+    /// batch (plain memory, no shared array buffer); a divergence message may come from any thread (locked).
     private final class Accumulator: @unchecked Sendable {
-        var lossOfBatchMeans: [Double]
-        var correct: [Int]
+        let lossOfBatchMeans: UnsafeMutableBufferPointer<Double>
+        let correct: UnsafeMutableBufferPointer<Int>
+        let saturated: UnsafeMutableBufferPointer<Int>
         var total = 0
-        var saturated: [Int]
         var batches = 0
-        var failure: String?
+        private let lock = NSLock()
+        private var firstFailure: String?
         init(_ n: Int) {
-            lossOfBatchMeans = [Double](repeating: 0, count: n)
-            correct = [Int](repeating: 0, count: n)
-            saturated = [Int](repeating: 0, count: n)
+            lossOfBatchMeans = .allocate(capacity: n); lossOfBatchMeans.initialize(repeating: 0)
+            correct = .allocate(capacity: n); correct.initialize(repeating: 0)
+            saturated = .allocate(capacity: n); saturated.initialize(repeating: 0)
         }
+        deinit { lossOfBatchMeans.deallocate(); correct.deallocate(); saturated.deallocate() }
+        func fail(_ message: String) { lock.lock(); if firstFailure == nil { firstFailure = message }; lock.unlock() }
+        var failure: String? { lock.lock(); defer { lock.unlock() }; return firstFailure }
     }
 
     public func run(progress: ((TrainProgress) -> Void)? = nil) throws -> [LayerOutcome] {
@@ -157,7 +163,7 @@ public final class ProbeTrainer {
                             let out = ProbeKernels.forwardBackward(p, rows: rows.baseAddress!, labels: lab.baseAddress!, count: batch.count,
                                                                    layerOffset: li * layerBytes, type: type, scratch: scratch[thread])
                             let loss = Float(out.lossSum / Double(batch.count * classes))
-                            if !loss.isFinite { acc.failure = "layer \(layers[li]): the loss is \(loss) at epoch \(epoch) (diverged; lower --lr)" }
+                            if !loss.isFinite { acc.fail("layer \(layers[li]): the loss is \(loss) at epoch \(epoch) (diverged; lower --lr)") }
                             p.adamStep(lr: lrsNow[li], config.adam)
                             acc.lossOfBatchMeans[li] += Double(loss)
                             acc.correct[li] += out.correct
