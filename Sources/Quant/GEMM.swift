@@ -21,6 +21,9 @@ public enum Backend: String, Sendable, CaseIterable {
 /// - `avx512vnni-a8` (W8A8, opt-in): activations quantized to 8 bits per block of 32 exactly as llama.cpp
 ///   quantizes them for Q8_0 (d = max|x|/127), one `vpdpbusd` per weight: about four times sgemm, with
 ///   the activation rounding error llama.cpp has.
+/// - `avx2-a16` (W8A16, the default on CPUs with AVX2 but no AVX-512 VNNI): activations quantized to 16 bits
+///   per block of 32 as for avx512vnni-a16, a panel of weights widened to int16 once per tile and reused for
+///   every prompt row, products summed by `vpmaddwd`: the fidelity of the weights alone, faster than f32 FMA.
 /// - `avx2` (W8A32, CPUs with AVX2 + FMA): a panel of weights is dequantized once per tile and reused for
 ///   every prompt row by an f32 FMA micro-kernel; about sgemm speed.
 /// - `portable`: no usable SIMD kernel: the `blas` path (W8A32).
@@ -28,6 +31,7 @@ public enum Backend: String, Sendable, CaseIterable {
 public enum Q8Kernel: String, Sendable, CaseIterable {
     case avx512vnniA16 = "avx512vnni-a16"
     case avx512vnniA8 = "avx512vnni-a8"
+    case avx2A16 = "avx2-a16"
     case avx2
     case portable
 
@@ -49,7 +53,7 @@ public enum Q8Kernel: String, Sendable, CaseIterable {
         if ["avx512f", "avx512dq", "avx512cd", "avx512bw", "avx512vl", "avx512_vnni"].allSatisfy(flags.contains) {
             out += [.avx512vnniA16, .avx512vnniA8]
         }
-        if ["avx2", "fma", "f16c"].allSatisfy(flags.contains) { out.append(.avx2) }
+        if ["avx2", "fma", "f16c"].allSatisfy(flags.contains) { out += [.avx2A16, .avx2] }
         #endif
         out.append(.portable)
         return out
@@ -60,6 +64,7 @@ public enum Q8Kernel: String, Sendable, CaseIterable {
         switch self {
         case .avx512vnniA16: return "avx512vnni-a16 (W8A16: 16-bit activations per 32, 2× vpdpbusd)"
         case .avx512vnniA8: return "avx512vnni-a8 (W8A8: 8-bit activations per 32 as llama.cpp, vpdpbusd)"
+        case .avx2A16: return "avx2-a16 (W8A16: 16-bit activations per 32, int16 weight panels, vpmaddwd)"
         case .avx2: return "avx2 (W8A32: dequantized weight panels, f32 FMA)"
         case .portable: return "blas (W8A32: OpenBLAS sgemm on dequantized tiles)"
         }
@@ -103,6 +108,9 @@ public final class GEMMEngine: @unchecked Sendable {
     private var qlo: UnsafeMutablePointer<Int8>?
     private var qscale: UnsafeMutablePointer<Float>?
     private var qsum: UnsafeMutablePointer<Int32>?
+    // AVX2 W8A16: activations as int16 [rows, cols]; per thread one widened panel chunk (int16 pairs, then f32 scales).
+    private var qx16: UnsafeMutablePointer<Int16>?
+    private var widened: UnsafeMutableRawPointer?
     private var capacityRows = 0, capacityCols = 0
     // AVX2: one dequantized panel chunk per thread [avx2Depth][16]. BLAS: one dequantized weight tile.
     private var panelScratch: FloatBuffer?
@@ -112,7 +120,8 @@ public final class GEMMEngine: @unchecked Sendable {
     private var prepared: PreparedInput?
 
     static let vnniBlocksPerChunk = 32     // 1024 inputs: a panel pair chunk (35 KB) stays in L1
-    static let avx2Depth = 256             // inputs per dequantized panel chunk (16 KB)
+    static let avx2Depth = 256             // inputs per dequantized panel chunk (16 KB; widened to int16: 8 KB)
+    static let widenedBytes = avx2Depth * 16 * 2 + avx2Depth / 32 * 16 * 4
     static let blasTileRows = 256
     /// Prompt rows per work item (the AVX2 kernel's 6-row tiles fit 252 of them exactly).
     static let rowBlock = 252
@@ -124,7 +133,7 @@ public final class GEMMEngine: @unchecked Sendable {
     }
 
     deinit {
-        qx?.deallocate(); qlo?.deallocate(); qscale?.deallocate(); qsum?.deallocate()
+        qx?.deallocate(); qlo?.deallocate(); qscale?.deallocate(); qsum?.deallocate(); qx16?.deallocate(); widened?.deallocate()
     }
 
     /// What the engine computes with, for logs and benchmark output.
@@ -140,6 +149,16 @@ public final class GEMMEngine: @unchecked Sendable {
             qlo = kernel == .avx512vnniA16 ? .allocate(capacity: capacityRows * capacityCols) : nil
             qscale = .allocate(capacity: capacityRows * capacityCols / 32 + 1)
             qsum = .allocate(capacity: capacityRows * capacityCols / 32 + 1)
+        }
+        if kernel == .avx2A16 && (rows > capacityRows || cols > capacityCols) {
+            qx16?.deallocate(); qscale?.deallocate()
+            capacityRows = max(rows, capacityRows)
+            capacityCols = max(cols, capacityCols)
+            qx16 = .allocate(capacity: capacityRows * capacityCols)
+            qscale = .allocate(capacity: capacityRows * capacityCols / 32 + 1)
+        }
+        if kernel == .avx2A16 && widened == nil {
+            widened = .allocate(byteCount: pool.threadCount * Self.widenedBytes, alignment: 64)
         }
         if kernel == .avx2 && panelScratch == nil {
             panelScratch = FloatBuffer(count: pool.threadCount * Self.avx2Depth * 16)
@@ -171,6 +190,7 @@ public final class GEMMEngine: @unchecked Sendable {
             #if arch(x86_64)
             case .avx512vnniA8, .avx512vnniA16: multiplyVNNI(input, p, y, ldy: ldy, accumulate: accumulate)
             case .avx2: multiplyAVX2(input, p, y, ldy: ldy, accumulate: accumulate)
+            case .avx2A16: multiplyAVX2A16(input, p, y, ldy: ldy, accumulate: accumulate)
             #endif
             default: multiplyBLAS(input, p, y, ldy: ldy, accumulate: accumulate)
             }
@@ -276,6 +296,52 @@ public final class GEMMEngine: @unchecked Sendable {
                 while r < rowEnd {
                     avx2Tile1x16(x + r * ldx + k0, b: buf, depth: 32 * blocks, y: y + r * ldy + col0, cols: cols,
                                  accumulate: acc)
+                    r += 1
+                }
+                kb += blocks
+            }
+        }
+    }
+
+    private func multiplyAVX2A16(_ input: PreparedInput, _ w: PackedQ8Matrix, _ y: UnsafeMutablePointer<Float>,
+                                 ldy: Int, accumulate: Bool) {
+        let base = prepared!
+        precondition(base.generation == input.generation, "input is not the prepared one")
+        reserve(rows: base.rows, cols: base.cols, maxOut: w.rows)
+        let q = qx16!, sc = qscale!, nb = base.cols / 32
+        if quantizedGeneration != base.generation {
+            pool.parallelRanges(base.rows, chunksPerThread: 2) { r in
+                avx2QuantizeRows16(base.x + r.lowerBound * base.ldx, ldx: base.ldx, rows: r.count, cols: base.cols,
+                                   q: q + r.lowerBound * base.cols, ldq: base.cols, scale: sc + r.lowerBound * nb, lds: nb)
+            }
+            quantizedGeneration = base.generation
+        }
+        let x = q + input.rowOffset * base.cols, xs = sc + input.rowOffset * nb, ldq = base.cols
+        let rows = input.rows, depthBlocks = Self.avx2Depth / 32
+        let panels = (w.rows + 15) / 16, stride = w.panelStride
+        let wbytes = UnsafeRawPointer(w.bytes), scratch = widened!
+        let mBlocks = (rows + Self.rowBlock - 1) / Self.rowBlock
+        pool.parallelFor(panels * mBlocks) { item, thread in
+            let p = item % panels, mb = item / panels
+            let chunk = scratch + thread * Self.widenedBytes
+            let wq = chunk.assumingMemoryBound(to: Int16.self)
+            let ws = (chunk + Self.avx2Depth * 16 * 2).assumingMemoryBound(to: Float.self)
+            let col0 = 16 * p, cols = min(16, w.rows - col0)
+            let rowEnd = min(rows, (mb + 1) * Self.rowBlock)
+            var kb = 0
+            while kb < nb {
+                let blocks = min(depthBlocks, nb - kb)
+                avx2WidenPanel16(wbytes + p * stride + kb * 544, blocks: blocks, into: wq, scales: ws)
+                let acc = accumulate || kb > 0
+                var r = mb * Self.rowBlock
+                while r + 6 <= rowEnd {
+                    avx2I16Tile6x16(x + r * ldq + 32 * kb, ldx: ldq, xs: xs + r * nb + kb, lds: nb, w: wq, scales: ws,
+                                    blocks: blocks, y: y + r * ldy + col0, ldy: ldy, cols: cols, accumulate: acc)
+                    r += 6
+                }
+                while r < rowEnd {
+                    avx2I16Tile1x16(x + r * ldq + 32 * kb, xs: xs + r * nb + kb, w: wq, scales: ws, blocks: blocks,
+                                    y: y + r * ldy + col0, cols: cols, accumulate: acc)
                     r += 1
                 }
                 kb += blocks

@@ -72,7 +72,7 @@ import Testing
         var wq = [Float](repeating: 0, count: c.n * c.k)
         packed.dequantizeRows(0, c.n, into: &wq)
         let xin = kernel == .avx512vnniA8 ? quantizeActivations(x, bits: 8)
-            : kernel == .avx512vnniA16 ? quantizeActivations(x, bits: 16) : x
+            : kernel == .avx512vnniA16 || kernel == .avx2A16 ? quantizeActivations(x, bits: 16) : x
         let ref = reference(xin, wq, c)
         let scale = ref.map(abs).max()!
 
