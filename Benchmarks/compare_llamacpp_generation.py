@@ -3,7 +3,12 @@
 fixture models. Needs llama.cpp's `llama-simple` (built from the PyPI sdist of llama-cpp-python, outside this
 repository; docs/performance.md says how). Compares the generated text (llama-simple prints text, not ids).
 
-    python3 Benchmarks/compare_llamacpp_generation.py --llama-simple /path/to/llama-simple [--count 12]
+    python3 Benchmarks/compare_llamacpp_generation.py --llama-simple /path/to/llama-simple [--count 12] [--head-scale 20]
+
+The fixture models have random weights, so their logits are nearly flat and the smallest rounding can flip a
+greedy token. `--head-scale S` runs the same comparison on copies whose output head is multiplied by S
+(untied from the embeddings where they were tied): the hidden states are unchanged, the logit margins S
+times larger, so a flipped token then means a real difference.
 """
 import argparse
 import os
@@ -31,15 +36,39 @@ def llama_cpp(binary, gguf, prompt, count):
     return line.split(prompt.encode(), 1)[1]
 
 
+def peaked_copy(src, dst, scale):
+    """A copy of the HF checkpoint `src` whose lm_head is `scale` times the original (untied if it was tied)."""
+    import json, shutil, torch
+    from safetensors.torch import load_file, save_file
+    shutil.copytree(src, dst)
+    cfg = json.load(open(os.path.join(dst, "config.json")))
+    files = sorted(f for f in os.listdir(dst) if f.endswith(".safetensors"))
+    tensors = {}
+    for f in files:
+        tensors.update(load_file(os.path.join(dst, f)))
+        os.remove(os.path.join(dst, f))
+    if os.path.exists(os.path.join(dst, "model.safetensors.index.json")):
+        os.remove(os.path.join(dst, "model.safetensors.index.json"))
+    head = tensors.get("lm_head.weight", tensors["model.embed_tokens.weight"])
+    tensors["lm_head.weight"] = (head.float() * scale).to(head.dtype).contiguous()
+    cfg["tie_word_embeddings"] = False
+    json.dump(cfg, open(os.path.join(dst, "config.json"), "w"), indent=2)
+    save_file(tensors, os.path.join(dst, "model.safetensors"), metadata={"format": "pt"})
+    return dst
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--llama-simple", required=True)
     ap.add_argument("--count", type=int, default=12)
+    ap.add_argument("--head-scale", type=float, default=None, help="multiply the output head by this (see above)")
     a = ap.parse_args()
     work = tempfile.mkdtemp(prefix="llamaprobe-gen-")
-    same = {"f16": 0, "q8_0": 0}
+    same = {"f16": 0, "q8_0": 0, "q8_0 vs f32": 0}
     for m in MODELS:
         hf = os.path.join(ROOT, "Tests", "fixtures", "models", m)
+        if a.head_scale:
+            hf = peaked_copy(hf, os.path.join(work, m + "-peaked"), a.head_scale)
         for t in ["f16", "q8_0"]:
             g = os.path.join(work, f"{m}.{t}.gguf")
             subprocess.run([LP, "quantize", "--model", hf, "--out", g, "--type", t], capture_output=True, check=True)
@@ -50,13 +79,16 @@ def main():
             l8 = llama_cpp(a.llama_simple, os.path.join(work, f"{m}.q8_0.gguf"), p, a.count)
             same["f16"] += l16 == fp32
             same["q8_0"] += l8 == q8
-            print(f"{m:14} {p!r:22} llama.cpp f16 == our f32: {l16 == fp32!s:5}   llama.cpp Q8_0 == our Q8_0 (W8A8): {l8 == q8!s:5}")
+            same["q8_0 vs f32"] += l8 == fp32
+            print(f"{m:14} {p!r:22} llama.cpp f16 == our f32: {l16 == fp32!s:5}   llama.cpp Q8_0 == our Q8_0 (W8A8): {l8 == q8!s:5}"
+                  f"   llama.cpp Q8_0 == our f32: {l8 == fp32!s:5}")
             if l16 != fp32:
                 print(f"    our f32: {fp32!r}\n    llama.cpp f16: {l16!r}\n    our logit margins: {m32}")
             if l8 != q8:
                 print(f"    our Q8_0: {q8!r}\n    llama.cpp Q8_0: {l8!r}\n    our logit margins: {m8}")
     n = len(MODELS) * len(PROMPTS)
-    print(f"identical generations: f16 {same['f16']}/{n}, Q8_0 {same['q8_0']}/{n}")
+    print(f"identical generations: llama.cpp f16 vs our f32 {same['f16']}/{n}, llama.cpp Q8_0 vs our Q8_0 {same['q8_0']}/{n}, "
+          f"llama.cpp Q8_0 vs our f32 {same['q8_0 vs f32']}/{n}")
 
 
 if __name__ == "__main__":
