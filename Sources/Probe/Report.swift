@@ -64,7 +64,7 @@ public enum TrainingReport {
 
     /// accuracy_by_layer.svg: final training accuracy and best validation accuracy per layer.
     public static func accuracySVG(layers: [Int], train: [Double], val: [Double], bestLayer: Int?) -> String {
-        let w = 720.0, h = 360.0, left = 56.0, right = 20.0, top = 36.0, bottom = 48.0
+        let w = 720.0, h = 372.0, left = 56.0, right = 20.0, top = 52.0, bottom = 48.0
         let pw = w - left - right, ph = h - top - bottom
         let lo = Double(layers.min() ?? 0), hi = Double(max((layers.max() ?? 1), (layers.min() ?? 0) + 1))
         func x(_ l: Int) -> Double { left + (Double(l) - lo) / (hi - lo) * pw }
@@ -86,12 +86,13 @@ public enum TrainingReport {
         s += "<line x1=\"\(f(left))\" y1=\"\(f(top))\" x2=\"\(f(left))\" y2=\"\(f(top + ph))\" stroke=\"black\"/>\n"
         s += "<text x=\"\(f(left + pw / 2))\" y=\"\(f(h - 10))\" text-anchor=\"middle\">layer</text>\n"
         s += "<text x=\"16\" y=\"\(f(top + ph / 2))\" text-anchor=\"middle\" transform=\"rotate(-90 16 \(f(top + ph / 2)))\">accuracy</text>\n"
-        for (values, color, name, dy) in [(train, "#1f77b4", "train (final)", 0.0), (val, "#d62728", "validation (best)", 16.0)] {
+        // the legend sits above the plot, where no point can hide it
+        for (values, color, name, dx) in [(train, "#1f77b4", "train (final)", -290.0), (val, "#d62728", "validation (best)", -150.0)] {
             let pts = zip(layers, values).map { "\(f(x($0))),\(f(y($1)))" }.joined(separator: " ")
             s += "<polyline fill=\"none\" stroke=\"\(color)\" stroke-width=\"2\" points=\"\(pts)\"/>\n"
             for (l, v) in zip(layers, values) { s += "<circle cx=\"\(f(x(l)))\" cy=\"\(f(y(v)))\" r=\"2.5\" fill=\"\(color)\"/>\n" }
-            s += "<line x1=\"\(f(w - right - 150))\" y1=\"\(f(top + 10 + dy))\" x2=\"\(f(w - right - 130))\" y2=\"\(f(top + 10 + dy))\" stroke=\"\(color)\" stroke-width=\"2\"/>\n"
-            s += "<text x=\"\(f(w - right - 124))\" y=\"\(f(top + 14 + dy))\">\(name)</text>\n"
+            s += "<line x1=\"\(f(w - right + dx))\" y1=\"\(f(top - 16))\" x2=\"\(f(w - right + dx + 20))\" y2=\"\(f(top - 16))\" stroke=\"\(color)\" stroke-width=\"2\"/>\n"
+            s += "<text x=\"\(f(w - right + dx + 26))\" y=\"\(f(top - 12))\">\(name)</text>\n"
         }
         if let b = bestLayer, let i = layers.firstIndex(of: b) {
             s += "<circle cx=\"\(f(x(b)))\" cy=\"\(f(y(val[i])))\" r=\"6\" fill=\"none\" stroke=\"#d62728\"/>\n"
