@@ -108,8 +108,9 @@ public enum Shard {
         let n = labels.count
         let st = labels.withUnsafeBytes { l in rows.withUnsafeBytes { r in nTokens.withUnsafeBytes { t in
             SafeTensors.encode([
-                (.init("resid_post", dt, [n, metadata.layers.count, metadata.dModel]), residPost),
+                // the small tensors first: a reader that needs only labels and rows stops before the activations
                 (.init("label", .i64, [n]), l), (.init("row", .i64, [n]), r), (.init("n_tokens", .i32, [n]), t),
+                (.init("resid_post", dt, [n, metadata.layers.count, metadata.dModel]), residPost),
             ], metadata: metadata.stringMap)
         } } }
         return try Zstd.compress(st, level: compressionLevel)

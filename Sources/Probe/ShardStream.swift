@@ -22,7 +22,10 @@ struct ShardStream {
     /// type, `bytes` valid only during the call). `header` is called with the metadata and row count before the first row.
     /// When `rowTarget(i)` returns memory (rowBytes long), row i is decompressed straight into it and `rowSink`
     /// receives that memory: no copy through the scratch row.
+    /// `labelsOnly`: stop as soon as label, row and n_tokens are read (shards written since they come first;
+    /// older shards are decompressed through resid_post), without checking the frame's checksum.
     static func read(path: String, header: (ShardMetadata, Int) throws -> Void = { _, _ in },
+                     labelsOnly: Bool = false,
                      rowTarget: (Int) -> UnsafeMutableRawPointer? = { _ in nil },
                      rowSink: (Int, UnsafeRawPointer) throws -> Void) throws -> Contents {
         var s = try Decompressor(path: path)
@@ -83,7 +86,9 @@ struct ShardStream {
         let rowBytes = metadata.layers.count * metadata.dModel * resid.dtype.elementSize
         let scratch = UnsafeMutableRawPointer.allocate(byteCount: max(rowBytes, 1 << 16), alignment: 64)
         defer { scratch.deallocate() }
+        var stoppedEarly = false
         for e in entries.sorted(by: { ($0.begin, $0.end) < ($1.begin, $1.end) }) {
+            if labelsOnly && ["label", "row", "n_tokens"].allSatisfy({ values[$0] != nil }) { stoppedEarly = true; break }
             guard e.begin >= position else { throw fail("corrupt shard content: tensor '\(e.name)' overlaps another") }
             try s.skip(e.begin - position, scratch: scratch, scratchSize: max(rowBytes, 1 << 16))
             position = e.begin
@@ -107,7 +112,7 @@ struct ShardStream {
             }
             position = e.end
         }
-        try s.finish()
+        if !stoppedEarly { try s.finish() }
         let labels = values["label"]!
         if let i = labels.firstIndex(where: { $0 < 0 || $0 >= Int64(metadata.labels.count) }) {
             throw fail("row \(values["row"]![i]): label id \(labels[i]) is outside the \(metadata.labels.count) labels")

@@ -237,16 +237,16 @@ enum DataLoader {
         return (data, index)
     }
 
-    /// Reads only labels and rows (the activations are decompressed and skipped): the first pass of streaming.
+    /// Reads only labels and rows (stopping before the activations): the first pass of streaming.
     static func scanLabels(_ inv: ShardInventory, pool: ThreadPool) throws -> RowIndex {
-        try readEveryShard(inv, pool: pool, rowSink: { _, _, _, _ in })
+        try readEveryShard(inv, pool: pool, labelsOnly: true, rowSink: { _, _, _, _ in })
     }
 
     /// Streams every shard once, in parallel (one shard per thread at a time), checking each against the
     /// inventory, and returns the labels and row numbers of all of them. `rowTarget` and `rowSink` are
     /// ShardStream.read's, given the shard and its stored type; the first error (naming its shard) is thrown.
     private static func readEveryShard(
-        _ inv: ShardInventory, pool: ThreadPool, progress: ((Int, Int) -> Void)? = nil,
+        _ inv: ShardInventory, pool: ThreadPool, progress: ((Int, Int) -> Void)? = nil, labelsOnly: Bool = false,
         rowTarget: (ShardRef, ActivationType, Int) -> UnsafeMutableRawPointer? = { _, _, _ in nil },
         rowSink: (ShardRef, ActivationType, Int, UnsafeRawPointer) throws -> Void
     ) throws -> RowIndex {
@@ -273,7 +273,7 @@ enum DataLoader {
                                     throw ShardError(file: ref.path, reason: "holds \(n) rows but its manifest says \(ref.count)")
                                 }
                                 stored = ActivationType(dtype: m.dtype) ?? .f32
-                            }, rowTarget: { i in rowTarget(ref, stored, i) },
+                            }, labelsOnly: labelsOnly, rowTarget: { i in rowTarget(ref, stored, i) },
                             rowSink: { i, bytes in try rowSink(ref, stored, i, bytes) })
                             for i in 0..<c.count {
                                 lp[ref.firstSlot + i] = Int32(c.labels[i])
