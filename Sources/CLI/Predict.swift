@@ -40,6 +40,9 @@ struct Predict: ParsableCommand {
     @Option(name: .customLong("label-column"), help: ArgumentHelp("With --data: the CSV column (or JSONL key) holding each message's true label; then every label must be one of the probes' labels and the accuracy per layer is printed, e.g. --label-column label.", valueName: "name"))
     var labelColumn: String?
 
+    @Option(help: ArgumentHelp("Class names in id order: names the outputs of .pth probes (which record none; default for 7 outputs: the reference recipe's seven states) or must equal the probes' recorded label set, e.g. --labels very_happy,happy,slightly_positive,neutral,slightly_negative,sad,very_sad.", valueName: "a,b,…"))
+    var labels: String?
+
     @Flag(help: "Print one JSON object per message.")
     var json = false
 
@@ -53,7 +56,8 @@ struct Predict: ParsableCommand {
     }
 
     func run() throws {
-        let set = try ProbeSet.load(directory: probes)
+        var set = try ProbeSet.load(directory: probes)
+        if let labels { try set.useLabels(labels.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) }) }
         let m = try modelOptions.load()
         try set.check(against: m.config)
         if let w = Predictor.identityWarning(model: m, probes: set) { FileHandle.standardError.write(Data((w + "\n").utf8)) }

@@ -11,7 +11,9 @@ public struct ProbeSet: Sendable {
         public let bias: [Float]     // [classes]
     }
     public let directory: String
-    public let labels: [String]
+    public private(set) var labels: [String]
+    /// Whether `labels` came from the probes' own files (probes.safetensors) rather than a default.
+    public let labelsRecorded: Bool
     /// Probe layer index -> probe (the best checkpoint when there is one, else the final one).
     public let probes: [Int: Probe]
     public let bestLayer: Int
@@ -45,7 +47,7 @@ public struct ProbeSet: Sendable {
             }
             probes[l] = Probe(weight: w, bias: b)
         }
-        return ProbeSet(directory: directory, labels: labels, probes: probes, bestLayer: best, dModel: d,
+        return ProbeSet(directory: directory, labels: labels, labelsRecorded: true, probes: probes, bestLayer: best, dModel: d,
                         withEmbeddings: f.metadata["with_embeddings"] == "true", model: f.metadata["model"])
     }
 
@@ -66,6 +68,10 @@ public struct ProbeSet: Sendable {
             guard let w = t.first(where: { $0.name.hasSuffix("weight") }), let b = t.first(where: { $0.name.hasSuffix("bias") }) else {
                 throw CheckpointError(file: directory + "/probe_at_layer_\(l).pth", reason: "no classifier.0.weight / bias")
             }
+            guard classes == 0 || (b.values.count == classes && w.values.count == probes[layers[0]]!.weight.count) else {
+                throw CheckpointError(file: directory + "/probe_at_layer_\(l).pth",
+                                      reason: "\(b.values.count) classes × \(w.values.count / max(1, b.values.count)) inputs, unlike probe_at_layer_\(layers[0]).pth")
+            }
             classes = b.values.count
             probes[l] = Probe(weight: w.values, bias: b.values)
         }
@@ -77,8 +83,22 @@ public struct ProbeSet: Sendable {
             }
         }
         let w = probes[layers[0]]!.weight
-        return ProbeSet(directory: directory, labels: (0..<classes).map { "class_\($0)" }, probes: probes, bestLayer: best,
+        // .pth files carry no label names: the reference recipe's seven states for seven outputs, else class_i
+        // (`predict --labels` names them).
+        let names = classes == defaultEmotionLabels.count ? defaultEmotionLabels : (0..<classes).map { "class_\($0)" }
+        return ProbeSet(directory: directory, labels: names, labelsRecorded: false, probes: probes, bestLayer: best,
                         dModel: w.count / max(1, classes), withEmbeddings: false, model: nil)
+    }
+
+    /// `--labels`: names the classes of .pth probes, or must equal the label set recorded with the probes.
+    public mutating func useLabels(_ names: [String]) throws {
+        guard names.count == labels.count else {
+            throw ExtractionError("--labels names \(names.count) classes but the probes in \(directory) have \(labels.count) outputs")
+        }
+        if labelsRecorded && names != labels {
+            throw ExtractionError("--labels \(names.joined(separator: ",")) differs from the label set the probes in \(directory) were trained on: \(labels.joined(separator: ","))")
+        }
+        labels = names
     }
 
     /// Refuses probes that cannot apply to this model, naming the mismatch.

@@ -151,7 +151,7 @@ func scratch(_ name: String = #function) -> String {
             (["shards", "verify"], []), (["shards", "info"], []), (["shards", "import"], ["--activations", "--labels", "--out"]),
             (["train"], ["--shards", "--out", "--epochs", "--lr", "--beta1", "--beta2", "--weight-decay", "--batch-size", "--val-batch-size",
                          "--val-every", "--val-fraction", "--seed", "--plateau-factor", "--plateau-patience", "--layers", "--threads", "--max-memory"]),
-            (["predict"], ["--model", "--probes", "--layer", "--template", "--data", "--label-column", "--json"]),
+            (["predict"], ["--model", "--probes", "--layer", "--template", "--data", "--label-column", "--labels", "--json"]),
             (["generate"], ["--model", "--count", "--template"]),
             (["bench"], ["--model", "--synthetic", "--layers", "--tokens", "--threads", "--backend", "--kernel", "--json"]),
             (["info"], ["--model"]),

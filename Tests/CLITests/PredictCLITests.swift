@@ -89,6 +89,22 @@ import Testing
         let noLayer = try CLI.run(["predict", "--model", model, "--probes", probes, "--layer", "9", "hi"])
         #expect(noLayer.status != 0 && noLayer.stderr.contains("no probe for layer 9"), "\(noLayer.stderr)")
 
+        // --labels: must equal the recorded label set; names the outputs of .pth-only directories.
+        let wrong = try CLI.run(["predict", "--model", model, "--probes", probes, "--labels", "a,b,c,d,e,f,g", "hi"])
+        #expect(wrong.status != 0 && wrong.stderr.contains("differs from the label set"), "\(wrong.stderr)")
+        let count = try CLI.run(["predict", "--model", model, "--probes", probes, "--labels", "a,b", "hi"])
+        #expect(count.status != 0 && count.stderr.contains("names 2 classes"), "\(count.stderr)")
+        let pth = dir + "/pth-only"
+        try FileManager.default.createDirectory(atPath: pth, withIntermediateDirectories: true)
+        for f in try FileManager.default.contentsOfDirectory(atPath: probes) where f.hasSuffix(".pth") || f.hasSuffix(".csv") {
+            try FileManager.default.copyItem(atPath: probes + "/" + f, toPath: pth + "/" + f)
+        }
+        let viaSafetensors = try CLI.run(["predict", "--model", model, "--probes", probes, "--json", "--layer", "all", "I got the job!"])
+        let viaPth = try CLI.run(["predict", "--model", model, "--probes", pth, "--json", "--layer", "all", "I got the job!"])
+        #expect(viaPth.status == 0 && viaPth.stdout == viaSafetensors.stdout, "\(viaPth.stdout)\(viaPth.stderr)")
+        let renamed = try CLI.run(["predict", "--model", model, "--probes", pth, "--labels", "a,b,c,d,e,f,g", "--json", "hi"])
+        #expect(renamed.status == 0 && renamed.stdout.contains("\"probabilities\":{\"a\":"), "\(renamed.stdout)\(renamed.stderr)")
+
         // Probes trained on another model with the same shapes: a warning, not an error.
         let twin = dir + "/twin"
         #expect(try CLI.run(["synth", "--preset", "tiny", "--seed", "7", "--out", twin, "--dtype", "f16"]).status == 0)
