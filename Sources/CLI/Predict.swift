@@ -109,7 +109,7 @@ struct Predict: ParsableCommand {
                 let p = r[l]!
                 let order = p.indices.sorted { p[$0] > p[$1] }
                 let shown = order.map { String(format: "%@ %.3f", set.labels[$0], p[$0]) }.joined(separator: "  ")
-                print("  layer \(l)\(l == set.bestLayer ? " (best)" : ""): \(set.labels[order[0]])   [\(shown)]")
+                print("  layer \(l)\(l == set.bestLayer ? " (best)" : ""): \(top(p))   [\(shown)]")
             }
         }
         if let truth {

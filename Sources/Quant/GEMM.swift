@@ -136,26 +136,39 @@ public final class GEMMEngine: @unchecked Sendable {
         qx?.deallocate(); qlo?.deallocate(); qscale?.deallocate(); qsum?.deallocate(); qx16?.deallocate(); widened?.deallocate()
     }
 
+    /// Kernels that quantize the prepared input once and share it across the projections that read it.
+    private var quantizesActivations: Bool { kernel == .avx512vnniA8 || kernel == .avx512vnniA16 || kernel == .avx2A16 }
+
+    /// The whole prepared input that `input` (possibly a subset of its rows) belongs to, with buffers reserved.
+    private func preparedBase(of input: PreparedInput, maxOut: Int) -> PreparedInput {
+        let base = prepared!
+        precondition(base.generation == input.generation, "input is not the prepared one")
+        reserve(rows: base.rows, cols: base.cols, maxOut: maxOut)
+        return base
+    }
+
+    /// Runs `quantize(rows)` over the prepared input's rows in parallel, once per prepared input.
+    private func quantizeOnce(_ base: PreparedInput, _ quantize: (Range<Int>) -> Void) {
+        if quantizedGeneration == base.generation { return }
+        pool.parallelRanges(base.rows, chunksPerThread: 2, quantize)
+        quantizedGeneration = base.generation
+    }
+
     /// What the engine computes with, for logs and benchmark output.
     public var description: String { kernel.summary }
 
     /// Sizes the scratch buffers for inputs up to [rows, cols] and weight rows up to `maxOut`.
     public func reserve(rows: Int, cols: Int, maxOut: Int) {
-        if (kernel == .avx512vnniA8 || kernel == .avx512vnniA16) && (rows > capacityRows || cols > capacityCols) {
-            qx?.deallocate(); qlo?.deallocate(); qscale?.deallocate(); qsum?.deallocate()
+        if quantizesActivations && (rows > capacityRows || cols > capacityCols) {
+            qx?.deallocate(); qlo?.deallocate(); qsum?.deallocate(); qx16?.deallocate(); qscale?.deallocate()
             capacityRows = max(rows, capacityRows)
             capacityCols = max(cols, capacityCols)
-            qx = .allocate(capacity: capacityRows * capacityCols)
-            qlo = kernel == .avx512vnniA16 ? .allocate(capacity: capacityRows * capacityCols) : nil
-            qscale = .allocate(capacity: capacityRows * capacityCols / 32 + 1)
-            qsum = .allocate(capacity: capacityRows * capacityCols / 32 + 1)
-        }
-        if kernel == .avx2A16 && (rows > capacityRows || cols > capacityCols) {
-            qx16?.deallocate(); qscale?.deallocate()
-            capacityRows = max(rows, capacityRows)
-            capacityCols = max(cols, capacityCols)
-            qx16 = .allocate(capacity: capacityRows * capacityCols)
-            qscale = .allocate(capacity: capacityRows * capacityCols / 32 + 1)
+            let n = capacityRows * capacityCols
+            qx = kernel == .avx2A16 ? nil : .allocate(capacity: n)
+            qlo = kernel == .avx512vnniA16 ? .allocate(capacity: n) : nil
+            qsum = kernel == .avx2A16 ? nil : .allocate(capacity: n / 32 + 1)
+            qx16 = kernel == .avx2A16 ? .allocate(capacity: n) : nil
+            qscale = .allocate(capacity: n / 32 + 1)
         }
         if kernel == .avx2A16 && widened == nil {
             widened = .allocate(byteCount: pool.threadCount * Self.widenedBytes, alignment: 64)
@@ -200,24 +213,19 @@ public final class GEMMEngine: @unchecked Sendable {
     #if arch(x86_64)
     private func multiplyVNNI(_ input: PreparedInput, _ w: PackedQ8Matrix, _ y: UnsafeMutablePointer<Float>,
                               ldy: Int, accumulate: Bool) {
-        let base = prepared!
-        precondition(base.generation == input.generation, "input is not the prepared one")
-        reserve(rows: base.rows, cols: base.cols, maxOut: w.rows)
+        let base = preparedBase(of: input, maxOut: w.rows)
         let wide = kernel == .avx512vnniA16
         let q = qx!, lo = qlo, sc = qscale!, sm = qsum!
         let nb = base.cols / 32
-        if quantizedGeneration != base.generation {
-            pool.parallelRanges(base.rows, chunksPerThread: 2) { r in
-                let x = base.x + r.lowerBound * base.ldx, o = r.lowerBound * base.cols, so = r.lowerBound * nb
-                if wide {
-                    vnni16QuantizeRows(x, ldx: base.ldx, rows: r.count, cols: base.cols, hi: q + o, lo: lo! + o,
-                                       ldq: base.cols, scale: sc + so, correction: sm + so, lds: nb)
-                } else {
-                    vnniQuantizeRows(x, ldx: base.ldx, rows: r.count, cols: base.cols, q: q + o, ldq: base.cols,
-                                     scale: sc + so, sum128: sm + so, lds: nb)
-                }
+        quantizeOnce(base) { r in
+            let x = base.x + r.lowerBound * base.ldx, o = r.lowerBound * base.cols, so = r.lowerBound * nb
+            if wide {
+                vnni16QuantizeRows(x, ldx: base.ldx, rows: r.count, cols: base.cols, hi: q + o, lo: lo! + o,
+                                   ldq: base.cols, scale: sc + so, correction: sm + so, lds: nb)
+            } else {
+                vnniQuantizeRows(x, ldx: base.ldx, rows: r.count, cols: base.cols, q: q + o, ldq: base.cols,
+                                 scale: sc + so, sum128: sm + so, lds: nb)
             }
-            quantizedGeneration = base.generation
         }
         let ro = input.rowOffset
         let x = q + ro * base.cols, xl = lo.map { $0 + ro * base.cols }, xs = sc + ro * nb, xsum = sm + ro * nb
@@ -305,16 +313,11 @@ public final class GEMMEngine: @unchecked Sendable {
 
     private func multiplyAVX2A16(_ input: PreparedInput, _ w: PackedQ8Matrix, _ y: UnsafeMutablePointer<Float>,
                                  ldy: Int, accumulate: Bool) {
-        let base = prepared!
-        precondition(base.generation == input.generation, "input is not the prepared one")
-        reserve(rows: base.rows, cols: base.cols, maxOut: w.rows)
+        let base = preparedBase(of: input, maxOut: w.rows)
         let q = qx16!, sc = qscale!, nb = base.cols / 32
-        if quantizedGeneration != base.generation {
-            pool.parallelRanges(base.rows, chunksPerThread: 2) { r in
-                avx2QuantizeRows16(base.x + r.lowerBound * base.ldx, ldx: base.ldx, rows: r.count, cols: base.cols,
-                                   q: q + r.lowerBound * base.cols, ldq: base.cols, scale: sc + r.lowerBound * nb, lds: nb)
-            }
-            quantizedGeneration = base.generation
+        quantizeOnce(base) { r in
+            avx2QuantizeRows16(base.x + r.lowerBound * base.ldx, ldx: base.ldx, rows: r.count, cols: base.cols,
+                               q: q + r.lowerBound * base.cols, ldq: base.cols, scale: sc + r.lowerBound * nb, lds: nb)
         }
         let x = q + input.rowOffset * base.cols, xs = sc + input.rowOffset * nb, ldq = base.cols
         let rows = input.rows, depthBlocks = Self.avx2Depth / 32
