@@ -9,6 +9,7 @@
 import Foundation
 import Model
 import Quant
+import Formats
 
 var preset = "llama-2-13b", tokens = 128, repeats = 5, threads = ThreadPool.defaultThreadCount
 var args = CommandLine.arguments.dropFirst()

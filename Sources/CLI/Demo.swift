@@ -4,6 +4,7 @@ import Foundation
 import Model
 import Probe
 import Quant
+import Formats
 
 struct Demo: ParsableCommand {
     static let configuration = CommandConfiguration(

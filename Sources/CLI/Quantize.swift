@@ -2,6 +2,7 @@ import ArgumentParser
 import Foundation
 import Model
 import Quant
+import Formats
 
 extension Quantizer.OutputType: ExpressibleByArgument {}
 

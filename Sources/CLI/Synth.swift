@@ -2,6 +2,7 @@ import ArgumentParser
 import Foundation
 import Model
 import Quant
+import Formats
 
 extension QuantType.ID: ExpressibleByArgument {
     public init?(argument: String) { self.init(rawValue: argument.uppercased()) }

@@ -2,6 +2,7 @@ import ArgumentParser
 import Foundation
 import Probe
 import Quant
+import Formats
 
 extension PlateauMetric: ExpressibleByArgument {}
 

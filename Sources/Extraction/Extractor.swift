@@ -2,6 +2,7 @@ import Foundation
 import Model
 import Probe
 import Quant
+import Formats
 
 /// The reference recipe's seven emotional states, in id order.
 public let defaultEmotionLabels = ["very_happy", "happy", "slightly_positive", "neutral", "slightly_negative", "sad", "very_sad"]

@@ -2,6 +2,7 @@ import Foundation
 import Model
 import Probe
 import Quant
+import Formats
 
 /// Trained probes, as `llamaprobe train` writes them: `probes.safetensors` (every layer's best and final
 /// probe), or the `probe_at_layer_{L}.pth` files with `probe_training_metrics.csv`.

@@ -1,5 +1,6 @@
 import Foundation
 import Quant
+import Formats
 
 /// Per-layer throughput of the forward pass, with OpenBLAS sgemm measured in the same run on the same
 /// shapes as the yardstick. Used by `llamaprobe bench`.

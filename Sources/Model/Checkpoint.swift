@@ -1,5 +1,6 @@
 import Foundation
 import Quant
+import Formats
 
 /// A Hugging Face LLaMA checkpoint directory: config.json plus model.safetensors, or shards listed in
 /// model.safetensors.index.json. Files are memory-mapped; headers are validated on open.

@@ -1,5 +1,6 @@
 import Foundation
 import Quant
+import Formats
 
 public enum Positions: String, Sendable, CaseIterable {
     /// Only the last token's residuals are needed (extraction).
@@ -171,7 +172,7 @@ public final class LlamaModel {
             let hin = engine.prepare(s.hb.pointer + lo * f, rows: n, cols: f)
             layer.down.apply(hin, x + lo * d, accumulate: true, engine: engine)
 
-            if let bad = firstNonFinite(x + rows.lowerBound * d, rows: rows.count, width: d) {
+            if let bad = ForwardOps.firstNonFinite(x + rows.lowerBound * d, rows: rows.count, width: d) {
                 throw ForwardError(reason: "the residual after layer \(l) is not finite at position \(rows.lowerBound + bad) (NaN/Inf); check the weights of layer \(l)")
             }
             emit(.residPost(layer: l), rows)   // resid_post of layer l, before the final norm
@@ -184,7 +185,7 @@ public final class LlamaModel {
         return Array(UnsafeBufferPointer(start: s.logits.pointer, count: c.vocabSize))
     }
 
-    // MARK: - Blocks
+    // MARK: - Blocks (the per-row arithmetic is in Quant's ForwardOps)
 
     /// out[r] = w ⊙ (x[r] / sqrt(mean(x[r]²) + eps)), as HF's LlamaRMSNorm in float32.
     func rmsnorm(_ out: UnsafeMutablePointer<Float>, _ x: UnsafeMutablePointer<Float>, _ weight: [Float],
@@ -193,10 +194,8 @@ public final class LlamaModel {
             let w = wp.baseAddress!
             pool.parallelRanges(rows.count, minChunk: max(1, 16384 / d)) { chunk in
                 for r in chunk {
-                    let xr = x + (rows.lowerBound + r) * d, o = out + (rows.lowerBound + r) * d
-                    let ss = sumOfSquares(xr, d)
-                    let inv = 1 / (ss / Float(d) + eps).squareRoot()
-                    for i in 0..<d { o[i] = w[i] * (xr[i] * inv) }
+                    let row = (rows.lowerBound + r) * d
+                    ForwardOps.rmsnormRow(out + row, x + row, w, d, eps: eps)
                 }
             }
         }
@@ -204,38 +203,19 @@ public final class LlamaModel {
 
     /// cos/sin of position · inv_freq for every position and frequency (HF computes them in float32).
     func ropeTables(_ s: RunState, count: Int) {
-        let half = s.invFreq.count
-        for p in 0..<count {
-            for i in 0..<half {
-                let angle = Float(p) * s.invFreq[i]
-                s.cos[p * half + i] = cosf(angle)
-                s.sin[p * half + i] = sinf(angle)
-            }
+        s.invFreq.withUnsafeBufferPointer { f in
+            ForwardOps.ropeTables(cos: s.cos.pointer, sin: s.sin.pointer, invFreq: f.baseAddress!, half: f.count, count: count)
         }
     }
 
     /// Rotary embedding of each head's vector at each position, in the weights' layout.
     func rotate(_ v: UnsafeMutablePointer<Float>, heads: Int, rows: Range<Int>, _ s: RunState) {
         let hd = config.headDimension, half = hd / 2, width = heads * hd
-        let layout = weights.ropeLayout
+        let interleaved = weights.ropeLayout == .interleaved
         for p in rows {
-            let cs = s.cos.pointer + p * half, sn = s.sin.pointer + p * half
             for h in 0..<heads {
-                let e = v + p * width + h * hd
-                switch layout {
-                case .rotateHalf:   // pairs (i, i + half): HF's rotate_half
-                    for i in 0..<half {
-                        let a = e[i], b = e[i + half]
-                        e[i] = a * cs[i] - b * sn[i]
-                        e[i + half] = b * cs[i] + a * sn[i]
-                    }
-                case .interleaved:  // pairs (2i, 2i + 1)
-                    for i in 0..<half {
-                        let a = e[2 * i], b = e[2 * i + 1]
-                        e[2 * i] = a * cs[i] - b * sn[i]
-                        e[2 * i + 1] = b * cs[i] + a * sn[i]
-                    }
-                }
+                ForwardOps.rotate(v + p * width + h * hd, cos: s.cos.pointer + p * half, sin: s.sin.pointer + p * half,
+                                  half: half, interleaved: interleaved)
             }
         }
     }
@@ -253,27 +233,11 @@ public final class LlamaModel {
         pool.parallelFor(nh * chunks) { item, thread in
             let h = item % nh, ci = item / nh
             let kvh = h / group
-            let sc = scratch + thread * T
             let lo = queries.lowerBound + ci * chunk, hi = min(queries.upperBound, lo + chunk)
             for i in lo..<hi {
-                let qi = q + i * qw + h * hd
-                var maxScore = -Float.infinity
-                for j in 0...i {
-                    let score = dot(qi, k + j * kw + kvh * hd, hd) * scale
-                    sc[j] = score
-                    maxScore = max(maxScore, score)
-                }
-                var sum: Float = 0
-                for j in 0...i {
-                    let e = expf(sc[j] - maxScore)
-                    sc[j] = e
-                    sum += e
-                }
-                let out = att + i * qw + h * hd
-                out.initialize(repeating: 0, count: hd)
-                for j in 0...i {
-                    axpy(sc[j] / sum, v + j * kw + kvh * hd, out, hd)
-                }
+                ForwardOps.attendRow(query: q + i * qw + h * hd, keys: k + kvh * hd, values: v + kvh * hd, stride: kw,
+                                     headDim: hd, keys: i + 1, scale: scale, scratch: scratch + thread * T,
+                                     out: att + i * qw + h * hd)
             }
         }
     }
@@ -302,15 +266,7 @@ public final class LlamaModel {
                           a: s.q.pointer + q0 * qw + h * hd, lda: qw, b: s.k.pointer + kvh * hd, ldb: kw,
                           beta: 0, c: S, ldc: keys)
                 pool.parallelRanges(m, minChunk: 8) { rows in
-                    for i in rows {
-                        let row = S + i * keys, valid = q0 + i + 1
-                        var mx = -Float.infinity
-                        for j in 0..<valid { mx = max(mx, row[j]) }
-                        var sum: Float = 0
-                        for j in 0..<valid { let e = expf(row[j] - mx); row[j] = e; sum += e }
-                        for j in 0..<valid { row[j] /= sum }
-                        for j in valid..<keys { row[j] = 0 }
-                    }
+                    for i in rows { ForwardOps.causalSoftmaxRow(S + i * keys, valid: q0 + i + 1, keys: keys) }
                 }
                 // O[q0..<q1, h] = P[m, keys] · V[0..<keys, kvh]
                 BLAS.gemm(transB: false, m: m, n: hd, k: keys, alpha: 1, a: S, lda: keys,
@@ -323,77 +279,7 @@ public final class LlamaModel {
     /// a = silu(a) * b elementwise, silu(x) = x / (1 + e^-x).
     func swiglu(_ a: UnsafeMutablePointer<Float>, _ b: UnsafeMutablePointer<Float>, count: Int) {
         pool.parallelRanges(count, minChunk: 16384) { r in
-            for i in r {
-                let g = a[i]
-                a[i] = g / (1 + expf(-g)) * b[i]
-            }
+            ForwardOps.swiglu(a + r.lowerBound, b + r.lowerBound, count: r.count)
         }
     }
-}
-
-// MARK: - Small vector helpers
-
-@inline(__always)
-func dot(_ a: UnsafePointer<Float>, _ b: UnsafePointer<Float>, _ n: Int) -> Float {
-    var acc0 = SIMD8<Float>(), acc1 = SIMD8<Float>()
-    var i = 0
-    while i + 16 <= n {
-        acc0 += UnsafeRawPointer(a + i).loadUnaligned(as: SIMD8<Float>.self) * UnsafeRawPointer(b + i).loadUnaligned(as: SIMD8<Float>.self)
-        acc1 += UnsafeRawPointer(a + i + 8).loadUnaligned(as: SIMD8<Float>.self) * UnsafeRawPointer(b + i + 8).loadUnaligned(as: SIMD8<Float>.self)
-        i += 16
-    }
-    while i + 8 <= n {
-        acc0 += UnsafeRawPointer(a + i).loadUnaligned(as: SIMD8<Float>.self) * UnsafeRawPointer(b + i).loadUnaligned(as: SIMD8<Float>.self)
-        i += 8
-    }
-    var s = horizontalSum(acc0 + acc1)
-    while i < n { s += a[i] * b[i]; i += 1 }
-    return s
-}
-
-/// y += alpha · x
-@inline(__always)
-func axpy(_ alpha: Float, _ x: UnsafePointer<Float>, _ y: UnsafeMutablePointer<Float>, _ n: Int) {
-    var i = 0
-    let a = SIMD8<Float>(repeating: alpha)
-    while i + 8 <= n {
-        let yv = UnsafeRawPointer(y + i).loadUnaligned(as: SIMD8<Float>.self)
-        let xv = UnsafeRawPointer(x + i).loadUnaligned(as: SIMD8<Float>.self)
-        UnsafeMutableRawPointer(y + i).storeBytes(of: yv + a * xv, as: SIMD8<Float>.self)
-        i += 8
-    }
-    while i < n { y[i] += alpha * x[i]; i += 1 }
-}
-
-/// Sum of squares with 8-lane partial sums reduced by halves.
-@inline(__always)
-func sumOfSquares(_ x: UnsafePointer<Float>, _ n: Int) -> Float {
-    var acc = SIMD8<Float>()
-    var i = 0
-    while i + 8 <= n {
-        let v = UnsafeRawPointer(x + i).loadUnaligned(as: SIMD8<Float>.self)
-        acc += v * v
-        i += 8
-    }
-    var s = horizontalSum(acc)
-    while i < n { s += x[i] * x[i]; i += 1 }
-    return s
-}
-
-@inline(__always)
-func horizontalSum(_ v: SIMD8<Float>) -> Float {
-    let h = v.lowHalf + v.highHalf
-    let q = h.lowHalf + h.highHalf
-    return q[0] + q[1]
-}
-
-/// Index of the first row holding a NaN/Inf, or nil.
-func firstNonFinite(_ x: UnsafePointer<Float>, rows: Int, width: Int) -> Int? {
-    for r in 0..<rows {
-        var acc: Float = 0
-        let p = x + r * width
-        for i in 0..<width { acc += p[i] - p[i] }
-        if acc != 0 || acc.isNaN { return r }
-    }
-    return nil
 }

@@ -1,5 +1,6 @@
 import Foundation
 import Quant
+import Formats
 
 /// LLaMA models in GGUF files (llama.cpp's format): configuration from the `llama.*` metadata, weights
 /// from the `token_embd` / `blk.N.*` / `output*` tensors. llama.cpp's converter stores Q and K in the

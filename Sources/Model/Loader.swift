@@ -1,5 +1,6 @@
 import Foundation
 import Quant
+import Formats
 
 /// A model ready to run: weights, tokenizer and where they came from.
 public final class LoadedModel {

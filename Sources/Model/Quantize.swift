@@ -1,5 +1,6 @@
 import Foundation
 import Quant
+import Formats
 
 /// `llamaprobe quantize`: a Hugging Face LLaMA checkpoint to a GGUF file llama.cpp loads, streamed tensor by
 /// tensor (bounded memory whatever the model size), written under a temporary name and renamed at the end.

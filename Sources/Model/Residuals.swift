@@ -1,5 +1,6 @@
 import Foundation
 import Quant
+import Formats
 
 public struct PromptFileError: LocalizedError, Equatable {
     public let file: String

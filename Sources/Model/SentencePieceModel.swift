@@ -1,5 +1,6 @@
 import Foundation
 import Quant
+import Formats
 
 /// SentencePiece models (`sentencepiece.ModelProto`, what a `tokenizer.model` file holds) built from a
 /// vocabulary, read back, and moved to and from the tokenizer metadata of llama.cpp's GGUF files.

@@ -1,5 +1,6 @@
 import Foundation
 import Quant
+import Formats
 
 /// Shapes of the built-in synthetic models.
 public struct Preset: Sendable {

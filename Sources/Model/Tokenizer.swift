@@ -1,6 +1,7 @@
 import CSentencePiece
 import Foundation
 import Quant
+import Formats
 
 public struct TokenizerError: LocalizedError, Equatable {
     public let source: String

@@ -1,5 +1,6 @@
 import Foundation
 import Quant
+import Formats
 
 /// How Q/K rows pair up for rotary embeddings inside each head.
 public enum RopeLayout: String, Sendable {

@@ -1,5 +1,6 @@
 import Foundation
 import Quant
+import Formats
 
 /// Per-thread scratch space of the probe kernels.
 final class KernelScratch: @unchecked Sendable {

@@ -1,5 +1,6 @@
 import Foundation
 import Quant
+import Formats
 
 // The arithmetic of one reading probe (Linear(d_model, classes) → sigmoid, BCELoss, Adam, ReduceLROnPlateau),
 // written to follow PyTorch's CPU kernels operation by operation in float32 (docs/training.md).

@@ -1,5 +1,6 @@
 import Foundation
 import Quant
+import Formats
 
 /// What ReduceLROnPlateau watches.
 public enum PlateauMetric: String, Sendable, CaseIterable {

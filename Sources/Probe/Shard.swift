@@ -1,5 +1,6 @@
 import Foundation
 import Quant
+import Formats
 
 public struct ShardError: LocalizedError, Equatable {
     public let file: String

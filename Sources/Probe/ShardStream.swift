@@ -1,6 +1,7 @@
 import CZstd
 import Foundation
 import Quant
+import Formats
 
 /// Reads a shard file as a stream: the zstd frame is decompressed in small pieces straight into the
 /// caller's memory, so neither the compressed file nor its decompressed content is ever held whole.

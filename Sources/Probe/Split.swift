@@ -1,5 +1,6 @@
 import Foundation
 import Quant
+import Formats
 
 /// numpy's legacy `np.random.RandomState(seed)` for an integer seed: MT19937 seeded with `init_genrand`,
 /// 32-bit outputs, and the bounded integers and shuffle of numpy's `mtrand` (`random_interval`, the

@@ -1,5 +1,6 @@
 import Foundation
 import Quant
+import Formats
 
 /// Everything `llamaprobe train` needs.
 public struct TrainJobOptions: Sendable {

@@ -1,5 +1,6 @@
 import Foundation
 import Quant
+import Formats
 
 /// Errors of the trainer that are not about one shard (ShardError names the shard).
 public struct TrainError: LocalizedError, Equatable {

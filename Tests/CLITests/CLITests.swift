@@ -1,6 +1,7 @@
 import Foundation
 import Model
 import Quant
+import Formats
 import Testing
 
 /// Runs the built `llamaprobe` executable (it sits next to the test bundle in the build directory).

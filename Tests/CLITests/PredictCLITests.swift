@@ -1,6 +1,7 @@
 import Foundation
 import Probe
 import Quant
+import Formats
 import Testing
 
 /// `predict` against numbers computed here from the shards and probes.safetensors, and its refusals.

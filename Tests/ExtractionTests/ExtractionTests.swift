@@ -3,6 +3,7 @@ import Foundation
 import Model
 import Probe
 import Quant
+import Formats
 import Testing
 
 enum Paths {

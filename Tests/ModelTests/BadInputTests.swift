@@ -1,6 +1,7 @@
 import Foundation
 import Model
 import Quant
+import Formats
 import Testing
 
 /// Bad input gets one clear error naming the file (and the tensor or key), never a crash.

@@ -1,6 +1,7 @@
 import Foundation
 import Model
 import Quant
+import Formats
 import Testing
 
 /// Paths to the committed reference fixtures (Tests/fixtures), produced by Tests/fixtures/make_fixtures.py.

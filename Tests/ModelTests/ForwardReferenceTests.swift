@@ -1,6 +1,7 @@
 import Foundation
 import Model
 import Quant
+import Formats
 import Testing
 
 /// The f32 forward pass against Hugging Face transformers (float32, eager attention) on the fixture models:

@@ -1,6 +1,7 @@
 import Foundation
 import Model
 import Quant
+import Formats
 import Testing
 
 /// GGUF models: llama.cpp's converter output loads and runs (interleaved rotary layout handled), and our

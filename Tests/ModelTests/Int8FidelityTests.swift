@@ -1,6 +1,7 @@
 import Foundation
 import Model
 import Quant
+import Formats
 import Testing
 
 /// Q8_0 residuals against the HF float32 reference: cosine similarity ≥ 0.999 at every layer and position,

@@ -1,6 +1,7 @@
 import Foundation
 import Model
 import Quant
+import Formats
 import Testing
 
 @Suite struct SentencePieceModelTests {

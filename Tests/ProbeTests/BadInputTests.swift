@@ -1,6 +1,7 @@
 import Foundation
 import Probe
 import Quant
+import Formats
 import Testing
 
 /// Bad input: one clear error naming the shard (or file, row, class), and nothing written.

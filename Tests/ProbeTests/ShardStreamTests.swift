@@ -1,6 +1,7 @@
 import Foundation
 @testable import Probe
 import Quant
+import Formats
 import Testing
 
 /// The streaming shard reader on both data orders: shards written now (labels first, so the label scan stops

@@ -1,6 +1,7 @@
 import Foundation
 import Probe
 import Quant
+import Formats
 
 enum ProbeFixtures {
     static let directory = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()

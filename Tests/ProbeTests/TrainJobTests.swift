@@ -1,6 +1,7 @@
 import Foundation
 import Probe
 import Quant
+import Formats
 import Testing
 
 /// `llamaprobe train` end to end through shards written by ShardWriter.

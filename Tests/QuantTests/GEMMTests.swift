@@ -1,5 +1,6 @@
 import Foundation
 import Quant
+import Formats
 import Testing
 
 /// Every int8 kernel against a scalar reference computed in Double from the same stored weights.

@@ -1,5 +1,6 @@
 import Foundation
 import Quant
+import Formats
 import Testing
 
 /// Tests/fixtures/gguf: reference files written by gguf-py (make_gguf_fixtures.py) and llama.cpp's converter.

@@ -1,5 +1,6 @@
 import Foundation
 import Quant
+import Formats
 import Testing
 
 @Suite struct QuantTypeTests {

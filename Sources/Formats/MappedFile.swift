@@ -4,6 +4,7 @@ import Glibc
 import Darwin
 #endif
 import Foundation
+import Quant
 
 public struct FileError: LocalizedError, Equatable {
     public let path: String
@@ -22,13 +23,9 @@ public final class MappedFile: @unchecked Sendable {
 
     public init(path: String) throws {
         self.path = path
-        let fd = open(path, O_RDONLY | O_CLOEXEC)
-        guard fd >= 0 else { throw FileError(path: path, reason: "cannot open: \(posixReason())") }
+        let (fd, fileSize) = try Files.openRegular(path)
         defer { close(fd) }
-        var st = stat()
-        guard fstat(fd, &st) == 0 else { throw FileError(path: path, reason: "cannot stat: \(posixReason())") }
-        guard (st.st_mode & S_IFMT) == S_IFREG else { throw FileError(path: path, reason: "not a regular file") }
-        size = Int(st.st_size)
+        size = fileSize
         guard size > 0 else { throw FileError(path: path, reason: "file is empty") }
         guard let p = mmap(nil, size, PROT_READ, MAP_PRIVATE, fd, 0), p != MAP_FAILED else {
             throw FileError(path: path, reason: "cannot map \(size) bytes: \(posixReason())")
@@ -62,6 +59,7 @@ public final class AtomicFileWriter {
         let dir = (path as NSString).deletingLastPathComponent
         let base = (path as NSString).lastPathComponent
         temporaryPath = (dir.isEmpty ? "" : dir + "/") + ".\(base).tmp-\(getpid())"
+        Files.removeLeftovers(of: path)   // temporary files of runs that were killed
         fd = open(temporaryPath, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o644)
         guard fd >= 0 else { throw FileError(path: path, reason: "cannot create \(temporaryPath): \(posixReason())") }
         buffer.reserveCapacity(bufferLimit)

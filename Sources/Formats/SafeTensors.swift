@@ -1,4 +1,5 @@
 import Foundation
+import Quant
 
 /// Element types of the safetensors format.
 public enum SafeTensorsDType: String, Sendable, CaseIterable {

@@ -9,6 +9,7 @@
 // u32, a u64 count and the elements without type tags. Version 2 differs from 3 only in that 3 allows
 // big-endian files; version 1 (32-bit counts) is refused.
 import Foundation
+import Quant
 
 // MARK: - Values
 
