@@ -117,7 +117,7 @@ struct Train: ParsableCommand {
     @Option(name: .customLong("max-memory"), help: ArgumentHelp("Keep the decoded data in memory up to this size, else stream the shards every epoch (default: 70% of RAM), e.g. --max-memory 8G.", valueName: "size"))
     var maxMemory: ByteSize?
 
-    @Flag(help: "Replace same-named files in an existing non-empty --out directory.")
+    @Flag(help: "Replace an existing non-empty --out directory (the new one is swapped in whole at the end).")
     var overwrite = false
 
     func run() throws {

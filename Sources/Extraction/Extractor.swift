@@ -93,19 +93,11 @@ public enum Extractor {
                     throw DatasetError(file: cfg.dataPath, row: index, line: row.line,
                                        reason: "unknown label '\(row.label)' (labels: \(labels.joined(separator: ", ")))")
                 }
-                var ids: [Int32]
+                let ids: [Int32], truncated: Bool
                 do {
-                    switch row.content {
-                    case .message(let m): ids = try tokenizer.encode(cfg.renderer.render(m))
-                    case .conversation(let turns):
-                        ids = try tokenizer.encode(try cfg.renderer.render(messages: turns.map { ChatMessage(role: $0.role, content: $0.content) }))
-                    }
+                    (ids, truncated) = try promptTokens(row.content, tokenizer: tokenizer, renderer: cfg.renderer, maxTokens: cfg.maxTokens)
                 } catch {
                     throw DatasetError(file: cfg.dataPath, row: index, line: row.line, reason: error.localizedDescription)
-                }
-                let truncated = ids.count > cfg.maxTokens
-                if truncated {   // drop content from the start (after BOS): the readout suffix must survive
-                    ids = [ids[0]] + ids[(ids.count - cfg.maxTokens + 1)...]
                 }
                 jobs.append(Job(row: index, label: id, ids: ids, truncated: truncated))
             } catch let e as DatasetError {
@@ -114,6 +106,10 @@ public enum Extractor {
             }
         }
 
+        // One process per (worker, directory), from here (every row is readable: nothing is created on bad
+        // input) to the end: the model load, every shard and the manifest.
+        let lock = try ShardWriter.lock(directory: cfg.outDir, worker: cfg.worker)
+        defer { lock.release() }
         let t0 = Date()
         let loaded = try LoadedModel.load(path: cfg.modelPath, tokenizerPath: cfg.tokenizerPath, threads: cfg.threads,
                                           backend: cfg.backend, kernel: cfg.kernel)
@@ -129,7 +125,9 @@ public enum Extractor {
             suffix: cfg.renderer.suffix, systemPrompt: cfg.renderer.systemPrompt ?? "", layers: Array(0..<layerCount),
             withEmbeddings: cfg.withEmbeddings, dtype: cfg.dtype.rawValue, dModel: c.hiddenSize)
         let writer = try ShardWriter(directory: cfg.outDir, worker: cfg.worker, workers: cfg.workers, metadata: metadata,
-                                     rowsPerShard: cfg.rowsPerShard, config: try manifestConfig(cfg, data: data, compute: computeDescription(loaded.model)))
+                                     rowsPerShard: cfg.rowsPerShard, config: try manifestConfig(cfg, data: data, compute: computeDescription(loaded.model)),
+                                     lock: lock)
+        for note in writer.resumeNotes { log("warning: " + note) }
         var summary = ExtractionSummary()
         let resumeAfter = writer.lastCompletedRow ?? -1
         summary.rowsAlreadyDone = writer.completedRows
@@ -177,6 +175,52 @@ public enum Extractor {
         return summary
     }
 
+    /// The tokens the model reads for one row: the rendered prompt, and when it has more than `maxTokens`
+    /// tokens, BOS plus its last `maxTokens - 1` (content is dropped from the start: the readout suffix must
+    /// survive). Only a tail of a long prompt is tokenized: 16 bytes per kept token, cut after a whitespace
+    /// run (where SentencePiece pieces begin), enlarged fourfold while fewer than `maxTokens + 16` tokens come
+    /// out, so the tokens kept come from well after the cut and memory follows --max-tokens, not the length
+    /// of a field. Extraction and prediction both use it.
+    public static func promptTokens(_ content: DatasetRow.Content, tokenizer: Tokenizer, renderer: PromptRenderer,
+                                    maxTokens: Int) throws -> (ids: [Int32], truncated: Bool) {
+        guard maxTokens >= 2 else { throw ExtractionError("--max-tokens \(maxTokens) is too small") }
+        let text: String
+        switch content {
+        case .message(let m): text = renderer.render(m)
+        case .conversation(let t): text = try renderer.render(messages: t.map { ChatMessage(role: $0.role, content: $0.content) })
+        }
+        let bytes = Array(text.utf8)
+        let (b, o) = max(maxTokens, 1).multipliedReportingOverflow(by: 16)
+        var budget = o ? Int.max / 8 : b
+        while true {
+            var ids: [Int32]
+            let cut = budget < bytes.count
+            if cut {
+                var start = bytes.count - budget
+                let limit = min(bytes.count, start + 1024)
+                func space(_ c: UInt8) -> Bool { c == 0x20 || c == 0x0A || c == 0x09 || c == 0x0D }
+                var i = start
+                while i < limit && !space(bytes[i]) { i += 1 }
+                if i < limit {
+                    while i < bytes.count && space(bytes[i]) { i += 1 }
+                    start = i
+                } else {
+                    while start < bytes.count && bytes[start] & 0xC0 == 0x80 { start += 1 }   // a character boundary
+                }
+                ids = try tokenizer.encode(String(decoding: bytes[start...], as: UTF8.self))
+                if ids.count < maxTokens + 16 {   // the tail was too short: keep more of the text
+                    budget = budget > Int.max / 8 ? bytes.count : budget * 4
+                    continue
+                }
+            } else {
+                ids = try tokenizer.encode(text)
+            }
+            let truncated = ids.count > maxTokens
+            if truncated, let bos = ids.first { ids = [bos] + ids[(ids.count - maxTokens + 1)...] }
+            return (ids, truncated)
+        }
+    }
+
     /// The class order: --labels, or the recipe's seven states when every label is among them.
     static func labelNames(_ cfg: ExtractionConfig, _ data: Dataset) throws -> [String] {
         if let l = cfg.labels {
@@ -217,13 +261,13 @@ public enum Extractor {
     }
 
     static func manifestConfig(_ cfg: ExtractionConfig, data: Dataset, compute: String) throws -> [String: String] {
-        let bytes: Data
-        do { bytes = try Data(contentsOf: URL(fileURLWithPath: cfg.dataPath)) } catch {
-            throw DatasetError(file: cfg.dataPath, reason: "cannot read: \(error.localizedDescription)")
+        let hash: String
+        do { hash = try SHA256.file(cfg.dataPath).hex } catch let e as FileError {
+            throw DatasetError(file: cfg.dataPath, reason: "cannot read: \(e.reason)")
         }
         return [
             "data_file": (cfg.dataPath as NSString).lastPathComponent,
-            "data_sha256": bytes.withUnsafeBytes { SHA256.hex($0) },
+            "data_sha256": hash,
             "rows_total": String(data.rows.count),
             "text_column": cfg.textColumn, "label_column": cfg.labelColumn,
             "template": cfg.renderer.template.rawValue, "suffix": cfg.renderer.suffix,

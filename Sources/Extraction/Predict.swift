@@ -10,6 +10,17 @@ public struct ProbeSet: Sendable {
     public struct Probe: Sendable {
         public let weight: [Float]   // [classes, d_model]
         public let bias: [Float]     // [classes]
+
+        /// Refuses NaN or infinite weights (they would print nan and pick the first label), naming file and layer.
+        init(weight: [Float], bias: [Float], file: String, layer: Int) throws {
+            if let i = weight.firstIndex(where: { !$0.isFinite }) {
+                throw CheckpointError(file: file, reason: "layer \(layer): weight element \(i) is \(weight[i]); probe weights must be finite")
+            }
+            if let i = bias.firstIndex(where: { !$0.isFinite }) {
+                throw CheckpointError(file: file, reason: "layer \(layer): bias element \(i) is \(bias[i]); probe weights must be finite")
+            }
+            self.weight = weight; self.bias = bias
+        }
     }
     public let directory: String
     public private(set) var labels: [String]
@@ -29,66 +40,93 @@ public struct ProbeSet: Sendable {
             return try loadTorch(directory: directory)
         }
         let f = try SafeTensorsFile(path: st)
+        func fail(_ r: String) -> ShardError { ShardError(file: st, reason: r) }
         func json<T: Decodable>(_ key: String, _ t: T.Type) throws -> T {
             guard let s = f.metadata[key], let v = try? JSONDecoder().decode(T.self, from: Data(s.utf8)) else {
-                throw ShardError(file: st, reason: "metadata '\(key)' is missing or not JSON")
+                throw fail("metadata '\(key)' is missing or not JSON")
             }
             return v
         }
         let labels = try json("labels", [String].self), layers = try json("layers", [Int].self)
-        guard let best = f.metadata["best_layer"].flatMap(Int.init) else { throw ShardError(file: st, reason: "metadata 'best_layer' is missing") }
+        guard let best = f.metadata["best_layer"].flatMap(Int.init) else { throw fail("metadata 'best_layer' is missing") }
+        try checkLayers(layers, file: st)
+        guard layers.contains(best) else { throw fail("metadata 'best_layer' \(best) is not one of the probes' layers \(layers)") }
+        guard labels.count >= 2 else { throw fail("metadata 'labels' names \(labels.count) classes; a probe has at least 2") }
         var probes: [Int: Probe] = [:]
-        var d = 0
+        var d = f.metadata["d_model"].flatMap { Int($0) } ?? 0
         for l in layers {
             let name = f.tensors["layer\(l).weight"] != nil ? "layer\(l)" : "layer\(l).final"
-            let w = try f.floats(name + ".weight"), b = try f.floats(name + ".bias")
-            d = w.count / max(1, b.count)
-            guard b.count == labels.count, w.count == d * labels.count else {
-                throw ShardError(file: st, reason: "\(name): shape does not match \(labels.count) labels")
+            let wi = try f.info(name + ".weight"), bi = try f.info(name + ".bias")
+            if d == 0 { d = wi.shape.last ?? 0 }
+            guard wi.shape == [labels.count, d], bi.shape == [labels.count], d > 0 else {
+                throw fail("\(name): weight \(wi.shape) and bias \(bi.shape), expected [\(labels.count), \(d)] and [\(labels.count)] (\(labels.count) labels, d_model \(d))")
             }
-            probes[l] = Probe(weight: w, bias: b)
+            probes[l] = try Probe(weight: f.floats(name + ".weight"), bias: f.floats(name + ".bias"), file: st, layer: l)
         }
         return ProbeSet(directory: directory, labels: labels, labelsRecorded: true, probes: probes, bestLayer: best, dModel: d,
                         withEmbeddings: f.metadata["with_embeddings"] == "true", model: f.metadata["model"])
     }
 
+    /// Layer numbers must be distinct, non-negative and few (the model check compares them to its layers).
+    static func checkLayers(_ layers: [Int], file: String) throws {
+        guard !layers.isEmpty else { throw ShardError(file: file, reason: "no probe layers") }
+        if let bad = layers.first(where: { !(0..<ShardMetadata.maxLayers).contains($0) }) {
+            throw ShardError(file: file, reason: "layer \(bad) is not a layer number (0..<\(ShardMetadata.maxLayers))")
+        }
+        guard Set(layers).count == layers.count else { throw ShardError(file: file, reason: "a layer is listed twice") }
+    }
+
     /// The .pth files and the metrics (best layer = highest best validation accuracy, first on ties).
     static func loadTorch(directory: String) throws -> ProbeSet {
         let files = ((try? FileManager.default.contentsOfDirectory(atPath: directory)) ?? [])
-        let layers = files.compactMap { f -> Int? in
-            guard f.hasPrefix("probe_at_layer_"), f.hasSuffix(".pth"), !f.hasSuffix("_final.pth") else { return nil }
-            return Int(f.dropFirst("probe_at_layer_".count).dropLast(4))
-        }.sorted()
-        guard !layers.isEmpty else {
+        var layers: [Int] = []
+        for f in files where f.hasPrefix("probe_at_layer_") && f.hasSuffix(".pth") && !f.hasSuffix("_final.pth") {
+            let number = f.dropFirst("probe_at_layer_".count).dropLast(4)
+            guard let l = Int(number), l >= 0, String(l) == number else {
+                throw CheckpointError(file: directory + "/" + f, reason: "'\(number)' is not a layer number (probe_at_layer_L.pth with L = 0, 1, …)")
+            }
+            layers.append(l)
+        }
+        layers.sort()
+        guard let first = layers.first else {
             throw ShardError(file: directory, reason: "no probes.safetensors or probe_at_layer_*.pth: not a `llamaprobe train` output directory")
         }
+        try checkLayers(layers, file: directory)
         var probes: [Int: Probe] = [:]
-        var classes = 0
+        var classes = 0, d = 0
         for l in layers {
-            let t = try TorchCheckpoint.read(path: directory + "/probe_at_layer_\(l).pth")
+            let path = directory + "/probe_at_layer_\(l).pth"
+            let t = try TorchCheckpoint.read(path: path)
             guard let w = t.first(where: { $0.name.hasSuffix("weight") }), let b = t.first(where: { $0.name.hasSuffix("bias") }) else {
-                throw CheckpointError(file: directory + "/probe_at_layer_\(l).pth", reason: "no classifier.0.weight / bias")
+                throw CheckpointError(file: path, reason: "no classifier.0.weight / bias")
             }
-            guard classes == 0 || (b.values.count == classes && w.values.count == probes[layers[0]]!.weight.count) else {
-                throw CheckpointError(file: directory + "/probe_at_layer_\(l).pth",
-                                      reason: "\(b.values.count) classes × \(w.values.count / max(1, b.values.count)) inputs, unlike probe_at_layer_\(layers[0]).pth")
+            guard w.shape.count == 2, b.shape.count == 1, w.shape[0] == b.shape[0], w.shape[0] >= 2, w.shape[1] >= 1 else {
+                throw CheckpointError(file: path, reason: "weight \(w.shape) and bias \(b.shape) are not a probe's [classes ≥ 2, d_model] and [classes]")
             }
-            classes = b.values.count
-            probes[l] = Probe(weight: w.values, bias: b.values)
+            if classes == 0 { classes = w.shape[0]; d = w.shape[1] }
+            guard w.shape == [classes, d] else {
+                throw CheckpointError(file: path, reason: "\(w.shape[0]) classes × \(w.shape[1]) inputs, unlike probe_at_layer_\(first).pth (\(classes) × \(d))")
+            }
+            probes[l] = try Probe(weight: w.values, bias: b.values, file: path, layer: l)
         }
-        var best = layers[0], bestAcc = -1.0
-        if let csv = try? String(contentsOfFile: directory + "/probe_training_metrics.csv", encoding: .utf8) {
+        var best = first, bestAcc = -1.0
+        let metrics = directory + "/probe_training_metrics.csv"
+        if FileManager.default.fileExists(atPath: metrics) {
+            let csv = try Files.readText(metrics, limit: 64 << 20)
             for line in csv.split(separator: "\n").dropFirst() {
                 let c = line.split(separator: ",", omittingEmptySubsequences: false)
-                if c.count > 5, let l = Int(c[0]), let a = Double(c[5]), a > bestAcc { bestAcc = a; best = l }
+                guard c.count > 5, let l = Int(c[0]), let a = Double(c[5]) else { continue }
+                guard probes[l] != nil else {
+                    throw CheckpointError(file: metrics, reason: "names layer \(l), which has no probe_at_layer_\(l).pth in \(directory)")
+                }
+                if a > bestAcc { bestAcc = a; best = l }
             }
         }
-        let w = probes[layers[0]]!.weight
         // .pth files carry no label names: the reference recipe's seven states for seven outputs, else class_i
         // (`predict --labels` names them).
         let names = classes == defaultEmotionLabels.count ? defaultEmotionLabels : (0..<classes).map { "class_\($0)" }
         return ProbeSet(directory: directory, labels: names, labelsRecorded: false, probes: probes, bestLayer: best,
-                        dModel: w.count / max(1, classes), withEmbeddings: false, model: nil)
+                        dModel: d, withEmbeddings: false, model: nil)
     }
 
     /// `--labels`: names the classes of .pth probes, or must equal the label set recorded with the probes.
@@ -115,7 +153,7 @@ public struct ProbeSet: Sendable {
 
     /// Sigmoid class probabilities of `layer`'s probe on a residual vector.
     public func probabilities(layer: Int, residual: UnsafePointer<Float>) -> [Float] {
-        let p = probes[layer]!
+        guard let p = probes[layer] else { return [] }
         return (0..<labels.count).map { k in
             var z = p.bias[k]
             for i in 0..<dModel { z += p.weight[k * dModel + i] * residual[i] }
@@ -150,12 +188,7 @@ public enum Predictor {
                            messages: [DatasetRow.Content], layers: [Int]) throws -> [[Int: [Float]]] {
         try probes.check(against: m.config)
         return try messages.map { content in
-            var ids: [Int32]
-            switch content {
-            case .message(let text): ids = try m.tokenizer.encode(renderer.render(text))
-            case .conversation(let t): ids = try m.tokenizer.encode(try renderer.render(messages: t.map { ChatMessage(role: $0.role, content: $0.content) }))
-            }
-            if ids.count > maxTokens { ids = [ids[0]] + ids[(ids.count - maxTokens + 1)...] }   // as extraction truncates
+            let ids = try Extractor.promptTokens(content, tokenizer: m.tokenizer, renderer: renderer, maxTokens: maxTokens).ids
             var out: [Int: [Float]] = [:]
             let wanted = Set(layers)
             try m.model.forward(ids, positions: .last) { point, view in

@@ -1,4 +1,5 @@
 import Foundation
+import Formats
 
 public struct DatasetError: LocalizedError, Equatable {
     public let file: String
@@ -56,11 +57,10 @@ public struct Dataset {
 
     public init(path: String, textColumn: String = "message", labelColumn: String = "label") throws {
         self.path = path
-        let data: Data
-        do { data = try Data(contentsOf: URL(fileURLWithPath: path)) } catch {
-            throw DatasetError(file: path, reason: "cannot read: \(error.localizedDescription)")
+        var bytes: [UInt8]
+        do { bytes = try Files.read(path, limit: 1 << 34) } catch let e as FileError {
+            throw DatasetError(file: path, reason: "cannot read: \(e.reason)")
         }
-        var bytes = [UInt8](data)
         if bytes.starts(with: [0xEF, 0xBB, 0xBF]) { bytes.removeFirst(3) }
         if path.lowercased().hasSuffix(".jsonl") || path.lowercased().hasSuffix(".ndjson") {
             rows = Self.parseJSONL(bytes, file: path, textKey: textColumn, labelKey: labelColumn)

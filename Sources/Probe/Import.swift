@@ -18,7 +18,8 @@ public final class NpyArray: @unchecked Sendable {
     let file: MappedFile
     let dataOffset: Int
 
-    public var count: Int { shape.reduce(1, *) }
+    /// Elements (checked against the file's size when the array is opened).
+    public let count: Int
     public var elementSize: Int { dtype == .f4 || dtype == .i4 ? 4 : dtype == .f2 ? 2 : 8 }
 
     public init(path: String) throws {
@@ -62,10 +63,18 @@ public final class NpyArray: @unchecked Sendable {
         guard parsed.count == dims.count, parsed.allSatisfy({ $0 >= 0 }) else { throw fail("invalid shape \(sf)") }
         shape = parsed
         dataOffset = start + headerLength
-        let need = shape.reduce(1, *) * (dt == .f4 || dt == .i4 ? 4 : dt == .f2 ? 2 : 8)
-        guard file.size - dataOffset >= need else {
-            throw fail("truncated: shape \(shape) needs \(need) bytes of data, the file has \(file.size - dataOffset)")
+        // Element count and byte size with checked arithmetic: the header's shape may lie.
+        var elements = 1
+        for d in parsed {
+            let (e, o) = elements.multipliedReportingOverflow(by: d)
+            guard !o else { throw fail("shape \(parsed) has more elements than memory can address (header 'shape' is corrupt)") }
+            elements = e
         }
+        let (need, o) = elements.multipliedReportingOverflow(by: dt == .f4 || dt == .i4 ? 4 : dt == .f2 ? 2 : 8)
+        guard !o, file.size - dataOffset >= need else {
+            throw fail("truncated: shape \(shape) needs \(o ? "more" : String(need)) bytes of data, the file has \(file.size - dataOffset)")
+        }
+        count = elements
     }
 
     var data: UnsafeRawPointer { file.bytes + dataOffset }
@@ -144,9 +153,12 @@ public enum ShardImport {
         } else {
             guard labels.count == n else { throw fail("\(labels.count) labels for \(n) rows of activations") }
         }
-        let maxLabel = Int(labels.max() ?? 0)
         if let i = labels.firstIndex(where: { $0 < 0 }) { throw fail("row \(i): negative label \(labels[i])") }
-        let names = o.labelNames ?? (0...maxLabel).map(String.init)
+        // Without --label-names the classes are 0...max: bounded before they are named.
+        if o.labelNames == nil, let i = labels.firstIndex(where: { $0 >= Int64(ShardMetadata.maxLabels) }) {
+            throw fail("row \(i): label \(labels[i]) is not a class id below \(ShardMetadata.maxLabels) (labels are 0…classes-1)")
+        }
+        let names = o.labelNames ?? (0...Int(labels.max() ?? 0)).map(String.init)
         if let i = labels.firstIndex(where: { $0 >= Int64(names.count) }) {
             throw fail("row \(i): label \(labels[i]) has no name (--label-names gives \(names.count))")
         }
@@ -181,12 +193,6 @@ public enum ShardImport {
     }
 
     static func sha256(file path: String) throws -> String {
-        guard let h = FileHandle(forReadingAtPath: path) else { throw ImportError(file: path, reason: "cannot read") }
-        defer { try? h.close() }
-        var s = SHA256()
-        while let chunk = try h.read(upToCount: 8 << 20), !chunk.isEmpty {
-            chunk.withUnsafeBytes { s.update($0) }
-        }
-        return SHA256.hex(s.finalize())
+        do { return try SHA256.file(path).hex } catch let e as FileError { throw ImportError(file: path, reason: "cannot read: \(e.reason)") }
     }
 }

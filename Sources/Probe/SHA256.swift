@@ -1,3 +1,9 @@
+import Foundation
+import Formats
+#if canImport(Glibc)
+import Glibc
+#endif
+
 /// SHA-256 (FIPS 180-4), for the checksums in shard manifests.
 public struct SHA256 {
     private var h: [UInt32] = [0x6a09e667, 0xbb67ae85, 0x3c6ef372, 0xa54ff53a, 0x510e527f, 0x9b05688c, 0x1f83d9ab, 0x5be0cd19]
@@ -88,4 +94,29 @@ extension UInt32 {
 
 extension String {
     func leftPadded(_ n: Int) -> String { count >= n ? self : String(repeating: "0", count: n - count) + self }
+}
+
+extension SHA256 {
+    /// The size and SHA-256 (hex) of a regular file, read in 1 MiB pieces (never held whole; a FIFO or
+    /// directory is refused by Files.openRegular). `expectedSize`: when given and different, the file is not
+    /// read and its size is returned with an empty hash.
+    public static func file(_ path: String, expectedSize: Int? = nil) throws -> (size: Int, hex: String) {
+        let (fd, size) = try Files.openRegular(path)
+        defer { close(fd) }
+        if let e = expectedSize, e != size { return (size, "") }
+        var h = SHA256()
+        var buf = [UInt8](repeating: 0, count: 1 << 20)
+        var total = 0
+        while true {
+            let n = buf.withUnsafeMutableBytes { Glibc.read(fd, $0.baseAddress, $0.count) }
+            if n < 0 {
+                if errno == EINTR { continue }
+                throw FileError(path: path, reason: "read failed: \(String(cString: strerror(errno)))")
+            }
+            if n == 0 { break }
+            buf.withUnsafeBytes { h.update(UnsafeRawBufferPointer(rebasing: $0[0..<n])) }
+            total += n
+        }
+        return (total, h.finalize().map { String($0, radix: 16).leftPadded(2) }.joined())
+    }
 }

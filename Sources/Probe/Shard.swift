@@ -42,6 +42,32 @@ public struct ShardMetadata: Codable, Equatable, Sendable {
 
     var storage: SafeTensorsDType? { SafeTensorsDType(rawValue: dtype).flatMap { $0.quantType == nil ? nil : $0 } }
 
+    /// Bounds on what a shard directory may declare (far above any real model; they keep every product of
+    /// these numbers inside Int and every allocation they size finite).
+    public static let maxDModel = 1 << 20, maxLayers = 1 << 12, maxLabels = 1 << 16, maxRowElements = 1 << 28
+
+    /// Bytes of one row of resid_post in the storage type (valid after `validate`).
+    var rowBytes: Int { layers.count * dModel * (dtype == "F32" ? 4 : 2) }
+
+    /// Every number and name checked before anything is sized by it; throws naming `file` and the field.
+    public func validate(file: String) throws {
+        func fail(_ r: String) -> ShardError { ShardError(file: file, reason: "shard metadata: " + r) }
+        guard storage != nil else { throw fail("dtype '\(dtype)' is not F32, F16 or BF16") }
+        guard (1...Self.maxDModel).contains(dModel) else { throw fail("'d_model' \(dModel) is not in 1...\(Self.maxDModel)") }
+        guard !layers.isEmpty, layers.count <= Self.maxLayers else {
+            throw fail("'layers' lists \(layers.count) layers (1...\(Self.maxLayers) expected)")
+        }
+        if let bad = layers.first(where: { !(0..<Self.maxLayers).contains($0) }) { throw fail("layer \(bad) in 'layers' is not in 0..<\(Self.maxLayers)") }
+        guard Set(layers).count == layers.count else { throw fail("'layers' lists a layer twice") }
+        guard !labels.isEmpty, labels.count <= Self.maxLabels else {
+            throw fail("'labels' has \(labels.count) names (1...\(Self.maxLabels) expected)")
+        }
+        guard Set(labels).count == labels.count else { throw fail("'labels' names a class twice") }
+        guard layers.count * dModel <= Self.maxRowElements else {
+            throw fail("a row of \(layers.count) layers × d_model \(dModel) values is more than \(Self.maxRowElements)")
+        }
+    }
+
     /// As safetensors `__metadata__` (string values; arrays JSON-encoded).
     var stringMap: [String: String] {
         let json = { (v: [String]) in "[" + v.map(jsonString).joined(separator: ",") + "]" }
@@ -73,6 +99,7 @@ public struct ShardMetadata: Codable, Equatable, Sendable {
                   suffix: try need("suffix"), systemPrompt: try need("system_prompt"), layers: try array("layers", [Int].self),
                   withEmbeddings: try need("with_embeddings") == "true", dtype: try need("dtype"), dModel: d)
         self.version = version
+        try validate(file: file)
     }
 }
 
@@ -117,42 +144,26 @@ public enum Shard {
         return try Zstd.compress(st, level: compressionLevel)
     }
 
+    /// Reads a whole shard into memory (tests, tools; training streams with ShardStream). The one shard
+    /// reader is ShardStream: the file is decompressed in pieces, so memory follows the data actually present,
+    /// never a size declared in the frame header or the safetensors header.
     public static func read(path: String) throws -> ShardBatch {
-        let data: Data
-        do { data = try Data(contentsOf: URL(fileURLWithPath: path)) } catch {
-            throw ShardError(file: path, reason: "cannot read: \(error.localizedDescription)")
-        }
-        return try decode(Array(data), name: path)
-    }
-
-    public static func decode(_ compressed: [UInt8], name: String) throws -> ShardBatch {
-        let raw: [UInt8]
-        do { raw = try Zstd.decompress(compressed) } catch {
-            throw ShardError(file: name, reason: "corrupt or truncated shard: \(error.localizedDescription)")
-        }
-        let f: SafeTensorsFile
-        do { f = try SafeTensorsFile(bytes: raw, name: name) } catch {
-            throw ShardError(file: name, reason: "corrupt shard content: \(error.localizedDescription)")
-        }
-        let meta = try ShardMetadata(stringMap: f.metadata, file: name)
-        do {
-            let resid = try f.info("resid_post")
-            let labels = try f.integers("label"), rows = try f.integers("row")
-            let nTokens = try f.integers("n_tokens").map { Int32(truncatingIfNeeded: $0) }
-            let n = labels.count
-            guard resid.shape == [n, meta.layers.count, meta.dModel], rows.count == n, nTokens.count == n else {
-                throw ShardError(file: name, reason: "inconsistent shapes: resid_post \(resid.shape), \(n) labels, \(rows.count) rows")
+        var resid: [Float] = []
+        var rowElements = 0
+        var type = ActivationType.f32
+        let c = try ShardStream.read(path: path, header: { m, _ in
+            rowElements = m.layers.count * m.dModel
+            type = ActivationType(dtype: m.dtype) ?? .f32
+        }, rowSink: { _, bytes in
+            let start = resid.count
+            resid.append(contentsOf: repeatElement(0, count: rowElements))
+            resid.withUnsafeMutableBufferPointer { p in
+                guard let base = p.baseAddress else { return }
+                type.convert(bytes, base + start, rowElements)
             }
-            guard resid.dtype.rawValue == meta.dtype else {
-                throw ShardError(file: name, reason: "resid_post is \(resid.dtype.rawValue) but the metadata says \(meta.dtype)")
-            }
-            if let bad = labels.first(where: { $0 < 0 || $0 >= Int64(meta.labels.count) }) {
-                throw ShardError(file: name, reason: "label id \(bad) is outside the \(meta.labels.count) labels")
-            }
-            return ShardBatch(metadata: meta, residPost: try f.floats("resid_post"), labels: labels, rows: rows, nTokens: nTokens)
-        } catch let e as ShardError { throw e } catch {
-            throw ShardError(file: name, reason: error.localizedDescription)
-        }
+        })
+        return ShardBatch(metadata: c.metadata, residPost: resid, labels: c.labels, rows: c.rows,
+                          nTokens: c.nTokens.map { Int32(truncatingIfNeeded: $0) })
     }
 }
 
@@ -212,11 +223,79 @@ public struct Manifest: Codable, Equatable, Sendable {
 
     public static func fileName(worker: Int) -> String { "manifest-\(String(worker).leftPadded(5)).json" }
 
+    /// Most workers one directory may have, and the largest row number (2^40) a manifest may name.
+    public static let maxWorkers = 1 << 16, maxRows = 1 << 40
+
+    /// Reads and validates a manifest (a FIFO or directory is refused without blocking).
     public static func read(path: String) throws -> Manifest {
-        do {
-            return try JSONDecoder().decode(Manifest.self, from: Data(contentsOf: URL(fileURLWithPath: path)))
-        } catch {
+        let data: Data
+        do { data = try Files.readData(path, limit: 1 << 30) } catch {
+            throw ShardError(file: path, reason: "cannot read the manifest: \((error as? FileError)?.reason ?? error.localizedDescription)")
+        }
+        let m: Manifest
+        do { m = try JSONDecoder().decode(Manifest.self, from: data) } catch {
             throw ShardError(file: path, reason: "not a valid manifest: \(error.localizedDescription)")
+        }
+        try m.validate(file: path)
+        return m
+    }
+
+    /// The manifest's `rows_total` (rows of the input file), when it records one.
+    public var rowsTotal: Int? { config["rows_total"].flatMap { Int($0) } }
+
+    /// Every number and name of the manifest checked against each other and against sane bounds, before any
+    /// of them sizes an allocation, indexes memory or names a file: the worker numbers, the metadata, each
+    /// shard's file name (exactly `shard-WWWWW-IIIII.safetensors.zst` of this worker, its index in order: no
+    /// path, no `..`), rows inside the input and this worker's share, counts that fit the rows and the bytes
+    /// recorded, checksums of the right form. Throws naming `file`, the field and the problem.
+    public func validate(file: String) throws {
+        func fail(_ r: String) -> ShardError { ShardError(file: file, reason: r) }
+        guard format == "llamaprobe-manifest" else { throw fail("not a llamaprobe manifest (format '\(format)')") }
+        guard version == 1 else { throw fail("manifest version \(version) is not supported (this build reads version 1)") }
+        guard (1...Self.maxWorkers).contains(workers) else { throw fail("'workers' \(workers) is not in 1...\(Self.maxWorkers)") }
+        guard (0..<workers).contains(worker) else { throw fail("'worker' \(worker) is not in 0..<\(workers) ('workers')") }
+        try metadata.validate(file: file)
+        var rowLimit = Self.maxRows
+        if let t = config["rows_total"] {
+            guard let n = Int(t), (0...Self.maxRows).contains(n) else { throw fail("'rows_total' \(t) is not a row count in 0...\(Self.maxRows)") }
+            rowLimit = n
+        }
+        let rowBytes = metadata.rowBytes
+        var previousLast = -1
+        for (i, s) in shards.enumerated() {
+            func bad(_ r: String) -> ShardError { fail("shard \(i) ('\(s.file)'): \(r)") }
+            let expected = Shard.fileName(worker: worker, index: i)
+            guard s.index == i, s.file == expected else {
+                throw bad("'file' and 'index' must name this worker's shard \(i), '\(expected)' (a plain file name in the directory)")
+            }
+            guard (0..<rowLimit).contains(s.firstRow), (s.firstRow..<rowLimit).contains(s.lastRow) else {
+                throw bad("rows \(s.firstRow)...\(s.lastRow) are not inside the input's \(rowLimit) rows")
+            }
+            guard s.firstRow > previousLast else { throw bad("'first_row' \(s.firstRow) is not after the previous shard's last row \(previousLast)") }
+            guard s.firstRow % workers == worker, s.lastRow % workers == worker else {
+                throw bad("rows \(s.firstRow)...\(s.lastRow) are not rows of worker \(worker)/\(workers)")
+            }
+            let span = (s.lastRow - s.firstRow) / workers + 1
+            guard (1...span).contains(s.count) else {
+                throw bad("'count' \(s.count) is not in 1...\(span) (the worker's rows from \(s.firstRow) to \(s.lastRow))")
+            }
+            // zstd can shrink data at most ~32768-fold (a 4-byte RLE block per 128 KiB): a count above that many
+            // rows of the recorded bytes is a lie, whatever the file holds.
+            let (cap, o) = s.bytes.multipliedReportingOverflow(by: 32768)
+            guard s.bytes > 0, s.bytes <= Self.maxRows, !o, s.count <= cap / (rowBytes + 12) else {
+                throw bad("'count' \(s.count) rows cannot fit in \(s.bytes) bytes ('bytes')")
+            }
+            guard s.sha256.count == 64, s.sha256.allSatisfy({ $0.isHexDigit && !$0.isUppercase }) else {
+                throw bad("'sha256' is not 64 lowercase hex digits")
+            }
+            if let r = s.skipped.first(where: { !(0..<rowLimit).contains($0.row) }) { throw bad("skipped row \(r.row) is outside the input") }
+            if let r = s.truncated.first(where: { !(s.firstRow...s.lastRow).contains($0) }) {
+                throw bad("truncated row \(r) is outside the shard's rows \(s.firstRow)...\(s.lastRow)")
+            }
+            previousLast = s.lastRow
+        }
+        if let r = skippedAfterLastShard.first(where: { !(0..<rowLimit).contains($0.row) }) {
+            throw fail("skipped row \(r.row) ('skipped_after_last_shard') is outside the input")
         }
     }
 
@@ -261,20 +340,39 @@ public final class ShardWriter {
     public var lastCompletedRow: Int? { manifest.shards.last?.lastRow }
     public var completedRows: Int { manifest.shards.reduce(0) { $0 + $1.count } }
 
+    /// What the resume check found and redoes (missing or corrupt shards), for the caller to report.
+    public private(set) var resumeNotes: [String] = []
+    /// The lock that keeps a second process off this worker's files for the whole run.
+    private var processLock: ProcessLock?
+
+    /// Creates `directory` if needed and takes the lock `DIR/.lock-WWWWW`, held until released or the
+    /// process dies; a second process writing the same worker's shards fails naming the holder's pid.
+    public static func lock(directory: String, worker: Int) throws -> ProcessLock {
+        do { try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true) } catch {
+            throw ShardError(file: directory, reason: "cannot create the output directory: \(error.localizedDescription)")
+        }
+        return try ProcessLock(path: directory + "/.lock-" + String(worker).leftPadded(5),
+                               what: "another run writing worker \(worker)'s shards into \(directory)")
+    }
+
+    /// `lock`: the lock of `ShardWriter.lock(directory:worker:)` when the caller took it earlier (to hold it
+    /// for its whole run); nil takes it here.
     public init(directory: String, worker: Int, workers: Int, metadata: ShardMetadata, rowsPerShard: Int,
-                config: [String: String]) throws {
+                config: [String: String], lock heldLock: ProcessLock? = nil) throws {
+        try metadata.validate(file: directory)
         guard let st = metadata.storage else {
             throw ShardError(file: directory, reason: "unsupported shard dtype \(metadata.dtype) (F32, F16 or BF16)")
         }
         guard rowsPerShard > 0 else { throw ShardError(file: directory, reason: "rows per shard must be positive") }
+        guard (1...Manifest.maxWorkers).contains(workers), (0..<workers).contains(worker) else {
+            throw ShardError(file: directory, reason: "worker \(worker)/\(workers) is not valid")
+        }
         self.directory = directory
         self.worker = worker
         self.rowsPerShard = rowsPerShard
         storage = st
         rowElements = metadata.layers.count * metadata.dModel
-        do { try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true) } catch {
-            throw ShardError(file: directory, reason: "cannot create the output directory: \(error.localizedDescription)")
-        }
+        processLock = try heldLock ?? Self.lock(directory: directory, worker: worker)
         let fresh = Manifest(worker: worker, workers: workers, config: config, metadata: metadata, shards: [], complete: false)
         let path = directory + "/" + Manifest.fileName(worker: worker)
         if FileManager.default.fileExists(atPath: path) {
@@ -284,6 +382,24 @@ public final class ShardWriter {
             }
             manifest = old
             manifest.complete = false
+            // Never trust the manifest blindly: every listed shard must be there with its recorded size and
+            // checksum; from the first that is not, the shards are dropped and their rows done again.
+            for (i, s) in old.shards.enumerated() {
+                let problem: String?
+                do {
+                    let (size, hex) = try SHA256.file(directory + "/" + s.file, expectedSize: s.bytes)
+                    problem = size != s.bytes ? "is \(size) bytes, the manifest says \(s.bytes)"
+                        : hex != s.sha256 ? "does not match its recorded sha256 (corrupt or modified)" : nil
+                } catch let e as FileError {
+                    problem = e.reason
+                }
+                if let problem {
+                    let dropped = old.shards.count - i
+                    resumeNotes.append("\(directory)/\(s.file) \(problem): redoing rows from \(s.firstRow) (\(dropped) shard\(dropped == 1 ? "" : "s") dropped from the manifest)")
+                    manifest.shards.removeSubrange(i...)
+                    break
+                }
+            }
         } else {
             // Another worker's manifest must agree too.
             for other in (try? FileManager.default.contentsOfDirectory(atPath: directory)) ?? []
@@ -392,6 +508,8 @@ public final class ShardWriter {
         skipped = []
         manifest.complete = true
         try manifest.write(to: manifestPath)
+        processLock?.release()
+        processLock = nil
     }
 
     /// Waits for shards in flight (e.g. before reporting progress or on an error path).
@@ -416,7 +534,13 @@ public struct ShardDirectory {
         let names = ((try? FileManager.default.contentsOfDirectory(atPath: path)) ?? [])
             .filter { $0.hasPrefix("manifest-") && $0.hasSuffix(".json") }.sorted()
         guard !names.isEmpty else { throw ShardError(file: path, reason: "no manifest-*.json: not a shard directory (or nothing finished yet)") }
-        let ms = try names.map { try Manifest.read(path: path + "/" + $0) }.sorted { $0.worker < $1.worker }
+        let ms = try names.map { name in
+            let m = try Manifest.read(path: path + "/" + name)
+            guard name == Manifest.fileName(worker: m.worker) else {
+                throw ShardError(file: path + "/" + name, reason: "holds the manifest of worker \(m.worker); its name must be \(Manifest.fileName(worker: m.worker))")
+            }
+            return m
+        }.sorted { $0.worker < $1.worker }
         for m in ms.dropFirst() {
             var a = ms[0], b = m
             a.worker = 0; b.worker = 0
@@ -424,6 +548,12 @@ public struct ShardDirectory {
                 throw ShardError(file: path + "/" + Manifest.fileName(worker: m.worker),
                                  reason: "workers disagree with worker \(ms[0].worker): \(diff)")
             }
+        }
+        // Counts against the input: every worker's rows together cannot exceed rows_total (each is bounded
+        // by its own rows already, so the sum cannot overflow).
+        let rows = ms.reduce(0) { $0 + $1.shards.reduce(0) { $0 + $1.count } }
+        if let total = ms[0].rowsTotal, rows > total {
+            throw ShardError(file: path, reason: "the manifests list \(rows) rows but 'rows_total' is \(total)")
         }
         manifests = ms
         metadata = ms[0].metadata

@@ -33,14 +33,12 @@ struct ShardStream {
         defer { s.close() }
         func fail(_ reason: String) -> ShardError { ShardError(file: path, reason: reason) }
 
-        var lengthBytes = [UInt8](repeating: 0, count: 8)
-        try lengthBytes.withUnsafeMutableBytes { try s.read(into: $0.baseAddress!, count: 8) }
+        let lengthBytes = try s.readGrowing(8)
         let headerLength = lengthBytes.withUnsafeBytes { $0.loadUnaligned(as: UInt64.self).littleEndian }
         guard headerLength > 1, headerLength <= UInt64(SafeTensorsFile.maxHeaderBytes) else {
             throw fail("corrupt shard content: safetensors header length \(headerLength) is invalid")
         }
-        var headerBytes = [UInt8](repeating: 0, count: Int(headerLength))
-        try headerBytes.withUnsafeMutableBytes { try s.read(into: $0.baseAddress!, count: Int(headerLength)) }
+        let headerBytes = try s.readGrowing(Int(headerLength))
         guard let json = try? JSONSerialization.jsonObject(with: Data(headerBytes)) as? [String: Any] else {
             throw fail("corrupt shard content: the safetensors header is not a JSON object")
         }
@@ -55,9 +53,17 @@ struct ShardStream {
             guard let e = value as? [String: Any], let dt = (e["dtype"] as? String).flatMap(SafeTensorsDType.init(rawValue:)),
                   let shape = (e["shape"] as? [Any])?.compactMap({ ($0 as? NSNumber)?.intValue }),
                   let offs = (e["data_offsets"] as? [Any])?.compactMap({ ($0 as? NSNumber)?.intValue }), offs.count == 2,
-                  offs[0] >= 0, offs[1] >= offs[0], shape.allSatisfy({ $0 >= 0 }),
-                  shape.reduce(dt.elementSize, *) == offs[1] - offs[0] else {
+                  offs[0] >= 0, offs[1] >= offs[0], shape.allSatisfy({ $0 >= 0 }) else {
                 throw fail("corrupt shard content: tensor '\(name)' has an invalid header entry")
+            }
+            var bytes = dt.elementSize
+            for d in shape {
+                let (p, o) = bytes.multipliedReportingOverflow(by: d)
+                guard !o else { throw fail("corrupt shard content: tensor '\(name)' has shape \(shape), whose size overflows") }
+                bytes = p
+            }
+            guard bytes == offs[1] - offs[0] else {
+                throw fail("corrupt shard content: tensor '\(name)' has shape \(shape) (\(bytes) bytes) but data_offsets span \(offs[1] - offs[0]) bytes")
             }
             entries.append(Entry(name: name, dtype: dt, shape: shape, begin: offs[0], end: offs[1]))
         }
@@ -84,41 +90,78 @@ struct ShardStream {
 
         var position = 0   // bytes of the data section consumed
         var values: [String: [Int64]] = [:]
-        let rowBytes = metadata.layers.count * metadata.dModel * resid.dtype.elementSize
-        let scratch = UnsafeMutableRawPointer.allocate(byteCount: max(rowBytes, 1 << 16), alignment: 64)
-        defer { scratch.deallocate() }
+        let rowBytes = metadata.layers.count * metadata.dModel * resid.dtype.elementSize   // bounded by validate
+        // The scratch row grows as decompressed bytes actually arrive (never to a size only declared).
+        var scratch = Scratch()
+        defer { scratch.free() }
         var stoppedEarly = false
         for e in entries.sorted(by: { ($0.begin, $0.end) < ($1.begin, $1.end) }) {
             if labelsOnly && ["label", "row", "n_tokens"].allSatisfy({ values[$0] != nil }) { stoppedEarly = true; break }
             guard e.begin >= position else { throw fail("corrupt shard content: tensor '\(e.name)' overlaps another") }
-            try s.skip(e.begin - position, scratch: scratch, scratchSize: max(rowBytes, 1 << 16))
+            try s.skip(e.begin - position)
             position = e.begin
             switch e.name {
             case "resid_post":
                 for i in 0..<n {
-                    let dst = rowTarget(i) ?? scratch
-                    try s.read(into: dst, count: rowBytes)
-                    try rowSink(i, UnsafeRawPointer(dst))
+                    if let dst = rowTarget(i) {
+                        try s.read(into: dst, count: rowBytes)
+                        try rowSink(i, UnsafeRawPointer(dst))
+                    } else {
+                        let dst = try scratch.fill(rowBytes, from: &s)
+                        try rowSink(i, UnsafeRawPointer(dst))
+                    }
                 }
             case "label", "row", "n_tokens":
                 let count = e.shape[0]
-                var raw = [UInt8](repeating: 0, count: e.end - e.begin)
-                try raw.withUnsafeMutableBytes { try s.read(into: $0.baseAddress!, count: $0.count) }
+                let raw = try s.readGrowing(e.end - e.begin)
                 values[e.name] = raw.withUnsafeBytes { p in
                     (0..<count).map { e.dtype == .i64 ? p.loadUnaligned(fromByteOffset: 8 * $0, as: Int64.self).littleEndian
                                                       : Int64(p.loadUnaligned(fromByteOffset: 4 * $0, as: Int32.self).littleEndian) }
                 }
             default:
-                try s.skip(e.end - e.begin, scratch: scratch, scratchSize: max(rowBytes, 1 << 16))
+                try s.skip(e.end - e.begin)
             }
             position = e.end
         }
         if !stoppedEarly { try s.finish() }
-        let labels = values["label"]!
-        if let i = labels.firstIndex(where: { $0 < 0 || $0 >= Int64(metadata.labels.count) }) {
-            throw fail("row \(values["row"]![i]): label id \(labels[i]) is outside the \(metadata.labels.count) labels")
+        guard let labels = values["label"], let rows = values["row"], let nTokens = values["n_tokens"] else {
+            throw fail("corrupt shard content: label, row or n_tokens was not read")
         }
-        return Contents(metadata: metadata, labels: labels, rows: values["row"]!, nTokens: values["n_tokens"]!)
+        if let i = labels.firstIndex(where: { $0 < 0 || $0 >= Int64(metadata.labels.count) }) {
+            throw fail("row \(rows[i]): label id \(labels[i]) is outside the \(metadata.labels.count) labels")
+        }
+        return Contents(metadata: metadata, labels: labels, rows: rows, nTokens: nTokens)
+    }
+
+    /// A buffer that grows (in steps of at most 1 MiB of decompressed data) while it is filled.
+    struct Scratch {
+        private var base: UnsafeMutableRawPointer?
+        private var capacity = 0
+
+        /// At least `bytes` bytes, keeping the content.
+        mutating func reserve(_ bytes: Int) -> UnsafeMutableRawPointer {
+            if let b = base, bytes <= capacity { return b }
+            let newCapacity = max(bytes, min(capacity * 2, bytes + (1 << 20)), 1 << 16)
+            let p = UnsafeMutableRawPointer.allocate(byteCount: newCapacity, alignment: 64)
+            if let old = base { p.copyMemory(from: old, byteCount: capacity); old.deallocate() }
+            base = p
+            capacity = newCapacity
+            return p
+        }
+
+        /// Fills `count` bytes from the stream, growing as they arrive; returns the start.
+        mutating func fill(_ count: Int, from s: inout Decompressor) throws -> UnsafeMutableRawPointer {
+            var done = 0
+            repeat {
+                let n = min(count - done, 1 << 20)
+                let b = reserve(done + n)
+                if n > 0 { try s.read(into: b + done, count: n) }
+                done += n
+            } while done < count
+            return reserve(count)
+        }
+
+        func free() { base?.deallocate() }
     }
 
     /// ZSTD_decompressStream over a file read in chunks.
@@ -134,9 +177,8 @@ struct ShardStream {
 
         init(path: String) throws {
             self.path = path
-            fd = open(path, O_RDONLY | O_CLOEXEC)
-            guard fd >= 0 else {
-                throw ShardError(file: path, reason: "cannot read: \(String(cString: strerror(errno)))")
+            do { fd = try Files.openRegular(path).fd } catch let e as FileError {
+                throw ShardError(file: path, reason: "cannot read: \(e.reason)")
             }
             guard let d = ZSTD_createDCtx() else { _ = Glibc.close(fd); throw ShardError(file: path, reason: "cannot create a zstd context") }
             dctx = d
@@ -192,13 +234,31 @@ struct ShardStream {
             ShardError(file: path, reason: produced ? "corrupt or truncated shard: the zstd frame ends early" : "empty or unreadable file: not a zstd shard")
         }
 
-        mutating func skip(_ count: Int, scratch: UnsafeMutableRawPointer, scratchSize: Int) throws {
+        mutating func skip(_ count: Int) throws {
+            var buf = [UInt8](repeating: 0, count: min(count, 1 << 16))
             var left = count
             while left > 0 {
-                let n = min(left, scratchSize)
-                try read(into: scratch, count: n)
+                let n = min(left, buf.count)
+                try buf.withUnsafeMutableBytes { p in
+                    guard let b = p.baseAddress else { return }
+                    try read(into: b, count: n)
+                }
                 left -= n
             }
+        }
+
+        /// `count` bytes of content as an array that grows as they arrive (at most 1 MiB beyond the data read).
+        mutating func readGrowing(_ count: Int) throws -> [UInt8] {
+            var out: [UInt8] = []
+            while out.count < count {
+                let start = out.count, n = min(count - start, 1 << 20)
+                out.append(contentsOf: repeatElement(0, count: n))
+                try out.withUnsafeMutableBytes { p in
+                    guard let b = p.baseAddress else { return }
+                    try read(into: b + start, count: n)
+                }
+            }
+            return out
         }
 
         /// The frame must end exactly here (its checksum is verified by zstd at the end of the frame).

@@ -175,8 +175,8 @@ public struct SplitFile: Codable, Equatable, Sendable {
 
     public static func read(path: String) throws -> SplitFile {
         let data: Data
-        do { data = try Data(contentsOf: URL(fileURLWithPath: path)) } catch {
-            throw SplitError("\(path): cannot read: \(error.localizedDescription)")
+        do { data = try Files.readData(path, limit: 1 << 30) } catch let e as FileError {
+            throw SplitError("\(path): cannot read: \(e.reason)")
         }
         do { return try JSONDecoder().decode(SplitFile.self, from: data) } catch {
             throw SplitError("\(path): not a split file ({\"train\": [rows…], \"val\": [rows…]}): \(error.localizedDescription)")

@@ -57,8 +57,8 @@ public enum TorchCheckpoint {
     /// Reads a state_dict of f32 tensors from a torch.save zip (ours, or torch's for plain state_dicts).
     public static func read(path: String) throws -> [TorchTensor] {
         let data: [UInt8]
-        do { data = Array(try Data(contentsOf: URL(fileURLWithPath: path))) } catch {
-            throw CheckpointError(file: path, reason: "cannot read: \(error.localizedDescription)")
+        do { data = try Files.read(path, limit: 1 << 32) } catch let e as FileError {
+            throw CheckpointError(file: path, reason: "cannot read: \(e.reason)")
         }
         return try decode(data, name: path)
     }
@@ -69,20 +69,28 @@ public enum TorchCheckpoint {
             throw CheckpointError(file: name, reason: "no */data.pkl record: not a torch.save zip")
         }
         let prefix = String(pkl.dropLast("data.pkl".count))
-        let refs = try Pickle.readStateDict(entries[pkl]!, name: name)
+        guard let pickle = entries[pkl] else { throw CheckpointError(file: name, reason: "no */data.pkl record") }
+        let refs = try Pickle.readStateDict(pickle, name: name)
         return try refs.map { r in
-            guard let storage = entries[prefix + "data/" + r.key] else {
-                throw CheckpointError(file: name, reason: "tensor '\(r.name)': storage record data/\(r.key) is missing")
-            }
-            guard r.dtype == "FloatStorage" else {
-                throw CheckpointError(file: name, reason: "tensor '\(r.name)' is \(r.dtype), only FloatStorage is read")
-            }
-            let count = r.shape.reduce(1, *)
+            func fail(_ reason: String) -> CheckpointError { CheckpointError(file: name, reason: "tensor '\(r.name)': \(reason)") }
+            guard let storage = entries[prefix + "data/" + r.key] else { throw fail("storage record data/\(r.key) is missing") }
+            guard r.dtype == "FloatStorage" else { throw fail("is \(r.dtype), only FloatStorage is read") }
+            guard r.shape.allSatisfy({ $0 >= 0 }) else { throw fail("shape \(r.shape) has a negative dimension") }
+            guard r.offset >= 0 else { throw fail("storage offset \(r.offset) is negative") }
+            // Element count and strides with checked arithmetic: a shape like [2^62, 4] is refused, not wrapped.
+            var count = 1
             var expectedStride = [Int](repeating: 1, count: r.shape.count)
-            for i in stride(from: r.shape.count - 2, through: 0, by: -1) { expectedStride[i] = expectedStride[i + 1] * r.shape[i + 1] }
-            guard r.stride == expectedStride, (r.offset + count) * 4 <= storage.count else {
-                throw CheckpointError(file: name, reason: "tensor '\(r.name)' is not a contiguous view inside its storage")
+            for i in stride(from: r.shape.count - 1, through: 0, by: -1) {
+                expectedStride[i] = count
+                let (c, o) = count.multipliedReportingOverflow(by: r.shape[i])
+                guard !o else { throw fail("shape \(r.shape) has more elements than memory can address") }
+                count = c
             }
+            let available = storage.count / 4
+            guard r.offset <= available, count <= available - r.offset else {
+                throw fail("shape \(r.shape) at storage offset \(r.offset) needs \(count) floats, the storage data/\(r.key) holds \(available)")
+            }
+            guard r.stride == expectedStride else { throw fail("strides \(r.stride) are not contiguous \(expectedStride)") }
             let values = storage.withUnsafeBytes { p in
                 (0..<count).map { Float(bitPattern: p.loadUnaligned(fromByteOffset: 4 * (r.offset + $0), as: UInt32.self).littleEndian) }
             }
@@ -99,7 +107,7 @@ enum Zip {
         return c
     }
 
-    static func crc32(_ bytes: [UInt8]) -> UInt32 {
+    static func crc32<C: Collection>(_ bytes: C) -> UInt32 where C.Element == UInt8 {
         var c: UInt32 = 0xFFFF_FFFF
         for b in bytes { c = crcTable[Int((c ^ UInt32(b)) & 0xFF)] ^ (c >> 8) }
         return c ^ 0xFFFF_FFFF
@@ -143,11 +151,13 @@ enum Zip {
     }
 
     /// name → data of every stored entry, via the central directory; CRCs checked.
-    static func entries(_ b: [UInt8], name: String) throws -> [String: [UInt8]] {
+    /// Entries are slices of `b` (never copies: entries that overlap cost no memory).
+    static func entries(_ b: [UInt8], name: String) throws -> [String: ArraySlice<UInt8>] {
         func fail(_ r: String) -> CheckpointError { CheckpointError(file: name, reason: r) }
         func u16(_ o: Int) -> Int { Int(b[o]) | Int(b[o + 1]) << 8 }
         func u32(_ o: Int) -> Int { u16(o) | u16(o + 2) << 16 }
         guard b.count >= 22 else { throw fail("too short for a zip file") }
+        guard b.count <= Int(UInt32.max) else { throw fail("larger than 4 GiB (zip64 is not read)") }
         var eocd = -1
         var o = b.count - 22
         while o >= max(0, b.count - 22 - 65535) {
@@ -157,7 +167,7 @@ enum Zip {
         guard eocd >= 0 else { throw fail("no zip end-of-central-directory record: not a torch.save zip") }
         let n = u16(eocd + 10)
         var p = u32(eocd + 16)
-        var result: [String: [UInt8]] = [:]
+        var result: [String: ArraySlice<UInt8>] = [:]
         for _ in 0..<n {
             guard p + 46 <= b.count, u32(p) == 0x0201_4B50 else { throw fail("corrupt zip central directory") }
             let method = u16(p + 10), crc = u32(p + 16), size = u32(p + 20), nameLen = u16(p + 28)
@@ -168,7 +178,7 @@ enum Zip {
             guard local + 30 <= b.count, u32(local) == 0x0403_4B50 else { throw fail("record \(entry): bad local header") }
             let start = local + 30 + u16(local + 26) + u16(local + 28)
             guard start + size <= b.count else { throw fail("record \(entry) runs past the end of the file (truncated?)") }
-            let data = Array(b[start..<(start + size)])
+            let data = b[start..<(start + size)]
             guard crc32(data) == UInt32(crc) else { throw fail("record \(entry): CRC mismatch (corrupt file)") }
             result[entry] = data
             p += 46 + nameLen + extraLen + commentLen
@@ -259,10 +269,17 @@ enum Pickle {
     }
 
     /// Interprets the opcodes torch uses for a state_dict and returns its tensors in order.
-    static func readStateDict(_ b: [UInt8], name: String) throws -> [TensorRef] {
+    /// Deepest nesting of containers accepted (a torch state_dict nests about 5 deep). Nesting is tracked
+    /// as values are built: a 100,000-deep pickle is refused at depth 64, before a deeply nested value could
+    /// overflow the stack when it is released.
+    static let maxDepth = 64
+
+    static func readStateDict<B: RandomAccessCollection>(_ bytes: B, name: String) throws -> [TensorRef] where B.Element == UInt8, B.Index == Int {
+        let b = Array(bytes)
         func fail(_ r: String) -> CheckpointError { CheckpointError(file: name, reason: "data.pkl: \(r)") }
-        var stack: [Value] = []
-        var memo: [Int: Value] = [:]
+        // The stack and, in step, the nesting depth of each value on it.
+        var stack: [Value] = [], depths: [Int] = []
+        var memo: [Int: (Value, Int)] = [:]
         var p = 0
         func byte() throws -> Int { guard p < b.count else { throw fail("truncated") }; p += 1; return Int(b[p - 1]) }
         func le(_ n: Int) throws -> Int { var v = 0; for i in 0..<n { v |= try byte() << (8 * i) }; return v }
@@ -270,11 +287,20 @@ enum Pickle {
             guard let e = b[p...].firstIndex(of: 0x0A) else { throw fail("truncated") }
             let s = String(decoding: b[p..<e], as: UTF8.self); p = e + 1; return s
         }
-        func popMark() throws -> [Value] {
-            guard let m = stack.lastIndex(where: { if case .mark = $0 { return true }; return false }) else { throw fail("no MARK") }
-            let items = Array(stack[(m + 1)...]); stack.removeSubrange(m...); return items
+        func push(_ v: Value, _ depth: Int = 0) throws {
+            guard depth <= maxDepth else { throw fail("values nested more than \(maxDepth) deep (not a state_dict)") }
+            stack.append(v); depths.append(depth)
         }
-        func pop() throws -> Value { guard let v = stack.popLast() else { throw fail("stack underflow") }; return v }
+        func popMark() throws -> ([Value], Int) {
+            guard let m = stack.lastIndex(where: { if case .mark = $0 { return true }; return false }) else { throw fail("no MARK") }
+            let items = Array(stack[(m + 1)...]), depth = depths[(m + 1)...].max() ?? 0
+            stack.removeSubrange(m...); depths.removeSubrange(m...)
+            return (items, depth)
+        }
+        func pop() throws -> (Value, Int) {
+            guard let v = stack.popLast(), let d = depths.popLast() else { throw fail("stack underflow") }
+            return (v, d)
+        }
         func ints(_ v: Value) throws -> [Int] {
             guard case .tuple(let t) = v else { throw fail("expected a tuple of ints") }
             return try t.map { if case .int(let i) = $0 { return i }; throw fail("expected an int") }
@@ -288,52 +314,71 @@ enum Pickle {
             while i + 1 < kv.count { d.append((kv[i], kv[i + 1])); i += 2 }
             return .dict(d)
         }
+        func memoize(_ key: Int) throws {
+            guard let v = stack.last, let d = depths.last else { throw fail("PUT on an empty stack") }
+            memo[key] = (v, d)
+        }
+        func recall(_ key: Int) throws {
+            guard let (v, d) = memo[key] else { throw fail("GET of memo \(key), which was never PUT") }
+            try push(v, d)
+        }
         loop: while true {
             let op = try byte()
             switch op {
             case 0x80: _ = try byte()                                      // PROTO
-            case 0x63: let m = try line(), n = try line(); stack.append(.global(m + "." + n))
-            case 0x71: memo[try byte()] = stack.last                      // BINPUT
-            case 0x72: memo[try le(4)] = stack.last                        // LONG_BINPUT
-            case 0x68: guard let v = memo[try byte()] else { throw fail("bad BINGET") }; stack.append(v)
-            case 0x6A: guard let v = memo[try le(4)] else { throw fail("bad LONG_BINGET") }; stack.append(v)
-            case 0x29: stack.append(.tuple([]))
-            case 0x28: stack.append(.mark)
-            case 0x74: stack.append(.tuple(try popMark()))
-            case 0x85: stack.append(.tuple([try pop()]))
-            case 0x86: let b2 = try pop(), a = try pop(); stack.append(.tuple([a, b2]))
-            case 0x87: let c = try pop(), b2 = try pop(), a = try pop(); stack.append(.tuple([a, b2, c]))
-            case 0x58: let n = try le(4); guard p + n <= b.count else { throw fail("truncated") }
-                stack.append(.string(String(decoding: b[p..<(p + n)], as: UTF8.self))); p += n
-            case 0x8C: let n = try byte(); guard p + n <= b.count else { throw fail("truncated") }   // SHORT_BINUNICODE
-                stack.append(.string(String(decoding: b[p..<(p + n)], as: UTF8.self))); p += n
-            case 0x4B: stack.append(.int(try byte()))
-            case 0x4D: stack.append(.int(try le(2)))
-            case 0x4A: stack.append(.int(Int(Int32(truncatingIfNeeded: try le(4)))))
-            case 0x8A: let n = try byte(); var v = 0; for i in 0..<n { v |= try byte() << (8 * i) }; stack.append(.int(v))   // LONG1 (small)
-            case 0x88: stack.append(.bool(true))
-            case 0x89: stack.append(.bool(false))
-            case 0x4E: stack.append(.none)
-            case 0x7D: stack.append(.dict([]))
-            case 0x5D: stack.append(.list([]))
-            case 0x51: stack.append(.persistent(try pop()))               // BINPERSID
-            case 0x73: let v = try pop(), k = try pop(); stack.append(try setItems(try pop(), [k, v]))
-            case 0x75: let kv = try popMark(); stack.append(try setItems(try pop(), kv))
-            case 0x65: let items = try popMark(); if case .list(let l) = try pop() { stack.append(.list(l + items)) } else { throw fail("APPENDS on a non-list") }
+            case 0x63: let m = try line(), n = try line(); try push(.global(m + "." + n))
+            case 0x71: try memoize(try byte())                            // BINPUT
+            case 0x72: try memoize(try le(4))                             // LONG_BINPUT
+            case 0x68: try recall(try byte())                             // BINGET
+            case 0x6A: try recall(try le(4))                              // LONG_BINGET
+            case 0x29: try push(.tuple([]), 1)
+            case 0x28: try push(.mark)
+            case 0x74: let (items, d) = try popMark(); try push(.tuple(items), d + 1)
+            case 0x85: let (a, d) = try pop(); try push(.tuple([a]), d + 1)
+            case 0x86: let (b2, d2) = try pop(), (a, d1) = try pop(); try push(.tuple([a, b2]), max(d1, d2) + 1)
+            case 0x87: let (c, d3) = try pop(), (b2, d2) = try pop(), (a, d1) = try pop(); try push(.tuple([a, b2, c]), max(d1, d2, d3) + 1)
+            case 0x58: let n = try le(4); guard n <= b.count - p else { throw fail("truncated") }
+                try push(.string(String(decoding: b[p..<(p + n)], as: UTF8.self))); p += n
+            case 0x8C: let n = try byte(); guard n <= b.count - p else { throw fail("truncated") }   // SHORT_BINUNICODE
+                try push(.string(String(decoding: b[p..<(p + n)], as: UTF8.self))); p += n
+            case 0x4B: try push(.int(try byte()))
+            case 0x4D: try push(.int(try le(2)))
+            case 0x4A: try push(.int(Int(Int32(truncatingIfNeeded: try le(4)))))
+            case 0x8A:                                                     // LONG1: up to 8 bytes, two's complement
+                let n = try byte()
+                guard n <= 8 else { throw fail("LONG1 of \(n) bytes: an integer too large for a state_dict") }
+                var v: UInt64 = 0
+                for i in 0..<n { v |= UInt64(try byte()) << UInt64(8 * i) }
+                if n > 0 && n < 8 && v & (1 << UInt64(8 * n - 1)) != 0 { v |= ~0 << UInt64(8 * n) }   // sign-extend
+                try push(.int(Int(Int64(bitPattern: v))))
+            case 0x88: try push(.bool(true))
+            case 0x89: try push(.bool(false))
+            case 0x4E: try push(.none)
+            case 0x7D: try push(.dict([]), 1)
+            case 0x5D: try push(.list([]), 1)
+            case 0x51: let (v, d) = try pop(); try push(.persistent(v), d + 1)   // BINPERSID
+            case 0x73:                                                     // SETITEM
+                let (v, dv) = try pop(), (k, dk) = try pop(), (t, dt) = try pop()
+                try push(try setItems(t, [k, v]), max(dt, max(dk, dv) + 1))
+            case 0x75: let (kv, d) = try popMark(), (t, dt) = try pop(); try push(try setItems(t, kv), max(dt, d + 1))
+            case 0x65:                                                     // APPENDS
+                let (items, d) = try popMark(), (l, dl) = try pop()
+                guard case .list(let list) = l else { throw fail("APPENDS on a non-list") }
+                try push(.list(list + items), max(dl, d + 1))
             case 0x62: _ = try pop()                                       // BUILD: state ignored (_metadata)
             case 0x52:                                                     // REDUCE
-                let args = try pop(), callable = try pop()
+                let (args, da) = try pop(), (callable, _) = try pop()
                 guard case .global(let g) = callable, case .tuple(let a) = args else { throw fail("REDUCE of a non-global") }
                 switch g {
-                case "collections.OrderedDict": stack.append(.dict([]))
+                case "collections.OrderedDict": try push(.dict([]), 1)
                 case "torch._utils._rebuild_tensor_v2":
                     guard a.count >= 4, case .persistent(.tuple(let pid)) = a[0], pid.count >= 5,
                           case .global(let st) = pid[1], case .string(let key) = pid[2], case .int(let off) = a[1] else {
                         throw fail("unexpected _rebuild_tensor_v2 arguments")
                     }
-                    stack.append(.tensor(TensorRef(name: "", key: key, dtype: String(st.split(separator: ".").last ?? ""),
-                                                   offset: off, shape: try ints(a[2]), stride: try ints(a[3]))))
-                default: stack.append(.object(g, a))
+                    try push(.tensor(TensorRef(name: "", key: key, dtype: String(st.split(separator: ".").last ?? ""),
+                                               offset: off, shape: try ints(a[2]), stride: try ints(a[3]))), 1)
+                default: try push(.object(g, a), da + 1)
                 }
             case 0x2E: break loop                                          // STOP
             default: throw fail(String(format: "unsupported pickle opcode 0x%02x", op))

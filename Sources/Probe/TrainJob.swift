@@ -211,7 +211,7 @@ public enum TrainJob {
         try w.commit()
     }
 
-    /// --out must be new, empty, or (with --overwrite) a directory whose same-named files are replaced.
+    /// --out must be new, empty, or (with --overwrite) a directory that is replaced whole.
     static func checkOutput(_ out: String, overwrite: Bool) throws {
         var isDir: ObjCBool = false
         if FileManager.default.fileExists(atPath: out, isDirectory: &isDir) {
@@ -229,10 +229,13 @@ public enum TrainJob {
         }
     }
 
+    /// `.NAME.tmp-PID.d` next to --out (so `Files.removeLeftovers(of:)` recognises the leftovers of killed
+    /// runs); leftovers of dead processes are removed first.
     static func temporaryDirectory(for out: String) throws -> String {
         let std = (out as NSString).standardizingPath
+        Files.removeLeftovers(of: std)
         let parent = (std as NSString).deletingLastPathComponent
-        let tmp = (parent.isEmpty ? "." : parent) + "/.\((std as NSString).lastPathComponent).tmp-\(getpid())"
+        let tmp = (parent.isEmpty ? "." : parent) + "/.\((std as NSString).lastPathComponent).tmp-\(getpid()).d"
         try? FileManager.default.removeItem(atPath: tmp)
         do { try FileManager.default.createDirectory(atPath: tmp, withIntermediateDirectories: false) } catch {
             throw TrainError("cannot create the temporary output directory \(tmp): \(error.localizedDescription)")
@@ -240,7 +243,12 @@ public enum TrainJob {
         return tmp
     }
 
-    /// Renames the finished temporary directory to --out (or, when --out exists, each file into it).
+    /// Installs the finished temporary directory as --out, whole: renamed into place when --out is absent or
+    /// empty; with --overwrite the two directories are exchanged atomically (renameat2 RENAME_EXCHANGE) and
+    /// the old one, now at the temporary name, removed. A kill at any point leaves the old result or the new
+    /// one at --out, never a mix, and the temporary name is a leftover the next run removes. Where the file
+    /// system cannot exchange, the old directory is renamed away and the new one renamed in (a window of two
+    /// renames in which --out is absent).
     static func install(_ tmp: String, at out: String, files: [String]) throws {
         if !FileManager.default.fileExists(atPath: out) || ((try? FileManager.default.contentsOfDirectory(atPath: out)) ?? []).isEmpty {
             try? FileManager.default.removeItem(atPath: out)
@@ -249,12 +257,28 @@ public enum TrainJob {
             }
             return
         }
-        for f in files {
-            guard rename(tmp + "/" + f, out + "/" + f) == 0 else {
-                throw TrainError("cannot move \(f) into \(out): \(String(cString: strerror(errno)))")
-            }
+        if exchange(tmp, out) {
+            try? FileManager.default.removeItem(atPath: tmp)   // the old result
+            return
         }
-        try? FileManager.default.removeItem(atPath: tmp)
+        let away = tmp + ".old"
+        guard rename(out, away) == 0 else {
+            throw TrainError("cannot move the old \(out) away: \(String(cString: strerror(errno)))")
+        }
+        guard rename(tmp, out) == 0 else {
+            let e = errno
+            _ = rename(away, out)
+            throw TrainError("cannot rename \(tmp) to \(out): \(String(cString: strerror(e)))")
+        }
+        try? FileManager.default.removeItem(atPath: away)
+    }
+
+    /// renameat2(RENAME_EXCHANGE): swaps two paths atomically (Linux ≥ 3.15; false where unsupported).
+    static func exchange(_ a: String, _ b: String) -> Bool {
+        typealias RenameAt2 = @convention(c) (Int32, UnsafePointer<CChar>, Int32, UnsafePointer<CChar>, UInt32) -> Int32
+        guard let sym = dlsym(nil, "renameat2") else { return false }
+        let f = unsafeBitCast(sym, to: RenameAt2.self)
+        return f(AT_FDCWD, a, AT_FDCWD, b, 2 /* RENAME_EXCHANGE */) == 0
     }
 }
 

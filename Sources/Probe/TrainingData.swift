@@ -118,7 +118,17 @@ public struct ShardInventory {
             for m in dir.manifests {
                 if !m.complete { unfinished.append(path + "/" + Manifest.fileName(worker: m.worker)) }
                 for r in m.shards {
-                    refs.append(ShardRef(path: path + "/" + r.file, count: r.count, firstSlot: slot))
+                    // The data must be there as recorded before its counts size anything (a FIFO or directory
+                    // is refused here, without blocking).
+                    let file = path + "/" + r.file
+                    let size: Int
+                    do { let (fd, sz) = try Files.openRegular(file); close(fd); size = sz } catch let e as FileError {
+                        throw ShardError(file: file, reason: "cannot read: \(e.reason)")
+                    }
+                    guard size == r.bytes else {
+                        throw ShardError(file: file, reason: "is \(size) bytes but its manifest records \(r.bytes): the file is empty, truncated or replaced (`llamaprobe shards verify` checks every shard)")
+                    }
+                    refs.append(ShardRef(path: file, count: r.count, firstSlot: slot))
                     slot += r.count
                 }
             }

@@ -321,10 +321,13 @@ func demoCSV(rows: Int) -> String {
         #expect(lines.count == 2 && Float(lines[1]) == b.residPost[2 * 3 * 64 + 64 + 5])
     }
 
-    /// Every file's bytes in a directory.
+    /// Every file's bytes in a directory (the worker's lock file holds the pid of its last holder: only its
+    /// presence is compared).
     func snapshot(_ dir: String) throws -> [String: Data] {
         var out: [String: Data] = [:]
-        for f in try FileManager.default.contentsOfDirectory(atPath: dir) { out[f] = try Data(contentsOf: URL(fileURLWithPath: dir + "/" + f)) }
+        for f in try FileManager.default.contentsOfDirectory(atPath: dir) {
+            out[f] = f.hasPrefix(".lock-") ? Data() : try Data(contentsOf: URL(fileURLWithPath: dir + "/" + f))
+        }
         return out
     }
 
