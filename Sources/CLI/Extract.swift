@@ -53,7 +53,9 @@ struct Extract: ParsableCommand {
         through the model; resid_post of every layer at the last token goes to DIR/shard-WWWWW-SSSSS.safetensors.zst \
         (format: docs/shards.md) with a manifest per worker. Rerunning the same command resumes; a different \
         configuration on the same DIR is refused. `--worker I/N` takes the rows with row % N == I, so N machines \
-        can fill one directory; `llamaprobe shards verify DIR` checks the result.
+        can fill one directory; `llamaprobe shards verify DIR` checks the result. A rerun checks every shard the \
+        manifest lists (size and sha256) and redoes missing or corrupt ones, saying so; one process per worker \
+        and directory (a lock on DIR/.lock-WWWWW, released when the process ends; a second run names the holder).
 
         Examples:
           llamaprobe extract --model llama-2-13b-chat.Q8_0.gguf --data emotions.csv --out shards/

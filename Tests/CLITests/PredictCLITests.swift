@@ -106,6 +106,20 @@ import Testing
         let renamed = try CLI.run(["predict", "--model", model, "--probes", pth, "--labels", "a,b,c,d,e,f,g", "--json", "hi"])
         #expect(renamed.status == 0 && renamed.stdout.contains("\"probabilities\":{\"a\":"), "\(renamed.stdout)\(renamed.stderr)")
 
+        // Hostile probes (issue 9): NaN weights, or a layer of another width: exit 1 naming the file and layer.
+        let nanDir = dir + "/nan"
+        try FileManager.default.copyItem(atPath: pth, toPath: nanDir)
+        var t = try TorchCheckpoint.read(path: nanDir + "/probe_at_layer_1.pth")
+        t[0].values[5] = .nan
+        try TorchCheckpoint.write(t, to: nanDir + "/probe_at_layer_1.pth")
+        let nan = try CLI.run(["predict", "--model", model, "--probes", nanDir, "hi"])
+        #expect(nan.status == 1 && nan.stderr.contains(nanDir + "/probe_at_layer_1.pth: layer 1: weight element 5 is nan; probe weights must be finite"), "\(nan.stderr)")
+        t[0] = TorchTensor(name: t[0].name, shape: [t[0].shape[0], t[0].shape[1] / 2], values: Array(t[0].values.prefix(t[0].values.count / 2)))
+        t[0].values[5] = 0
+        try TorchCheckpoint.write(t, to: nanDir + "/probe_at_layer_1.pth")
+        let narrow = try CLI.run(["predict", "--model", model, "--probes", nanDir, "hi"])
+        #expect(narrow.status == 1 && narrow.stderr.contains(nanDir + "/probe_at_layer_1.pth: 7 classes × \(d / 2) inputs, unlike probe_at_layer_0.pth (7 × \(d))"), "\(narrow.stderr)")
+
         // Probes trained on another model with the same shapes: a warning, not an error.
         let twin = dir + "/twin"
         #expect(try CLI.run(["synth", "--preset", "tiny", "--seed", "7", "--out", twin, "--dtype", "f16"]).status == 0)

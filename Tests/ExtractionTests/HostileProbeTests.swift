@@ -154,3 +154,35 @@ import Testing
         #expect(after.ru_maxrss - before.ru_maxrss < 300_000, "peak RSS grew by \(after.ru_maxrss - before.ru_maxrss) KiB")
     }
 }
+
+/// Extraction's resume and lock, on a real (tiny) model run.
+@Suite struct ExtractResumeTests {
+    @Test("extract rerun after a listed shard was deleted: redone and said so; a second run on the worker fails naming the holder")
+    func resumeAndLock() throws {
+        let dir = tempDir()
+        writeFile(dir + "/d.csv", demoCSV(rows: 20))
+        var cfg = ExtractionConfig(modelPath: ExtractionTests.model, dataPath: dir + "/d.csv", outDir: dir + "/out")
+        cfg.rowsPerShard = 7
+        cfg.threads = 1
+        _ = try Extractor.run(cfg)
+        let shard1 = dir + "/out/" + Shard.fileName(worker: 0, index: 1)
+        try FileManager.default.removeItem(atPath: shard1)
+        var log: [String] = []
+        let s = try Extractor.run(cfg, log: { log.append($0) })
+        #expect(log.contains("warning: \(shard1) does not exist: redoing rows from 7 (2 shards dropped from the manifest)"), "\(log)")
+        #expect(s.rows == 13 && s.rowsAlreadyDone == 7)
+        let v = try ShardVerification.run(directory: dir + "/out")
+        #expect(v.isComplete && v.rows == 20, "\(v.problems)")
+
+        // Another process holds worker 0's lock (simulated by a second open file description in this one).
+        let held = try ShardWriter.lock(directory: dir + "/out", worker: 0)
+        do {
+            _ = try Extractor.run(cfg)
+            Issue.record("a second run on the same worker and directory was not refused")
+        } catch {
+            #expect(error.localizedDescription == "\(dir)/out/.lock-00000: another run writing worker 0's shards into \(dir)/out is already running in process \(getpid()) (it holds this lock); wait for it or stop it")
+        }
+        held.release()
+        try? FileManager.default.removeItem(atPath: dir)
+    }
+}
