@@ -71,6 +71,9 @@ public enum TorchCheckpoint {
         let prefix = String(pkl.dropLast("data.pkl".count))
         guard let pickle = entries[pkl] else { throw CheckpointError(file: name, reason: "no */data.pkl record") }
         let refs = try Pickle.readStateDict(pickle, name: name)
+        // Tensors may share a storage (tied weights), but together they may not read more than twice the
+        // file's bytes: thousands of references to one large storage are a memory bomb, not a state_dict.
+        var floats = 0
         return try refs.map { r in
             func fail(_ reason: String) -> CheckpointError { CheckpointError(file: name, reason: "tensor '\(r.name)': \(reason)") }
             guard let storage = entries[prefix + "data/" + r.key] else { throw fail("storage record data/\(r.key) is missing") }
@@ -91,6 +94,10 @@ public enum TorchCheckpoint {
                 throw fail("shape \(r.shape) at storage offset \(r.offset) needs \(count) floats, the storage data/\(r.key) holds \(available)")
             }
             guard r.stride == expectedStride else { throw fail("strides \(r.stride) are not contiguous \(expectedStride)") }
+            floats += count
+            guard floats <= bytes.count / 2 else {
+                throw fail("the tensors so far hold \(floats) floats, more than twice the \(bytes.count) bytes of the file (storages referenced again and again)")
+            }
             let values = storage.withUnsafeBytes { p in
                 (0..<count).map { Float(bitPattern: p.loadUnaligned(fromByteOffset: 4 * (r.offset + $0), as: UInt32.self).littleEndian) }
             }
@@ -273,6 +280,8 @@ enum Pickle {
     /// as values are built: a 100,000-deep pickle is refused at depth 64, before a deeply nested value could
     /// overflow the stack when it is released.
     static let maxDepth = 64
+    /// Container items copied while building values, at most (a state_dict needs a few per tensor).
+    static let maxCopies = 1 << 24
 
     static func readStateDict<B: RandomAccessCollection>(_ bytes: B, name: String) throws -> [TensorRef] where B.Element == UInt8, B.Index == Int {
         let b = Array(bytes)
@@ -305,11 +314,19 @@ enum Pickle {
             guard case .tuple(let t) = v else { throw fail("expected a tuple of ints") }
             return try t.map { if case .int(let i) = $0 { return i }; throw fail("expected an int") }
         }
+        // Adding to a container copies it (values are immutable): the copies are counted and bounded, so
+        // millions of one-item APPENDS cannot take quadratic time.
+        var copies = 0
+        func spend(_ n: Int) throws {
+            copies += n
+            guard copies <= maxCopies else { throw fail("more than \(maxCopies) container items built: not a state_dict") }
+        }
         func setItems(_ target: Value, _ kv: [Value]) throws -> Value {
             guard case .dict(var d) = target else {
-                if case .object(let n, var items) = target { items += kv; return .object(n, items) }
+                if case .object(let n, var items) = target { try spend(items.count + kv.count); items += kv; return .object(n, items) }
                 throw fail("SETITEMS on a non-dict")
             }
+            try spend(d.count + kv.count)
             var i = 0
             while i + 1 < kv.count { d.append((kv[i], kv[i + 1])); i += 2 }
             return .dict(d)
@@ -364,6 +381,7 @@ enum Pickle {
             case 0x65:                                                     // APPENDS
                 let (items, d) = try popMark(), (l, dl) = try pop()
                 guard case .list(let list) = l else { throw fail("APPENDS on a non-list") }
+                try spend(list.count + items.count)
                 try push(.list(list + items), max(dl, d + 1))
             case 0x62: _ = try pop()                                       // BUILD: state ignored (_metadata)
             case 0x52:                                                     // REDUCE

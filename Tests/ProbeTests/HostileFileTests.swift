@@ -372,6 +372,23 @@ extension HostileFileTests {
             _ = try TorchCheckpoint.decode(Zip.stored([("archive/data.pkl", [0x80, 0x02, 0x68, 0x07, 0x2E])], alignment: 64), name: "m.pth")
         }
 
+        // Many tensors reading one storage: bounded by the file's size, not multiplied.
+        let ts = (0..<3).map { TorchTensor(name: "t\($0)", shape: [4096], values: [Float](repeating: 1, count: 4096)) }
+        var shared = Pickle.stateDict(ts, modules: [])
+        for k in ["1", "2"] { shared = Self.replacing(shared, [0x58, 1, 0, 0, 0] + Array(k.utf8), [0x58, 1, 0, 0, 0, 0x30]) }
+        let sharedZip = Zip.stored([("archive/data.pkl", shared), ("archive/data/0", ts[0].values.withUnsafeBytes { Array($0) })], alignment: 64)
+        Self.expectError(["s.pth: tensor 't2': the tensors so far hold 12288 floats, more than twice the", "storages referenced again and again"]) {
+            _ = try TorchCheckpoint.decode(sharedZip, name: "s.pth")
+        }
+        // 200,000 one-item APPENDS: quadratic copying, stopped by the copy budget.
+        var appends: [UInt8] = [0x80, 0x02, 0x5D]
+        for _ in 0..<200_000 { appends += [0x28, 0x4B, 0x00, 0x65] }
+        let t0 = Date()
+        Self.expectError(["a.pth: data.pkl: more than 16777216 container items built: not a state_dict"]) {
+            _ = try TorchCheckpoint.decode(Zip.stored([("archive/data.pkl", appends + [0x2E])], alignment: 64), name: "a.pth")
+        }
+        #expect(Date().timeIntervalSince(t0) < 5)
+
         // A central directory entry whose size runs past the end of the file.
         var b = Self.checkpoint { $0 }
         let cd = (0..<(b.count - 4)).first { b[$0] == 0x50 && b[$0 + 1] == 0x4B && b[$0 + 2] == 0x01 && b[$0 + 3] == 0x02 }!
