@@ -451,6 +451,8 @@ func ggufTemp(_ name: String) -> String {
             ("n_dims 0", Raw.file(infos: [Raw.info("t", [], f32, 0)], data: 64), "n_dims 0", "t", nil),
             ("zero dim", Raw.file(infos: [Raw.info("t", [8, 0], f32, 0)], data: 64), "dimension 0 is invalid", "t", nil),
             ("dims overflow", Raw.file(infos: [Raw.info("t", [1 << 40, 1 << 40], f32, 0)], data: 64), "overflow", "t", nil),
+            ("ne[0] = 2^62: byte size wraps", Raw.file(infos: [Raw.info("t", [1 << 62], f32, 0)], data: 64), "F32 dims [4611686018427387904]: the byte size overflows", "t", nil),
+            ("Q8_0 ne[0] = 2^62 × 4", Raw.file(infos: [Raw.info("t", [1 << 62, 4], q8, 0)], data: 64), "Q8_0 dims [4611686018427387904, 4]: the element or byte count overflows", "t", nil),
             ("dim above Int.max", Raw.file(infos: [Raw.info("t", [UInt64.max], f32, 0)], data: 64), "invalid", "t", nil),
             ("duplicate names", Raw.file(infos: [okInfo, Raw.info("t", [8], f32, 64)], data: 128), "duplicate tensor name", "t", nil),
             ("overlap", Raw.file(infos: [Raw.info("a", [16], f32, 0), Raw.info("b", [8], f32, 32)], data: 128), "overlaps tensor 'a'", "b", nil),
