@@ -283,6 +283,10 @@ public final class GGUFFile: @unchecked Sendable {
     public static let alignmentKey = "general.alignment"
     /// Arrays nested deeper than this are refused (a crafted file could otherwise recurse without bound).
     public static let maxArrayDepth = 8
+    /// At most this many metadata values (array elements included) are read: each takes ~24 bytes in memory
+    /// for as little as 1 byte in the file, so without a cap a crafted file could make the metadata ~24 times
+    /// its size. Real files hold a few hundred thousand (the vocabulary and merges).
+    public static let maxMetadataValues = 1 << 24
 
     public let path: String
     public let file: MappedFile
@@ -516,6 +520,8 @@ private struct Reader {
     var pos = 0
     var key: String?
     var tensor: String?
+    /// Metadata values read so far (bounded by GGUFFile.maxMetadataValues).
+    var values = 0
 
     func fail(_ reason: String) -> GGUFError { GGUFError(file: path, tensor: tensor, key: key, reason: reason) }
 
@@ -575,6 +581,10 @@ private struct Reader {
             guard count <= room / UInt64(element.minimumEncodedSize) else {
                 throw fail("array length \(count) of \(element.name) runs past the end of the file (\(room) bytes left at offset \(pos))")
             }
+            guard count <= UInt64(GGUFFile.maxMetadataValues - values) else {
+                throw fail("array length \(count): the metadata would hold more than \(GGUFFile.maxMetadataValues) values")
+            }
+            values += Int(count)
             var values: [GGUFValue] = []
             values.reserveCapacity(Int(count))
             for _ in 0..<Int(count) { values.append(try value(element, depth: depth + 1)) }

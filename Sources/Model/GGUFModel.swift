@@ -31,9 +31,6 @@ public enum GGUFModel {
         // Before anything is derived from it (the head dimension d / heads).
         guard heads > 0 else { throw fail("llama.attention.head_count", "must be positive, got 0") }
         let headDim = try g.uintIfPresent("llama.attention.key_length") ?? d / heads
-        if let rot = try g.uintIfPresent("llama.rope.dimension_count"), rot != headDim {
-            throw fail("llama.rope.dimension_count", "partial rotary embeddings (\(rot) of \(headDim) dimensions) are not supported")
-        }
         let layers = try g.uint("llama.block_count")
         // Before the list of expected tensors is built: a crafted count must not make it grow without bound.
         let present = layersPresent(g.tensorNames, prefix: "blk.")
@@ -53,6 +50,13 @@ public enum GGUFModel {
         c.ropeScaling = try ropeScaling(g)
         do { try c.validate(file: g.path, name: { keyNames[$0] ?? $0 }) } catch let e as ConfigError {
             throw GGUFError(file: g.path, key: e.key, reason: e.reason)
+        }
+        // After the sizes are known to be valid (a bad head count is not blamed on this key).
+        if let rot = try g.uintIfPresent("llama.rope.dimension_count"), rot != c.headDimension {
+            throw fail("llama.rope.dimension_count", "partial rotary embeddings (\(rot) of \(c.headDimension) dimensions) are not supported")
+        }
+        if let v = try g.uintIfPresent("llama.attention.value_length"), v != c.headDimension {
+            throw fail("llama.attention.value_length", "\(v) differs from the key head size \(c.headDimension): not supported")
         }
         return c
     }

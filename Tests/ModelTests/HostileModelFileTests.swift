@@ -273,6 +273,8 @@ import Testing
         let g2 = try editGGUF { set(&$0, "llama.attention.layer_norm_rms_epsilon", .float64(1e-50)) }
         #expect(message { _ = try LoadedModel.load(path: g2, threads: 1) }
                 == "\(g2): key 'llama.attention.layer_norm_rms_epsilon': 1e-50 cannot be represented as a float32 (it becomes 0.0)")
+        let g4 = try editGGUF { set(&$0, "llama.embedding_length", .uint32(0)) }
+        #expect(message { _ = try LoadedModel.load(path: g4, threads: 1) } == "\(g4): key 'llama.embedding_length': must be positive, got 0")
         let g3 = try editGGUF { set(&$0, "llama.context_length", .uint32(0)) }
         #expect(message { _ = try LoadedModel.load(path: g3, threads: 1) } == "\(g3): key 'llama.context_length': must be positive, got 0")
     }

@@ -426,6 +426,8 @@ func ggufTemp(_ name: String) -> String {
             ("absurd string value", Raw.file(kvs: [Raw.kv("k", 8) { $0.u64(absurd) }]), "string length", nil, "k"),
             ("absurd array", Raw.file(kvs: [Raw.kv("arr", 9) { $0.u32(8); $0.u64(absurd) }]), "array length 1152921504606846976", nil, "arr"),
             ("absurd u8 array", Raw.file(kvs: [Raw.kv("arr", 9) { $0.u32(0); $0.u64(1000) }]), "array length 1000", nil, "arr"),
+            ("too many metadata values", Raw.file(kvs: [Raw.kv("arr", 9) { $0.u32(0); $0.u64(1 << 24 + 1); $0.b += [UInt8](repeating: 0, count: 1 << 24 + 1) }]),
+             "array length 16777217: the metadata would hold more than 16777216 values", nil, "arr"),
             ("unknown value type", Raw.file(kvs: [Raw.kv("k", 13) { $0.u32(0) }]), "unknown value type 13", nil, "k"),
             ("unknown element type", Raw.file(kvs: [Raw.kv("k", 9) { $0.u32(77); $0.u64(1) }]), "unknown array element type 77", nil, "k"),
             ("bad UTF-8 key", Raw.file(kvs: [{ var r = Raw(); r.u64(2); r.b += [0xC3, 0x28]; r.u32(7); r.u8(1); return r.b }()]),
