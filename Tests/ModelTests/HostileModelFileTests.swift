@@ -96,6 +96,35 @@ import Testing
         }
     }
 
+    @Test("every size key with 0, -1, 2^62 and Int.max (config.json) or 0, 2^62, 2^64-1 (GGUF): an error naming that key")
+    func sizeSweep() throws {
+        for key in ["hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads",
+                    "head_dim", "vocab_size", "max_position_embeddings"] {
+            for value in [0, -1, 1 << 62, Int.max] {
+                let path = try configFile { $0[key] = value }
+                do {
+                    _ = try LlamaConfig.load(path: path)
+                    Issue.record("\(key) = \(value) accepted")
+                } catch let e as ConfigError {
+                    #expect(e.key == key, "\(key) = \(value): \(e.localizedDescription)")
+                }
+            }
+        }
+        for key in ["llama.embedding_length", "llama.feed_forward_length", "llama.block_count", "llama.attention.head_count",
+                    "llama.attention.head_count_kv", "llama.attention.key_length", "llama.context_length"] {
+            for value in [UInt64(0), 1 << 62, .max] {
+                let g = try editGGUF { set(&$0, key, .uint64(value)) }
+                do {
+                    _ = try LoadedModel.load(path: g, threads: 1)
+                    Issue.record("\(key) = \(value) accepted")
+                } catch let e as GGUFError {
+                    // key_length 0 is a head dimension of 0: named by the key it comes from.
+                    #expect(e.key == key, "\(key) = \(value): \(e.localizedDescription)")
+                }
+            }
+        }
+    }
+
     // MARK: Row 2: zero heads is the "must be positive" error, not SIGFPE
 
     @Test("num_attention_heads 0 / llama.attention.head_count 0 give 'must be positive'")
