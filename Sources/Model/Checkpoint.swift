@@ -78,7 +78,7 @@ public final class HFCheckpoint: @unchecked Sendable {
         !name.isEmpty && !name.contains("/") && name != "." && name != ".." && !name.contains("\0")
     }
 
-    static func readIndex(_ path: String) throws -> [String: String] {
+    public static func readIndex(_ path: String) throws -> [String: String] {
         let data = try Files.readData(path, limit: 256 << 20)
         guard let obj = try? JSONSerialization.jsonObject(with: data) as? [String: Any],
               let map = obj["weight_map"] as? [String: String] else {

@@ -326,6 +326,16 @@ import Testing
         try FileManager.default.createDirectory(atPath: dir3 + "/model.safetensors", withIntermediateDirectories: false)
         #expect(message { _ = try HFCheckpoint(directory: dir3) } == "\(dir3)/model.safetensors: is a directory, not a regular file")
 
+        // A FIFO where a file is expected: refused at once (opening it must not block).
+        let dir4 = try copyModel()
+        try FileManager.default.removeItem(atPath: dir4 + "/config.json")
+        #expect(mkfifo(dir4 + "/config.json", 0o644) == 0)
+        #expect(message { _ = try HFCheckpoint(directory: dir4) } == "\(dir4)/config.json: is a FIFO (named pipe), not a regular file")
+        let fifo = temporaryDirectory() + "/model.gguf"
+        #expect(mkfifo(fifo, 0o644) == 0)
+        #expect(message { _ = try LoadedModel.load(path: fifo, threads: 1) } == "\(fifo): is a FIFO (named pipe), not a regular file")
+        #expect(message { _ = try Tokenizer(path: fifo) } == "\(fifo): is a FIFO (named pipe), not a regular file")
+
         let typo = dir + "-typo"
         #expect(message { _ = try LoadedModel.tokenizer(forModel: typo) }
                 == "\(typo): does not exist (expected a Hugging Face checkpoint directory or a .gguf file)")
@@ -347,6 +357,24 @@ import Testing
         #expect(message { _ = try m.model.capture([1, 5, 6], CaptureOptions()) }
                 == "the embedding row of token id 1 (position 0) is not finite (NaN/Inf): the token embedding table (token_embd.weight / model.embed_tokens.weight) is damaged")
         _ = try m.model.capture([5, 6], CaptureOptions())   // other rows are fine
+    }
+
+    @Test("100,000-deep JSON in config.json, a safetensors header and the index: an error, no stack overflow")
+    func deepJSON() throws {
+        let deep = String(repeating: "[", count: 100_000) + String(repeating: "]", count: 100_000)
+        let dir = try copyModel("mha-f32")
+        try Data(#"{"hidden_size": \#(deep)}"#.utf8).write(to: URL(fileURLWithPath: dir + "/config.json"))
+        #expect(message { _ = try LlamaConfig.load(path: dir + "/config.json") }.hasPrefix(dir + "/config.json: "))
+        try Data(#"{"weight_map": \#(deep)}"#.utf8).write(to: URL(fileURLWithPath: dir + "/model.safetensors.index.json"))
+        #expect(message { _ = try HFCheckpoint.readIndex(dir + "/model.safetensors.index.json") }
+                == "\(dir)/model.safetensors.index.json: not a safetensors index: expected {\"weight_map\": {tensor: file}}")
+        let header = #"{"t": \#(deep)}"#
+        var bytes = [UInt8]()
+        withUnsafeBytes(of: UInt64(header.utf8.count).littleEndian) { bytes += $0 }
+        bytes += Array(header.utf8)
+        let path = dir + "/deep.safetensors"
+        try Data(bytes).write(to: URL(fileURLWithPath: path))
+        #expect(message { _ = try SafeTensorsFile(path: path) }.hasPrefix(path + ": "))
     }
 
     // MARK: Row 7: the safetensors index
