@@ -105,13 +105,15 @@ public enum GGUFValue: Equatable, Sendable, CustomStringConvertible {
     /// An array of strings.
     public var stringArray: [String]? {
         guard case .array(.string, let v) = self else { return nil }
-        return v.map { $0.string! }
+        let s = v.compactMap(\.string)
+        return s.count == v.count ? s : nil
     }
 
     /// An array of float32 or float64.
     public var floatArray: [Float]? {
         guard case .array(let t, let v) = self, t == .float32 || t == .float64 else { return nil }
-        return v.map { $0.float! }
+        let f = v.compactMap(\.float)
+        return f.count == v.count ? f : nil
     }
 
     /// An array of any integer type whose values all fit in `Int`.
@@ -281,6 +283,10 @@ public final class GGUFFile: @unchecked Sendable {
     public static let alignmentKey = "general.alignment"
     /// Arrays nested deeper than this are refused (a crafted file could otherwise recurse without bound).
     public static let maxArrayDepth = 8
+    /// At most this many metadata values (array elements included) are read: each takes ~24 bytes in memory
+    /// for as little as 1 byte in the file, so without a cap a crafted file could make the metadata ~24 times
+    /// its size. Real files hold a few hundred thousand (the vocabulary and merges).
+    public static let maxMetadataValues = 1 << 24
 
     public let path: String
     public let file: MappedFile
@@ -384,13 +390,15 @@ public final class GGUFFile: @unchecked Sendable {
             guard dims[0] % type.blockSize == 0 else {
                 throw r.fail("row length \(dims[0]) is not a multiple of the \(type.name) block size \(type.blockSize)")
             }
+            // Checked: a crafted ne[0] of 2^62 must not wrap the byte count to a size that "fits".
             var elements = 1
-            var bytes = dims[0] / type.blockSize * type.bytesPerBlock
+            var (bytes, o0) = (dims[0] / type.blockSize).multipliedReportingOverflow(by: type.bytesPerBlock)
+            guard !o0 else { throw r.fail("\(type.name) dims \(dims): the byte size overflows (more than \(Int.max) bytes)") }
             for (k, d) in dims.enumerated() {
                 let (e, o1) = elements.multipliedReportingOverflow(by: d)
                 var o2 = false
                 if k > 0 { (bytes, o2) = bytes.multipliedReportingOverflow(by: d) }
-                guard !o1, !o2 else { throw r.fail("dims \(dims) overflow") }
+                guard !o1, !o2 else { throw r.fail("\(type.name) dims \(dims): the element or byte count overflows (more than \(Int.max))") }
                 elements = e
             }
             let offset = try r.u64("the data offset")
@@ -455,7 +463,7 @@ public final class GGUFFile: @unchecked Sendable {
         let t = try info(name)
         let q = try quantType(t)
         return [Float](unsafeUninitializedCapacity: t.elementCount) { buf, n in
-            q.toFloat(data(t), buf.baseAddress!, t.elementCount)
+            if let out = buf.baseAddress { q.toFloat(data(t), out, t.elementCount) }
             n = t.elementCount
         }
     }
@@ -487,6 +495,9 @@ public final class GGUFFile: @unchecked Sendable {
     /// A float32 or float64.
     public func float(_ key: String) throws -> Float { try required(key, "a float", \.float) }
     public func floatIfPresent(_ key: String) throws -> Float? { try typed(key, "a float", \.float) }
+    /// A float32 or float64 without rounding to Float.
+    public func double(_ key: String) throws -> Double { try required(key, "a float", \.double) }
+    public func doubleIfPresent(_ key: String) throws -> Double? { try typed(key, "a float", \.double) }
     public func bool(_ key: String) throws -> Bool { try required(key, "a bool", \.bool) }
     public func boolIfPresent(_ key: String) throws -> Bool? { try typed(key, "a bool", \.bool) }
     public func string(_ key: String) throws -> String { try required(key, "a string", \.string) }
@@ -509,6 +520,8 @@ private struct Reader {
     var pos = 0
     var key: String?
     var tensor: String?
+    /// Metadata values read so far (bounded by GGUFFile.maxMetadataValues).
+    var values = 0
 
     func fail(_ reason: String) -> GGUFError { GGUFError(file: path, tensor: tensor, key: key, reason: reason) }
 
@@ -568,6 +581,10 @@ private struct Reader {
             guard count <= room / UInt64(element.minimumEncodedSize) else {
                 throw fail("array length \(count) of \(element.name) runs past the end of the file (\(room) bytes left at offset \(pos))")
             }
+            guard count <= UInt64(GGUFFile.maxMetadataValues - values) else {
+                throw fail("array length \(count): the metadata would hold more than \(GGUFFile.maxMetadataValues) values")
+            }
+            values += Int(count)
             var values: [GGUFValue] = []
             values.reserveCapacity(Int(count))
             for _ in 0..<Int(count) { values.append(try value(element, depth: depth + 1)) }
@@ -651,8 +668,9 @@ public final class GGUFWriter {
                 guard !o else { throw bad("shape \(s.shape) overflows") }
                 e = p
             }
-            guard s.shape.last! % s.type.blockSize == 0 else {
-                throw bad("row length \(s.shape.last!) is not a multiple of the \(s.type.name) block size \(s.type.blockSize)")
+            let row = s.shape[s.shape.count - 1]
+            guard row % s.type.blockSize == 0 else {
+                throw bad("row length \(row) is not a multiple of the \(s.type.name) block size \(s.type.blockSize)")
             }
         }
         specs = tensors

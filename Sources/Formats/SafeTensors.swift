@@ -154,8 +154,11 @@ public final class SafeTensorsFile: @unchecked Sendable {
                 elements = p
             }
             let (bytes, overflow) = elements.multipliedReportingOverflow(by: dtype.elementSize)
-            guard !overflow, bytes == end - begin else {
-                throw fail("\(dtypeName) \(shape) needs \(elements * dtype.elementSize) bytes but data_offsets span \(end - begin)", name)
+            guard !overflow else {
+                throw fail("\(dtypeName) \(shape) needs more than \(Int.max) bytes (the size overflows)", name)
+            }
+            guard bytes == end - begin else {
+                throw fail("\(dtypeName) \(shape) needs \(bytes) bytes but data_offsets span \(end - begin)", name)
             }
             infos[name] = TensorInfo(name: name, dtype: dtype, shape: shape, fileOffset: dataStart + begin,
                                      byteCount: bytes)
@@ -186,7 +189,7 @@ public final class SafeTensorsFile: @unchecked Sendable {
             throw SafeTensorsError(file: path, tensor: name, reason: "dtype \(t.dtype.rawValue) is not a float type")
         }
         return [Float](unsafeUninitializedCapacity: t.elementCount) { buf, n in
-            q.toFloat(data(t), buf.baseAddress!, t.elementCount)
+            if let out = buf.baseAddress { q.toFloat(data(t), out, t.elementCount) }
             n = t.elementCount
         }
     }
@@ -241,7 +244,7 @@ public final class SafeTensorsWriter {
     static func header(_ specs: [Spec], metadata: [String: String]) -> String {
         var parts: [String] = []
         if !metadata.isEmpty {
-            let m = metadata.keys.sorted().map { "\(jsonString($0)):\(jsonString(metadata[$0]!))" }
+            let m = metadata.sorted { $0.key < $1.key }.map { "\(jsonString($0.key)):\(jsonString($0.value))" }
             parts.append("\"__metadata__\":{\(m.joined(separator: ","))}")
         }
         var offset = 0

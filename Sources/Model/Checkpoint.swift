@@ -12,58 +12,74 @@ public final class HFCheckpoint: @unchecked Sendable {
 
     public init(directory: String) throws {
         self.directory = directory
-        var isDir: ObjCBool = false
-        guard FileManager.default.fileExists(atPath: directory, isDirectory: &isDir) else {
-            throw FileError(path: directory, reason: "no such file or directory")
-        }
-        guard isDir.boolValue else {
+        guard Self.exists(directory) else { throw FileError(path: directory, reason: "does not exist") }
+        guard Files.isDirectory(directory) else {
             throw FileError(path: directory, reason: "expected a Hugging Face checkpoint directory (config.json + *.safetensors)")
         }
         let configPath = directory + "/config.json"
-        guard FileManager.default.fileExists(atPath: configPath) else {
+        guard Self.exists(configPath) else {
             throw FileError(path: configPath, reason: "missing: a Hugging Face checkpoint directory needs config.json")
         }
         config = try LlamaConfig.load(path: configPath)
 
-        let indexPath = directory + "/model.safetensors.index.json"
+        let indexPath = directory + "/" + Self.indexName
         let singlePath = directory + "/model.safetensors"
         var opened: [String: SafeTensorsFile] = [:]
-        if FileManager.default.fileExists(atPath: indexPath) {
+        if Self.exists(indexPath) {
             let map = try Self.readIndex(indexPath)
             for fileName in Set(map.values).sorted() {
-                guard !fileName.contains("/") else {
-                    throw FileError(path: indexPath, reason: "weight_map names a file outside the directory: \(fileName)")
+                guard Self.isPlainFileName(fileName) else {
+                    throw FileError(path: indexPath, reason: "weight_map names '\(fileName)', not a file of this directory (a plain file name is expected)")
                 }
-                opened[fileName] = try SafeTensorsFile(path: directory + "/" + fileName)
+                let shard = directory + "/" + fileName
+                guard Self.exists(shard) else {
+                    throw FileError(path: shard, reason: "does not exist (listed in \(Self.indexName))")
+                }
+                opened[fileName] = try SafeTensorsFile(path: shard)
             }
-            for (name, fileName) in map {
-                let f = opened[fileName]!
+            for (name, fileName) in map.sorted(by: { $0.key < $1.key }) {
+                guard let f = opened[fileName] else { continue }   // every value was opened above
                 guard let info = f.tensors[name] else {
                     throw SafeTensorsError(file: f.path, tensor: name,
-                                           reason: "listed in model.safetensors.index.json but not in this shard")
+                                           reason: "listed in \(Self.indexName) but not in this shard")
                 }
                 location[name] = (f, info)
             }
-        } else if FileManager.default.fileExists(atPath: singlePath) {
+        } else if Self.exists(singlePath) {
             let f = try SafeTensorsFile(path: singlePath)
             opened["model.safetensors"] = f
             for (name, info) in f.tensors { location[name] = (f, info) }
         } else {
-            let hasBin = FileManager.default.fileExists(atPath: directory + "/pytorch_model.bin")
-                || FileManager.default.fileExists(atPath: directory + "/pytorch_model.bin.index.json")
+            let hasBin = Self.exists(directory + "/pytorch_model.bin") || Self.exists(directory + "/pytorch_model.bin.index.json")
             throw FileError(path: directory, reason: hasBin
                 ? "only PyTorch .bin weights found; save the model with safe_serialization=True (safetensors)"
-                : "no model.safetensors or model.safetensors.index.json")
+                : "no model.safetensors or \(Self.indexName)")
         }
-        files = opened.keys.sorted().map { opened[$0]! }
+        files = opened.sorted { $0.key < $1.key }.map(\.value)
+        // Before the list of expected tensors is built: a layer count must not exceed what the files hold.
+        let present = layersPresent(location.keys, prefix: "model.layers.")
+        guard config.numHiddenLayers <= present else {
+            throw ConfigError(file: configPath, key: "num_hidden_layers",
+                              reason: "is \(config.numHiddenLayers) but the checkpoint holds tensors of only \(present) layers (model.layers.N.*)")
+        }
         try validateTensors()
     }
 
-    static func readIndex(_ path: String) throws -> [String: String] {
-        let data: Data
-        do { data = try Data(contentsOf: URL(fileURLWithPath: path)) } catch {
-            throw FileError(path: path, reason: "cannot read: \(error.localizedDescription)")
-        }
+    static let indexName = "model.safetensors.index.json"
+
+    /// True when something is at `path` (a dangling link or a link loop counts: opening it then says what is wrong).
+    static func exists(_ path: String) -> Bool {
+        var st = stat()
+        return lstat(path, &st) == 0
+    }
+
+    /// A name of a file directly inside the directory: not empty, no '/', not '.' or '..'.
+    static func isPlainFileName(_ name: String) -> Bool {
+        !name.isEmpty && !name.contains("/") && name != "." && name != ".." && !name.contains("\0")
+    }
+
+    public static func readIndex(_ path: String) throws -> [String: String] {
+        let data = try Files.readData(path, limit: 256 << 20)
         guard let obj = try? JSONSerialization.jsonObject(with: data) as? [String: Any],
               let map = obj["weight_map"] as? [String: String] else {
             throw FileError(path: path, reason: "not a safetensors index: expected {\"weight_map\": {tensor: file}}")
@@ -131,8 +147,10 @@ public final class HFCheckpoint: @unchecked Sendable {
             if info.dtype == .f32 && Int(bitPattern: src) % 4 == 0 {
                 m = Matrix(pointer: src.assumingMemoryBound(to: Float.self), rows: rows, cols: cols, owner: file)
             } else {
+                guard let q = info.dtype.quantType else {
+                    throw SafeTensorsError(file: file.path, tensor: name, reason: "dtype \(info.dtype.rawValue) is not a float type")
+                }
                 let buf = FloatBuffer(count: rows * cols)
-                let q = info.dtype.quantType!
                 pool.parallelRanges(rows, chunksPerThread: 4) { r in
                     q.toFloat(src + r.lowerBound * cols * info.dtype.elementSize,
                               buf.pointer + r.lowerBound * cols, r.count * cols)
@@ -167,6 +185,15 @@ public final class HFCheckpoint: @unchecked Sendable {
         return LlamaWeights(config: c, embedding: EmbeddingTable(embedding), layers: layers, finalNorm: finalNorm, head: head,
                             ropeLayout: .rotateHalf)
     }
+}
+
+/// How many distinct layer numbers N the tensor names `PREFIX N.…` hold.
+func layersPresent<S: Sequence>(_ names: S, prefix: String) -> Int where S.Element == String {
+    var present = Set<Int>()
+    for n in names where n.hasPrefix(prefix) {
+        if let i = Int(n.dropFirst(prefix.count).prefix(while: { $0 != "." })), i >= 0 { present.insert(i) }
+    }
+    return present.count
 }
 
 /// Throws when a weight holds NaN or ±Inf, naming the tensor and the first bad element.

@@ -1,4 +1,5 @@
 import Foundation
+import Formats
 
 public struct ConfigError: LocalizedError, Equatable {
     public let file: String
@@ -147,29 +148,90 @@ public struct LlamaConfig: Codable, Equatable, Sendable {
     public var epsF32: Float { Float(rmsNormEps) }
 
     public static func load(path: String) throws -> LlamaConfig {
-        let data: Data
-        do { data = try Data(contentsOf: URL(fileURLWithPath: path)) } catch {
-            throw ConfigError(file: path, reason: "cannot read: \(error.localizedDescription)")
-        }
+        let data = try Files.readData(path, limit: 16 << 20)
         let config: LlamaConfig
         do { config = try JSONDecoder().decode(LlamaConfig.self, from: data) } catch let DecodingError.keyNotFound(key, _) {
             throw ConfigError(file: path, key: key.stringValue, reason: "required key is missing")
         } catch let DecodingError.typeMismatch(_, ctx) {
-            throw ConfigError(file: path, key: ctx.codingPath.map(\.stringValue).joined(separator: "."),
-                              reason: "has the wrong type (\(ctx.debugDescription))")
+            throw badValue(path, data, ctx)
         } catch let DecodingError.valueNotFound(_, ctx) {
             throw ConfigError(file: path, key: ctx.codingPath.map(\.stringValue).joined(separator: "."),
                               reason: "is null")
+        } catch let DecodingError.dataCorrupted(ctx) where !ctx.codingPath.isEmpty {
+            throw badValue(path, data, ctx)   // e.g. 128.5 or 1e30 where an integer is expected
         } catch {
+            // Foundation's decoder reports a number that does not fit the type (128.5 or 1e30 for an integer)
+            // without the key: find it.
+            if let obj = try? JSONSerialization.jsonObject(with: data) as? [String: Any] {
+                for (key, value) in obj.sorted(by: { $0.key < $1.key }) where expectedType(key) == "an integer" {
+                    if let n = value as? NSNumber, Int(exactly: n.doubleValue) == nil || "\(n)".contains(".") {
+                        throw ConfigError(file: path, key: key, reason: "must be an integer, got \(n)")
+                    }
+                }
+            }
             throw ConfigError(file: path, reason: "not a valid config.json: \(error.localizedDescription)")
         }
         try config.validate(file: path)
         return config
     }
 
-    /// Refuses settings the forward pass does not implement, naming the key.
-    public func validate(file: String) throws {
-        func refuse(_ key: String, _ reason: String) -> ConfigError { ConfigError(file: file, key: key, reason: reason) }
+    /// What a key of config.json must hold (for messages about values of the wrong type).
+    static func expectedType(_ key: String) -> String {
+        switch key {
+        case "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads",
+             "head_dim", "vocab_size", "max_position_embeddings": return "an integer"
+        case "rms_norm_eps", "rope_theta": return "a number"
+        case "tie_word_embeddings", "attention_bias", "mlp_bias": return "true or false"
+        case "bos_token_id", "eos_token_id": return "an integer or a list of integers"
+        case "architectures": return "a list of strings"
+        case "rope_scaling": return "an object or null"
+        default: return "a string"
+        }
+    }
+
+    /// "'KEY': must be an integer, got 128.5": the key, what it must hold and the value found.
+    static func badValue(_ path: String, _ data: Data, _ ctx: DecodingError.Context) -> ConfigError {
+        let key = ctx.codingPath.map(\.stringValue).joined(separator: ".")
+        let top = ctx.codingPath.first?.stringValue ?? key
+        var found = ""
+        if let obj = try? JSONSerialization.jsonObject(with: data, options: [.fragmentsAllowed]) as? [String: Any],
+           let v = obj[top], let json = try? JSONSerialization.data(withJSONObject: [v], options: [.fragmentsAllowed]) {
+            found = ", got " + String(decoding: json.dropFirst().dropLast(), as: UTF8.self).prefix(80)
+        }
+        return ConfigError(file: path, key: key, reason: "must be \(expectedType(top))\(found)")
+    }
+
+    /// Upper bounds of the sizes in a config (far above any released LLaMA model; a crafted file cannot make
+    /// the loader build tensor lists or buffers of absurd sizes). Checked before anything is derived from them.
+    public static let limits: [(key: String, max: Int)] = [
+        ("hidden_size", 1 << 20), ("intermediate_size", 1 << 22), ("num_hidden_layers", 1 << 16),
+        ("num_attention_heads", 1 << 14), ("num_key_value_heads", 1 << 14), ("head_dim", 1 << 14),
+        ("vocab_size", 1 << 24), ("max_position_embeddings", Int(UInt32.max)),
+    ]
+
+    /// The factor of linear rope scaling (HF's `rope_scaling: {"rope_type": "linear", "factor": F}`, llama.cpp's
+    /// `rope.scaling.factor`): positions are divided by it (inv_freq / F). nil when there is no scaling.
+    /// Only meaningful after `validate` (which refuses every other kind of scaling).
+    public var linearRopeFactor: Double? {
+        guard case .object(let o)? = ropeScaling, Self.ropeScalingKind(o) == "linear",
+              case .number(let f)? = o["factor"], f != 1 else { return nil }
+        return f
+    }
+
+    static func ropeScalingKind(_ o: [String: JSONValue]) -> String? {
+        if case .string(let s)? = o["rope_type"] ?? o["type"] { return s }
+        return nil
+    }
+
+    /// `rope_scaling` for linear scaling by `factor` (nil for a factor of 1).
+    public static func linearRopeScaling(_ factor: Double) -> JSONValue? {
+        factor == 1 ? nil : .object(["rope_type": .string("linear"), "factor": .number(factor)])
+    }
+
+    /// Refuses settings the forward pass does not implement and values out of range, naming the key.
+    /// `name` maps config.json's key names to the caller's (GGUF metadata keys for a GGUF file).
+    public func validate(file: String, name: (String) -> String = { $0 }) throws {
+        func refuse(_ key: String, _ reason: String) -> ConfigError { ConfigError(file: file, key: name(key), reason: reason) }
         if let mt = modelType, mt != "llama" {
             throw refuse("model_type", "'\(mt)' is not supported: only LLaMA-architecture models ('llama') are")
         }
@@ -177,32 +239,56 @@ public struct LlamaConfig: Codable, Equatable, Sendable {
            !archs.contains(where: { $0 == "LlamaForCausalLM" || $0 == "LlamaModel" }) {
             throw refuse("architectures", "\(archs) is not supported: expected LlamaForCausalLM")
         }
-        if let rs = ropeScaling, rs != .null {
-            var isDefault = false
-            if case .object(let o) = rs {
-                let kind = o["rope_type"] ?? o["type"]
-                isDefault = kind == .string("default") && o.keys.allSatisfy { ["rope_type", "type", "rope_theta"].contains($0) }
-            }
-            if !isDefault { throw refuse("rope_scaling", "rope scaling is not supported (only none / default); got \(rs)") }
-        }
         if let act = hiddenAct, act != "silu" { throw refuse("hidden_act", "'\(act)' is not supported: expected silu") }
         if attentionBias == true { throw refuse("attention_bias", "attention biases are not supported") }
         if mlpBias == true { throw refuse("mlp_bias", "MLP biases are not supported") }
-        for (key, v) in [("hidden_size", hiddenSize), ("intermediate_size", intermediateSize),
-                         ("num_hidden_layers", numHiddenLayers), ("num_attention_heads", numAttentionHeads),
-                         ("num_key_value_heads", kvHeads), ("vocab_size", vocabSize),
-                         ("max_position_embeddings", maxPositionEmbeddings), ("head_dim", headDimension)] where v <= 0 {
-            throw refuse(key, "must be positive, got \(v)")
+        // Sizes first, before anything divides by or multiplies them.
+        let given: [String: Int?] = [
+            "hidden_size": hiddenSize, "intermediate_size": intermediateSize, "num_hidden_layers": numHiddenLayers,
+            "num_attention_heads": numAttentionHeads, "num_key_value_heads": numKeyValueHeads, "head_dim": headDim,
+            "vocab_size": vocabSize, "max_position_embeddings": maxPositionEmbeddings,
+        ]
+        for (key, limit) in Self.limits {
+            guard let v = given[key] ?? nil else { continue }
+            if v <= 0 { throw refuse(key, "must be positive, got \(v)") }
+            if v > limit { throw refuse(key, "\(v) is absurd: at most \(limit) is accepted") }
         }
         if headDim == nil && hiddenSize % numAttentionHeads != 0 {
-            throw refuse("num_attention_heads", "hidden_size \(hiddenSize) is not divisible by \(numAttentionHeads) heads")
+            throw refuse("num_attention_heads", "\(name("hidden_size")) \(hiddenSize) is not divisible by \(numAttentionHeads) heads")
         }
-        if numAttentionHeads % kvHeads != 0 {
+        if kvHeads > numAttentionHeads || numAttentionHeads % kvHeads != 0 {
             throw refuse("num_key_value_heads", "\(numAttentionHeads) attention heads are not a multiple of \(kvHeads) key/value heads")
         }
         if headDimension % 2 != 0 { throw refuse("head_dim", "rotary embeddings need an even head dimension, got \(headDimension)") }
-        if !(rmsNormEps > 0) || !rmsNormEps.isFinite { throw refuse("rms_norm_eps", "must be a positive number") }
-        if !(theta > 0) || !theta.isFinite { throw refuse("rope_theta", "must be a positive number") }
+        // The forward pass computes in float32: eps and theta must be positive and finite as float32 too
+        // (an eps below 1e-45 would round to 0).
+        func positiveFloat(_ key: String, _ v: Double) throws {
+            guard v > 0, v.isFinite else { throw refuse(key, "must be a positive number, got \(v)") }
+            let f = Float(v)
+            guard f > 0, f.isFinite else { throw refuse(key, "\(v) cannot be represented as a float32 (it becomes \(f))") }
+        }
+        try positiveFloat("rms_norm_eps", rmsNormEps)
+        try positiveFloat("rope_theta", theta)
+        if let rs = ropeScaling, rs != .null {
+            guard case .object(let o) = rs else {
+                throw refuse("rope_scaling", "must be an object such as {\"rope_type\": \"linear\", \"factor\": 2.0} or null")
+            }
+            switch Self.ropeScalingKind(o) {
+            case "default"?:
+                if let extra = o.keys.sorted().first(where: { !["rope_type", "type", "rope_theta"].contains($0) }) {
+                    throw refuse("rope_scaling", "'\(extra)' is not supported with the default rope type")
+                }
+            case "linear"?:
+                guard case .number(let f)? = o["factor"] else {
+                    throw refuse("rope_scaling", "linear scaling needs a numeric 'factor'")
+                }
+                try positiveFloat("rope_scaling", f)
+            case let kind?:
+                throw refuse("rope_scaling", "rope scaling type '\(kind)' is not supported (only 'linear' and 'default')")
+            case nil:
+                throw refuse("rope_scaling", "has no 'rope_type' (or 'type'): expected 'linear' or 'default'")
+            }
+        }
         if let d = storageDtype, !["float32", "float16", "bfloat16"].contains(d) {
             throw refuse(dtype != nil ? "dtype" : "torch_dtype", "'\(d)' is not supported: expected float32, float16 or bfloat16")
         }
@@ -210,7 +296,7 @@ public struct LlamaConfig: Codable, Equatable, Sendable {
 
     /// A short stable identity of the shapes and numerics (for output metadata).
     public var summary: String {
-        "layers=\(numHiddenLayers) d_model=\(hiddenSize) d_ff=\(intermediateSize) heads=\(numAttentionHeads) kv_heads=\(kvHeads) head_dim=\(headDimension) vocab=\(vocabSize) rope_theta=\(theta) eps=\(rmsNormEps) tied=\(tiedEmbeddings)"
+        "layers=\(numHiddenLayers) d_model=\(hiddenSize) d_ff=\(intermediateSize) heads=\(numAttentionHeads) kv_heads=\(kvHeads) head_dim=\(headDimension) vocab=\(vocabSize) rope_theta=\(theta)\(linearRopeFactor.map { " rope_linear=\($0)" } ?? "") eps=\(rmsNormEps) tied=\(tiedEmbeddings)"
     }
 
     public func jsonData() throws -> Data {

@@ -68,9 +68,16 @@ public final class RunState {
         cos = FloatBuffer(count: capacity * half)
         sin = FloatBuffer(count: capacity * half)
         logits = FloatBuffer(count: c.vocabSize)
-        // HF: inv_freq = 1 / theta ** (arange(0, dim, 2).float() / dim), in float32.
+        // HF: inv_freq = 1 / theta ** (arange(0, dim, 2).float() / dim), in float32; linear rope scaling
+        // divides it by the factor (HF's "linear" rope_type, llama.cpp's freq_scale = 1 / factor).
         let theta = Float(c.theta), dim = Float(c.headDimension)
-        invFreq = (0..<half).map { i in 1 / powf(theta, Float(2 * i) / dim) }
+        let unscaled = (0..<half).map { i in 1 / powf(theta, Float(2 * i) / dim) }
+        if let factor = c.linearRopeFactor {
+            let f = Float(factor)
+            invFreq = unscaled.map { $0 / f }
+        } else {
+            invFreq = unscaled
+        }
     }
 }
 
@@ -131,6 +138,11 @@ public final class LlamaModel {
                 throw ForwardError(reason: "token id \(id) at position \(t) is outside the model's vocabulary (vocab_size \(c.vocabSize))")
             }
             w.embedding.copyRow(Int(id), into: x + t * d)
+            // The embedding table of a GGUF file stays mapped and is not scanned on load: check the rows used,
+            // so a damaged table is named as such (not blamed on layer 0).
+            if ForwardOps.firstNonFinite(x + t * d, rows: 1, width: d) != nil {
+                throw ForwardError(reason: "the embedding row of token id \(id) (position \(t)) is not finite (NaN/Inf): the token embedding table (token_embd.weight / model.embed_tokens.weight) is damaged")
+            }
         }
         let allRows = 0..<T
         let lastRow = (T - 1)..<T

@@ -6,37 +6,84 @@ import Formats
 /// from the `token_embd` / `blk.N.*` / `output*` tensors. llama.cpp's converter stores Q and K in the
 /// interleaved rotary layout (Meta's original), so these weights run with `RopeLayout.interleaved`.
 public enum GGUFModel {
+    /// The GGUF metadata key of each config.json key (errors about a GGUF file name the GGUF key).
+    public static let keyNames: [String: String] = [
+        "hidden_size": "llama.embedding_length", "intermediate_size": "llama.feed_forward_length",
+        "num_hidden_layers": "llama.block_count", "num_attention_heads": "llama.attention.head_count",
+        "num_key_value_heads": "llama.attention.head_count_kv", "head_dim": "llama.attention.key_length",
+        "rms_norm_eps": "llama.attention.layer_norm_rms_epsilon", "rope_theta": "llama.rope.freq_base",
+        "vocab_size": "token_embd.weight rows", "max_position_embeddings": "llama.context_length",
+        "rope_scaling": "llama.rope.scaling.factor",
+    ]
+
     public static func config(_ g: GGUFFile) throws -> LlamaConfig {
+        func fail(_ key: String, _ reason: String) -> GGUFError { GGUFError(file: g.path, key: key, reason: reason) }
         let arch = try g.string("general.architecture")
         guard arch == "llama" else {
-            throw GGUFError(file: g.path, key: "general.architecture", reason: "'\(arch)' is not supported: only LLaMA-architecture models ('llama') are")
+            throw fail("general.architecture", "'\(arch)' is not supported: only LLaMA-architecture models ('llama') are")
         }
         let embd = try g.info("token_embd.weight")
         guard embd.shape.count == 2 else {
             throw GGUFError(file: g.path, tensor: embd.name, reason: "expected a matrix, found shape \(embd.shape)")
         }
-        if let scaling = try g.stringIfPresent("llama.rope.scaling.type"), scaling != "none" {
-            let factor = try g.floatIfPresent("llama.rope.scaling.factor") ?? 1
-            if factor != 1 { throw GGUFError(file: g.path, key: "llama.rope.scaling.type", reason: "rope scaling '\(scaling)' is not supported") }
-        }
         let d = try g.uint("llama.embedding_length")
         let heads = try g.uint("llama.attention.head_count")
-        let headDim = try g.uintIfPresent("llama.attention.key_length") ?? (heads > 0 ? d / heads : 0)
-        if let rot = try g.uintIfPresent("llama.rope.dimension_count"), rot != headDim {
-            throw GGUFError(file: g.path, key: "llama.rope.dimension_count", reason: "partial rotary embeddings (\(rot) of \(headDim) dimensions) are not supported")
+        // Before anything is derived from it (the head dimension d / heads).
+        guard heads > 0 else { throw fail("llama.attention.head_count", "must be positive, got 0") }
+        let headDim = try g.uintIfPresent("llama.attention.key_length") ?? d / heads
+        let layers = try g.uint("llama.block_count")
+        // Before the list of expected tensors is built: a crafted count must not make it grow without bound.
+        let present = layersPresent(g.tensorNames, prefix: "blk.")
+        guard layers <= present else {
+            throw fail("llama.block_count", "is \(layers) but the file holds tensors of only \(present) layers (blk.N.*)")
         }
+        let eps = try g.double("llama.attention.layer_norm_rms_epsilon")
         var c = LlamaConfig(
             hiddenSize: d, intermediateSize: try g.uint("llama.feed_forward_length"),
-            numHiddenLayers: try g.uint("llama.block_count"), numAttentionHeads: heads,
+            numHiddenLayers: layers, numAttentionHeads: heads,
             numKeyValueHeads: try g.uintIfPresent("llama.attention.head_count_kv") ?? heads,
-            headDim: headDim == d / max(heads, 1) ? nil : headDim,
-            rmsNormEps: Double(try g.float("llama.attention.layer_norm_rms_epsilon")),
-            ropeTheta: Double(try g.floatIfPresent("llama.rope.freq_base") ?? 10000),
+            headDim: headDim == d / heads ? nil : headDim,
+            rmsNormEps: eps, ropeTheta: try g.doubleIfPresent("llama.rope.freq_base") ?? 10000,
             vocabSize: embd.shape[0], maxPositionEmbeddings: try g.uint("llama.context_length"),
             tieWordEmbeddings: g.tensors["output.weight"] == nil)
         c.torchDtype = nil
-        try c.validate(file: g.path)
+        c.ropeScaling = try ropeScaling(g)
+        do { try c.validate(file: g.path, name: { keyNames[$0] ?? $0 }) } catch let e as ConfigError {
+            throw GGUFError(file: g.path, key: e.key, reason: e.reason)
+        }
+        // After the sizes are known to be valid (a bad head count is not blamed on this key).
+        if let rot = try g.uintIfPresent("llama.rope.dimension_count"), rot != c.headDimension {
+            throw fail("llama.rope.dimension_count", "partial rotary embeddings (\(rot) of \(c.headDimension) dimensions) are not supported")
+        }
+        if let v = try g.uintIfPresent("llama.attention.value_length"), v != c.headDimension {
+            throw fail("llama.attention.value_length", "\(v) differs from the key head size \(c.headDimension): not supported")
+        }
         return c
+    }
+
+    /// Rope scaling as llama.cpp reads it: `llama.rope.scaling.type` defaults to linear; the factor is
+    /// `llama.rope.scaling.factor`, else the old `llama.rope.scale_linear` (0 or absent: no scaling); type
+    /// "none" never scales. Linear scaling is computed; other types are refused by name.
+    static func ropeScaling(_ g: GGUFFile) throws -> JSONValue? {
+        let typeKey = "llama.rope.scaling.type"
+        var factorKey = "llama.rope.scaling.factor"
+        var factor = try g.doubleIfPresent(factorKey)
+        if factor == nil {
+            factorKey = "llama.rope.scale_linear"
+            factor = try g.doubleIfPresent(factorKey)
+        }
+        let kind = try g.stringIfPresent(typeKey) ?? "linear"
+        switch kind {
+        case "none": return nil
+        case "linear":
+            guard let f = factor, f != 0 else { return nil }
+            guard f > 0, f.isFinite, Float(f) > 0, Float(f).isFinite else {
+                throw GGUFError(file: g.path, key: factorKey, reason: "linear rope scaling factor must be a positive number, got \(f)")
+            }
+            return LlamaConfig.linearRopeScaling(f)
+        default:
+            throw GGUFError(file: g.path, key: typeKey, reason: "rope scaling type '\(kind)' is not supported (only 'linear' and 'none')")
+        }
     }
 
     /// Names and shapes the config implies (GGUF names, row-major shapes).

@@ -17,14 +17,14 @@ public final class LoadedModel {
     public static func load(path: String, tokenizerPath: String? = nil, includeHead: Bool = false,
                             threads: Int = ThreadPool.defaultThreadCount, backend: Backend = .simd,
                             kernel: Q8Kernel = .detected) throws -> LoadedModel {
-        var isDir: ObjCBool = false
-        if FileManager.default.fileExists(atPath: path, isDirectory: &isDir), !isDir.boolValue {
+        try checkModelPath(path)
+        if !Files.isDirectory(path) {
             return try loadGGUF(path: path, tokenizerPath: tokenizerPath, includeHead: includeHead, threads: threads,
                                 backend: backend, kernel: kernel)
         }
         let checkpoint = try HFCheckpoint(directory: path)
         let tokPath = tokenizerPath ?? path + "/tokenizer.model"
-        guard FileManager.default.fileExists(atPath: tokPath) else {
+        guard HFCheckpoint.exists(tokPath) else {
             throw FileError(path: tokPath, reason: "tokenizer not found; pass --tokenizer FILE (a SentencePiece tokenizer.model)")
         }
         let tokenizer = try Tokenizer(path: tokPath)
@@ -57,11 +57,22 @@ public final class LoadedModel {
 
     /// The tokenizer of a model path without loading its weights: DIR/tokenizer.model, or a GGUF file's vocabulary.
     public static func tokenizer(forModel path: String) throws -> Tokenizer {
-        var isDir: ObjCBool = false
-        if FileManager.default.fileExists(atPath: path, isDirectory: &isDir), !isDir.boolValue {
+        try checkModelPath(path)
+        if !Files.isDirectory(path) {
             let g = try GGUFFile(path: path)
             return try Tokenizer(serialized: try SentencePieceModel.fromGGUF(g), source: path + " (GGUF vocabulary)")
         }
-        return try Tokenizer(path: path + "/tokenizer.model")
+        let tokPath = path + "/tokenizer.model"
+        guard HFCheckpoint.exists(tokPath) else {
+            throw FileError(path: tokPath, reason: "tokenizer not found; pass --tokenizer FILE (a SentencePiece tokenizer.model)")
+        }
+        return try Tokenizer(path: tokPath)
+    }
+
+    /// A model path must exist (a mistyped --model is named as such, not as a missing file inside it).
+    static func checkModelPath(_ path: String) throws {
+        guard HFCheckpoint.exists(path) else {
+            throw FileError(path: path, reason: "does not exist (expected a Hugging Face checkpoint directory or a .gguf file)")
+        }
     }
 }

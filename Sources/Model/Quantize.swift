@@ -28,61 +28,85 @@ public enum Quantizer {
     }
 
     static func plan(_ c: LlamaConfig, type: OutputType) -> [Plan] {
+        // The two lists name the same tensors in the same order (embedding, 9 per layer in the same order,
+        // final norm, head): pair them by position.
         let hf = HFCheckpoint.expectedTensors(c)
         let gguf = GGUFModel.expectedTensors(c)
-        var hfName = [String: String]()   // GGUF name -> HF name (same order of layers and blocks)
-        let map = ["attn_norm": "input_layernorm", "attn_q": "self_attn.q_proj", "attn_k": "self_attn.k_proj",
-                   "attn_v": "self_attn.v_proj", "attn_output": "self_attn.o_proj", "ffn_norm": "post_attention_layernorm",
-                   "ffn_gate": "mlp.gate_proj", "ffn_up": "mlp.up_proj", "ffn_down": "mlp.down_proj"]
-        for (name, _) in gguf {
-            if name == "token_embd.weight" { hfName[name] = "model.embed_tokens.weight" }
-            else if name == "output_norm.weight" { hfName[name] = "model.norm.weight" }
-            else if name == "output.weight" { hfName[name] = "lm_head.weight" }
-            else {
-                let parts = name.split(separator: ".")   // blk, L, kind, weight
-                hfName[name] = "model.layers.\(parts[1]).\(map[String(parts[2])]!).weight"
-            }
-        }
-        precondition(Set(hfName.values) == Set(hf.map(\.name)))
-        return gguf.map { name, shape in
+        return zip(gguf, hf).map { g, h in
+            let (name, shape) = g
             let ggml: GGMLType
             if shape.count == 1 { ggml = .f32 }
             else if type == .q8_0 && shape[1] % Q8_0.blockSize == 0 { ggml = .q8_0 }
             else { ggml = .f16 }   // as llama.cpp: rows that do not fill Q8_0 blocks stay F16
             let heads = name.hasSuffix("attn_q.weight") ? c.numAttentionHeads
                 : name.hasSuffix("attn_k.weight") ? c.kvHeads : nil
-            return Plan(spec: .init(name, ggml, shape), source: hfName[name]!, ropeHeads: heads)
+            return Plan(spec: .init(name, ggml, shape), source: h.name, ropeHeads: heads)
         }
     }
 
-    /// The GGUF metadata llama.cpp needs for a LLaMA model (the keys its converter writes).
-    static func metadata(_ c: LlamaConfig, name: String, type: OutputType, tokenizer: Data, source: String) throws -> [(String, GGUFValue)] {
+    public struct QuantizeError: LocalizedError, Equatable {
+        public let file: String
+        public let reason: String
+        public var errorDescription: String? { "\(file): \(reason)" }
+    }
+
+    /// The GGUF metadata llama.cpp needs for a LLaMA model (the keys its converter writes). Values a GGUF
+    /// key cannot represent are refused naming the config.json key. The special token ids are those
+    /// SentencePiece itself uses (found through the CONTROL / UNKNOWN pieces, as `tokenizer` reports them),
+    /// not the trainer_spec's recorded ids, which may be stale.
+    static func metadata(_ c: LlamaConfig, name: String, type: OutputType, tokenizer: Tokenizer, configFile: String) throws -> [(String, GGUFValue)] {
+        func u32(_ key: String, _ v: Int) throws -> GGUFValue {
+            guard let x = UInt32(exactly: v) else {
+                throw ConfigError(file: configFile, key: key, reason: "\(v) cannot be stored in GGUF (a UINT32: at most \(UInt32.max))")
+            }
+            return .uint32(x)
+        }
+        func f32(_ key: String, _ v: Double) throws -> GGUFValue {
+            let f = Float(v)
+            guard f.isFinite, f > 0 else {
+                throw ConfigError(file: configFile, key: key, reason: "\(v) cannot be stored in GGUF as a positive FLOAT32 (it becomes \(f))")
+            }
+            return .float32(f)
+        }
         var m: [(String, GGUFValue)] = [
             ("general.architecture", .string("llama")),
             ("general.name", .string(name)),
             ("general.file_type", .uint32(type.fileType)),
             ("general.quantization_version", .uint32(2)),
-            ("llama.context_length", .uint32(UInt32(c.maxPositionEmbeddings))),
-            ("llama.embedding_length", .uint32(UInt32(c.hiddenSize))),
-            ("llama.block_count", .uint32(UInt32(c.numHiddenLayers))),
-            ("llama.feed_forward_length", .uint32(UInt32(c.intermediateSize))),
-            ("llama.rope.dimension_count", .uint32(UInt32(c.headDimension))),
-            ("llama.attention.head_count", .uint32(UInt32(c.numAttentionHeads))),
-            ("llama.attention.head_count_kv", .uint32(UInt32(c.kvHeads))),
-            ("llama.attention.layer_norm_rms_epsilon", .float32(c.epsF32)),
-            ("llama.rope.freq_base", .float32(Float(c.theta))),
-            ("llama.vocab_size", .uint32(UInt32(c.vocabSize))),
+            ("llama.context_length", try u32("max_position_embeddings", c.maxPositionEmbeddings)),
+            ("llama.embedding_length", try u32("hidden_size", c.hiddenSize)),
+            ("llama.block_count", try u32("num_hidden_layers", c.numHiddenLayers)),
+            ("llama.feed_forward_length", try u32("intermediate_size", c.intermediateSize)),
+            ("llama.rope.dimension_count", try u32("head_dim", c.headDimension)),
+            ("llama.attention.head_count", try u32("num_attention_heads", c.numAttentionHeads)),
+            ("llama.attention.head_count_kv", try u32("num_key_value_heads", c.kvHeads)),
+            ("llama.attention.layer_norm_rms_epsilon", try f32("rms_norm_eps", c.rmsNormEps)),
+            ("llama.rope.freq_base", try f32("rope_theta", c.theta)),
+            ("llama.vocab_size", try u32("vocab_size", c.vocabSize)),
         ]
+        if let factor = c.linearRopeFactor {
+            m += [("llama.rope.scaling.type", .string("linear")), ("llama.rope.scaling.factor", try f32("rope_scaling", factor))]
+        }
         if c.headDimension != c.hiddenSize / c.numAttentionHeads {
-            m += [("llama.attention.key_length", .uint32(UInt32(c.headDimension))),
-                  ("llama.attention.value_length", .uint32(UInt32(c.headDimension)))]
+            m += [("llama.attention.key_length", try u32("head_dim", c.headDimension)),
+                  ("llama.attention.value_length", try u32("head_dim", c.headDimension))]
         }
         // llama.cpp wants one vocabulary entry per embedding row: pad as its converter does.
-        var vocab = try SentencePieceModel.parse(tokenizer, source: source)
+        var vocab = try SentencePieceModel.parse(tokenizer.serialized, source: tokenizer.source)
+        guard vocab.pieces.count <= c.vocabSize else {
+            throw TokenizerError(source: tokenizer.source, reason: "has \(vocab.pieces.count) pieces, more than vocab_size \(c.vocabSize) of \(configFile)")
+        }
         if vocab.pieces.count < c.vocabSize {
             for i in 1...(c.vocabSize - vocab.pieces.count) {
                 vocab.pieces.append((piece: "[PAD\(i)]", score: -1000, type: SentencePieceModel.PieceType.unused.rawValue))
             }
+        }
+        vocab.bosID = Int(tokenizer.bosID)
+        vocab.eosID = Int(tokenizer.eosID)
+        vocab.unkID = Int(tokenizer.unkID)
+        vocab.padID = Int(tokenizer.padID)
+        for (what, id) in [("BOS", vocab.bosID), ("EOS", vocab.eosID), ("UNK", vocab.unkID)] where id < 0 {
+            throw TokenizerError(source: tokenizer.source, reason: "defines no \(what) piece (a CONTROL or UNKNOWN piece such as <s>, </s>, <unk>); GGUF needs one")
         }
         m += SentencePieceModel.ggufMetadata(vocab)
         return m
@@ -97,14 +121,34 @@ public enum Quantizer {
         return h * hd + (j % 2) * half + j / 2
     }
 
+    /// Writes the GGUF: under `.OUT.tmp-PID.d/` (a staging directory, removed by the next run if this one is
+    /// killed), then opens the written file with the loader's own readers (GGUF header, `GGUFModel.config`,
+    /// the tensor table, the tokenizer) and only then renames it to `outPath`: a file this project cannot
+    /// read is never installed.
     public static func run(checkpoint ck: HFCheckpoint, tokenizer: Data, tokenizerSource: String, outPath: String,
                            type: OutputType, pool: ThreadPool, progress: ((Progress) -> Void)? = nil) throws {
         let c = ck.config
+        let tok = try Tokenizer(serialized: tokenizer, source: tokenizerSource)
         let plans = plan(c, type: type)
         let name = URL(fileURLWithPath: ck.directory).standardizedFileURL.lastPathComponent
-        let writer = try GGUFWriter(path: outPath, metadata: try metadata(c, name: name, type: type, tokenizer: tokenizer,
-                                                                          source: tokenizerSource),
-                                    tensors: plans.map(\.spec))
+        let meta = try metadata(c, name: name, type: type, tokenizer: tok, configFile: ck.directory + "/config.json")
+        for p in plans {
+            let (file, info) = try ck.tensor(p.source)
+            guard info.dtype.quantType != nil, p.spec.type.quantType != nil, p.spec.shape.count <= 2 else {
+                throw SafeTensorsError(file: file.path, tensor: p.source, reason: "dtype \(info.dtype.rawValue) cannot be quantized (F32, F16 or BF16)")
+            }
+        }
+
+        Files.removeLeftovers(of: outPath)   // .OUT.tmp-PID files and directories of killed runs
+        let dir = (outPath as NSString).deletingLastPathComponent
+        let staging = (dir.isEmpty ? "" : dir + "/") + "." + (outPath as NSString).lastPathComponent + ".tmp-\(getpid()).d"
+        do { try FileManager.default.createDirectory(atPath: staging, withIntermediateDirectories: false) } catch {
+            throw QuantizeError(file: outPath, reason: "cannot create the staging directory \(staging): \(error.localizedDescription)")
+        }
+        defer { try? FileManager.default.removeItem(atPath: staging) }
+        let staged = staging + "/" + (outPath as NSString).lastPathComponent
+
+        let writer = try GGUFWriter(path: staged, metadata: meta, tensors: plans.map(\.spec))
         let total = plans.reduce(0) { $0 + $1.spec.byteCount }
         var done = 0
         let chunkElements = 1 << 22   // 16 MB of f32 per chunk
@@ -115,10 +159,8 @@ public enum Quantizer {
             progress?(Progress(tensor: p.spec.name, index: i, count: plans.count, bytesDone: done, bytesTotal: total))
             let (file, info) = try ck.tensor(p.source)
             let src = file.data(info)
-            let st = info.dtype.quantType!
+            guard let st = info.dtype.quantType, let q = p.spec.type.quantType, let cols = p.spec.shape.last else { continue }
             let rows = p.spec.shape.count == 2 ? p.spec.shape[0] : 1
-            let cols = p.spec.shape.last!
-            let q = p.spec.type.quantType!
             let rowsPerChunk = max(1, chunkElements / cols)
             var r0 = 0
             while r0 < rows {
@@ -150,5 +192,43 @@ public enum Quantizer {
         }
         progress?(Progress(tensor: "", index: plans.count, count: plans.count, bytesDone: total, bytesTotal: total))
         try writer.commit()
+        do { try verify(staged, config: c, tokenizer: tok) } catch {
+            throw QuantizeError(file: outPath, reason: "the written file does not read back, so it was not installed: \(error.localizedDescription)")
+        }
+        guard rename(staged, outPath) == 0 else {
+            throw QuantizeError(file: outPath, reason: "cannot install the written file: \(String(cString: strerror(errno)))")
+        }
+        let dfd = open(dir.isEmpty ? "." : dir, O_RDONLY | O_DIRECTORY)
+        if dfd >= 0 { fsync(dfd); close(dfd) }
+    }
+
+    /// Reads a written GGUF back as `LoadedModel.loadGGUF` would: header and tensor table, the config
+    /// (it must equal the source's), every expected tensor with its shape and a supported type, and the
+    /// tokenizer rebuilt from the vocabulary with the source tokenizer's special ids.
+    static func verify(_ path: String, config c: LlamaConfig, tokenizer tok: Tokenizer) throws {
+        let g = try GGUFFile(path: path)
+        let read = try GGUFModel.config(g)
+        func same<T: Equatable>(_ what: String, _ a: T, _ b: T) throws {
+            guard a == b else { throw GGUFError(file: path, reason: "\(what) reads back as \(b), expected \(a)") }
+        }
+        try same("the layer count", c.numHiddenLayers, read.numHiddenLayers)
+        try same("the sizes", [c.hiddenSize, c.intermediateSize, c.numAttentionHeads, c.kvHeads, c.headDimension, c.vocabSize, c.maxPositionEmbeddings],
+                 [read.hiddenSize, read.intermediateSize, read.numAttentionHeads, read.kvHeads, read.headDimension, read.vocabSize, read.maxPositionEmbeddings])
+        try same("tied embeddings", c.tiedEmbeddings, read.tiedEmbeddings)
+        try same("rms_norm_eps (float32)", c.epsF32, read.epsF32)
+        try same("rope_theta (float32)", Float(c.theta), Float(read.theta))
+        try same("the linear rope scaling factor", c.linearRopeFactor.map(Float.init), read.linearRopeFactor.map(Float.init))
+        for (name, shape) in GGUFModel.expectedTensors(read) {
+            let t = try g.info(name)
+            guard t.shape == shape else { throw GGUFError(file: path, tensor: name, reason: "shape \(t.shape) read back, expected \(shape)") }
+            _ = try g.quantType(t)
+        }
+        let back = try Tokenizer(serialized: try SentencePieceModel.fromGGUF(g), source: path + " (GGUF vocabulary)")
+        try same("the BOS id", tok.bosID, back.bosID)
+        try same("the EOS id", tok.eosID, back.eosID)
+        try same("the UNK id", tok.unkID, back.unkID)
+        guard back.vocabSize <= read.vocabSize else {
+            throw GGUFError(file: path, reason: "the vocabulary has \(back.vocabSize) pieces for \(read.vocabSize) embedding rows")
+        }
     }
 }

@@ -12,14 +12,7 @@ public struct PromptFileError: LocalizedError, Equatable {
 /// Prompts files: one prompt per line; `\n`, `\t` and `\\` are escapes; lines are not stripped.
 public enum PromptFile {
     public static func read(path: String) throws -> [String] {
-        let data: Data
-        do { data = try Data(contentsOf: URL(fileURLWithPath: path)) } catch {
-            throw FileError(path: path, reason: "cannot read prompts: \(error.localizedDescription)")
-        }
-        guard let text = String(data: data, encoding: .utf8) else {
-            throw FileError(path: path, reason: "not valid UTF-8")
-        }
-        return try parse(text, file: path)
+        return try parse(try Files.readText(path), file: path)
     }
 
     public static func parse(_ text: String, file: String = "<prompts>") throws -> [String] {

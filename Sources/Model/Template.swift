@@ -46,7 +46,7 @@ public struct PromptRenderer: Sendable, Equatable {
     static func strip(_ s: String) -> String {
         let scalars = s.unicodeScalars
         guard let first = scalars.firstIndex(where: { !isPythonWhitespace($0) }) else { return "" }
-        let last = scalars.lastIndex(where: { !isPythonWhitespace($0) })!
+        let last = scalars.lastIndex(where: { !isPythonWhitespace($0) }) ?? first
         return String(scalars[first...last])
     }
 

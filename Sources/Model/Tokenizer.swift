@@ -19,17 +19,15 @@ public final class Tokenizer: @unchecked Sendable {
     public let bosID: Int32
     public let eosID: Int32
     public let unkID: Int32
+    /// -1 when the model has no padding piece.
+    public let padID: Int32
     /// Literal strings that map straight to special ids (longest match first at a position).
     private let specials: [(bytes: [UInt8], id: Int32)]
     /// The serialized model (what `tokenizer.model` holds).
     public let serialized: Data
 
     public convenience init(path: String) throws {
-        let data: Data
-        do { data = try Data(contentsOf: URL(fileURLWithPath: path)) } catch {
-            throw FileError(path: path, reason: "cannot read tokenizer: \(error.localizedDescription)")
-        }
-        try self.init(serialized: data, source: path)
+        try self.init(serialized: try Files.readData(path, limit: 256 << 20), source: path)
     }
 
     public init(serialized: Data, source: String) throws {
@@ -47,6 +45,7 @@ public final class Tokenizer: @unchecked Sendable {
         bosID = spm_bos_id(h)
         eosID = spm_eos_id(h)
         unkID = spm_unk_id(h)
+        padID = spm_pad_id(h)
         var sp: [(bytes: [UInt8], id: Int32)] = []
         for id in [unkID, bosID, eosID] where id >= 0 && id < vocabSize {
             sp.append((Array(String(cString: spm_id_to_piece(h, id)).utf8), id))

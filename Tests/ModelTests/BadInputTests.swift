@@ -125,7 +125,7 @@ import Testing
                 #expect(e.key == key && e.file == path, "\(e)")
             }
         }
-        try check("rope_scaling") { $0["rope_scaling"] = ["type": "linear", "factor": 2.0] }
+        try check("rope_scaling") { $0["rope_scaling"] = ["type": "dynamic", "factor": 2.0] }
         try check("model_type") { $0["model_type"] = "mistral" }
         try check("hidden_act") { $0["hidden_act"] = "gelu" }
         try check("hidden_size") { $0["hidden_size"] = nil }
