@@ -2,7 +2,7 @@
 SWIFT ?= swift
 RELEASE := .build/release
 
-.PHONY: all setup build demo test bench fixtures clean
+.PHONY: all setup build demo test bench fixtures fuzz clean
 
 all: build
 
@@ -26,10 +26,16 @@ bench: build
 	$(RELEASE)/llamaprobe bench --synthetic llama-2-13b --layers 2 --tokens 128
 	$(RELEASE)/llamaprobe-kernel-bench --preset llama-2-13b --tokens 128 --repeats 5
 
+# Fuzz every file reader with libFuzzer + AddressSanitizer, FUZZ_SECONDS per target (docs/reliability.md);
+# findings land in .fuzz/findings/TARGET. `make test` replays Fuzz/regressions.
+FUZZ_SECONDS ?= 60
+fuzz: setup
+	scripts/fuzz.sh $(FUZZ_SECONDS)
+
 # Regenerate the reference fixtures with Hugging Face transformers (needs torch; not part of `make test`).
 fixtures:
 	scripts/setup.sh --fixtures
 	python3 Tests/fixtures/make_fixtures.py
 
 clean:
-	rm -rf .build demo-run
+	rm -rf .build .build-fuzz .fuzz demo-run

@@ -45,6 +45,7 @@ let package = Package(
     products: [
         .executable(name: "llamaprobe", targets: ["CLI"]),
         .executable(name: "llamaprobe-kernel-bench", targets: ["KernelBench"]),
+        .executable(name: "llamaprobe-fuzz", targets: ["FuzzDriver"]),
         .library(name: "Quant", targets: ["Quant"]),
         .library(name: "Model", targets: ["Model"]),
         .library(name: "Probe", targets: ["Probe"]),
@@ -86,10 +87,17 @@ let package = Package(
         .executableTarget(name: "KernelBench", dependencies: ["Model", "Quant", "Formats"],
                           path: "Benchmarks/KernelBench", swiftSettings: kernelFlags),
 
+        // Fuzzing: one target per file reader (Fuzz/Targets), the libFuzzer driver (`make fuzz`), and the
+        // replay of seeds and of every input the fuzzer ever crashed on (Tests/FuzzTests, part of `make test`).
+        .target(name: "FuzzTargets", dependencies: ["Quant", "Formats", "Model", "Probe", "Extraction"],
+                path: "Fuzz/Targets", swiftSettings: checkedFlags),
+        .executableTarget(name: "FuzzDriver", dependencies: ["FuzzTargets"], path: "Fuzz/Driver", swiftSettings: checkedFlags),
+
         .testTarget(name: "QuantTests", dependencies: ["Quant", "Formats"], swiftSettings: cpuFlags),
         .testTarget(name: "ModelTests", dependencies: ["Model", "Formats"], swiftSettings: cpuFlags),
         .testTarget(name: "ProbeTests", dependencies: ["Probe", "Formats"], swiftSettings: cpuFlags),
         .testTarget(name: "CLITests", dependencies: ["Model", "Probe", "Formats"], swiftSettings: cpuFlags),
+        .testTarget(name: "FuzzTests", dependencies: ["FuzzTargets", "Formats"], swiftSettings: cpuFlags),
         .testTarget(name: "ExtractionTests", dependencies: ["Extraction", "Model", "Probe", "Formats"], swiftSettings: cpuFlags),
     ],
     swiftLanguageModes: [.v5]
