@@ -763,15 +763,16 @@ public final class GGUFWriter {
 
     public func writeFloats(_ values: [Float]) throws { try values.withUnsafeBufferPointer { try writeFloats($0) } }
 
-    /// Checks that every declared byte was written, then fsyncs and renames the file into place.
-    public func commit() throws {
+    /// Checks that every declared byte was written, then fsyncs and renames the file into place (after
+    /// `verify` has read the complete file, when given).
+    public func commit(verify: ((String) throws -> Void)? = nil) throws {
         guard !committed else { throw GGUFError(file: path, reason: "already committed") }
         guard next == specs.count else {
             let s = specs[next]
             throw GGUFError(file: path, tensor: s.name,
                             reason: "tensor data not fully written: \(writtenInCurrent) of \(s.byteCount) bytes (\(specs.count - next) tensors incomplete)")
         }
-        try out.commit()
+        try out.commit(verify: verify)
         committed = true
     }
 }

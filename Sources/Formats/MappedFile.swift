@@ -100,12 +100,16 @@ public final class AtomicFileWriter {
         }
     }
 
-    /// Flushes, fsyncs, renames to the final name and fsyncs the directory.
-    public func commit() throws {
+    /// Flushes, fsyncs, renames to the final name and fsyncs the directory. `verify` reads the complete
+    /// temporary file (its path is passed) before it is installed; if it throws, nothing is installed.
+    public func commit(verify: ((String) throws -> Void)? = nil) throws {
         try flushBuffer()
         guard fsync(fd) == 0 else { throw FileError(path: path, reason: "fsync failed: \(posixReason())") }
         close(fd)
         fd = -1
+        if let verify {
+            do { try verify(temporaryPath) } catch { unlink(temporaryPath); throw error }
+        }
         guard rename(temporaryPath, path) == 0 else {
             let reason = posixReason()
             unlink(temporaryPath)

@@ -121,10 +121,9 @@ public enum Quantizer {
         return h * hd + (j % 2) * half + j / 2
     }
 
-    /// Writes the GGUF: under `.OUT.tmp-PID.d/` (a staging directory, removed by the next run if this one is
-    /// killed), then opens the written file with the loader's own readers (GGUF header, `GGUFModel.config`,
-    /// the tensor table, the tokenizer) and only then renames it to `outPath`: a file this project cannot
-    /// read is never installed.
+    /// Writes the GGUF under `.OUT.tmp-PID` (removed by the next run if this one is killed), opens the written
+    /// file with the loader's own readers (GGUF header, `GGUFModel.config`, the tensor table, the tokenizer)
+    /// and only then renames it to `outPath`: a file this project cannot read is never installed.
     public static func run(checkpoint ck: HFCheckpoint, tokenizer: Data, tokenizerSource: String, outPath: String,
                            type: OutputType, pool: ThreadPool, progress: ((Progress) -> Void)? = nil) throws {
         let c = ck.config
@@ -139,16 +138,7 @@ public enum Quantizer {
             }
         }
 
-        Files.removeLeftovers(of: outPath)   // .OUT.tmp-PID files and directories of killed runs
-        let dir = (outPath as NSString).deletingLastPathComponent
-        let staging = (dir.isEmpty ? "" : dir + "/") + "." + (outPath as NSString).lastPathComponent + ".tmp-\(getpid()).d"
-        do { try FileManager.default.createDirectory(atPath: staging, withIntermediateDirectories: false) } catch {
-            throw QuantizeError(file: outPath, reason: "cannot create the staging directory \(staging): \(error.localizedDescription)")
-        }
-        defer { try? FileManager.default.removeItem(atPath: staging) }
-        let staged = staging + "/" + (outPath as NSString).lastPathComponent
-
-        let writer = try GGUFWriter(path: staged, metadata: meta, tensors: plans.map(\.spec))
+        let writer = try GGUFWriter(path: outPath, metadata: meta, tensors: plans.map(\.spec))
         let total = plans.reduce(0) { $0 + $1.spec.byteCount }
         var done = 0
         let chunkElements = 1 << 22   // 16 MB of f32 per chunk
@@ -191,15 +181,12 @@ public enum Quantizer {
             done += p.spec.byteCount
         }
         progress?(Progress(tensor: "", index: plans.count, count: plans.count, bytesDone: total, bytesTotal: total))
-        try writer.commit()
-        do { try verify(staged, config: c, tokenizer: tok) } catch {
-            throw QuantizeError(file: outPath, reason: "the written file does not read back, so it was not installed: \(error.localizedDescription)")
-        }
-        guard rename(staged, outPath) == 0 else {
-            throw QuantizeError(file: outPath, reason: "cannot install the written file: \(String(cString: strerror(errno)))")
-        }
-        let dfd = open(dir.isEmpty ? "." : dir, O_RDONLY | O_DIRECTORY)
-        if dfd >= 0 { fsync(dfd); close(dfd) }
+        // Installed only once it reads back (AtomicFileWriter also removed leftovers of killed runs).
+        try writer.commit(verify: { staged in
+            do { try verify(staged, config: c, tokenizer: tok) } catch {
+                throw QuantizeError(file: outPath, reason: "the written file does not read back, so it was not installed: \(error.localizedDescription)")
+            }
+        })
     }
 
     /// Reads a written GGUF back as `LoadedModel.loadGGUF` would: header and tensor table, the config
