@@ -176,12 +176,13 @@ struct ShardsInfo: ParsableCommand {
         let bytes = dir.manifests.flatMap(\.shards).reduce(0.0) { $0 + Double($1.bytes) }
         let elem = m.dtype == "F32" ? 4 : 2
         let raw = Double(dir.totalRows) * Double(m.layers.count * m.dModel * elem + 20)   // counts bounded by Manifest.validate
-        print("model: \(m.model)")
+        print("model: \(m.model)\(m.quantization.map { " (\($0))" } ?? "")")
         print("data: \(cfg["data_file"] ?? "?") (\(cfg["rows_total"] ?? "?") rows), workers: \(dir.manifests[0].workers), manifests: \(dir.manifests.count), complete: \(dir.manifests.filter(\.complete).count)")
         print("shards: \(dir.shardPaths.count), rows: \(dir.totalRows), skipped: \(dir.manifests.flatMap(\.skipped).count), truncated: \(dir.manifests.flatMap(\.shards).flatMap(\.truncated).count)")
         print("layout: resid_post [n, \(m.layers.count), \(m.dModel)] \(m.dtype)\(m.withEmbeddings ? " (row 0 = embeddings, HF indexing)" : "")")
         print("labels: \(m.labels.joined(separator: ", "))")
         print("template: \(m.template), suffix: \(jsonString(m.suffix)), system prompt: \(jsonString(m.systemPrompt))")
+        print("readout: \(m.readoutDescription)")
         print(String(format: "size: %.1f MB on disk, %.1f MB raw, compression %.2fx", bytes / 1e6, raw / 1e6,
                      bytes > 0 ? raw / bytes : 0))
     }

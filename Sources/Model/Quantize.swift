@@ -131,7 +131,11 @@ public enum Quantizer {
         let tok = try Tokenizer(serialized: tokenizer, source: tokenizerSource)
         let plans = plan(c, type: type)
         let name = URL(fileURLWithPath: ck.directory).standardizedFileURL.lastPathComponent
-        let meta = try metadata(c, name: name, type: type, tokenizer: tok, configFile: ck.directory + "/config.json")
+        var meta = try metadata(c, name: name, type: type, tokenizer: tok, configFile: ck.directory + "/config.json")
+        // The source's identity: the fingerprint (which the GGUF's own weights reproduce: the norms stay
+        // exact f32) and the storage type it was quantized from.
+        meta += [("llamaprobe.fingerprint", .string(try ck.fingerprint())),
+                 ("llamaprobe.source_quantization", .string(LoadedModel.storageName(c.storageDtype)))]
         for p in plans {
             let (file, info) = try ck.tensor(p.source)
             guard info.dtype.quantType != nil, p.spec.type.quantType != nil, p.spec.shape.count <= 2 else {
