@@ -104,6 +104,16 @@ func llamaprobe(_ args: [String]) throws -> (status: Int32, out: String, err: St
         #expect(ma.quantization == "BF16" && mq.quantization == "Q8_0")
         #expect(ReadoutRecipe.fingerprint(of: ma.tokenizer) == ReadoutRecipe.fingerprint(of: mq.tokenizer), "tokenizer.model vs the GGUF vocabulary")
 
+        // residuals goes through the same recipe and records it with the fingerprint.
+        writeFile(dir + "/p.txt", "hello there\n")
+        try Self.ok(["residuals", "--model", gguf, "--prompts", dir + "/p.txt", "--out", dir + "/r.safetensors", "--threads", "1"])
+        let rf = try SafeTensorsFile(path: dir + "/r.safetensors")
+        #expect(rf.metadata["model_fingerprint"] == ma.fingerprint && rf.metadata["quantization"] == "Q8_0")
+        let rr = try ReadoutRecipe.parse(try #require(rf.metadata["readout"]), file: "r.safetensors")
+        #expect(rr.suffix == PromptTemplate.defaultSuffix && rr.template == "llama2-chat" && rr.tokenizer == ReadoutRecipe.fingerprint(of: ma.tokenizer))
+        let expectedIDs = try rr.tokens(.message("hello there"), tokenizer: mq.tokenizer).ids
+        #expect(try rf.integers("p0.tokens") == expectedIDs.map(Int64.init))
+
         // predict: probes of model a on model b refused naming both; the GGUF of a: one line, quantization only.
         writeFile(dir + "/d.csv", demoCSV(rows: 40))
         try Self.ok(["extract", "--model", a, "--data", dir + "/d.csv", "--out", dir + "/shards", "--threads", "1"])
