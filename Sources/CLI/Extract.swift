@@ -52,7 +52,9 @@ struct Extract: ParsableCommand {
         Each row is wrapped in the template (default: LLaMA-2 chat plus the readout suffix), tokenized, run \
         through the model; resid_post of every layer at the last token goes to DIR/shard-WWWWW-SSSSS.safetensors.zst \
         (format: docs/shards.md) with a manifest per worker. Rerunning the same command resumes; a different \
-        configuration on the same DIR is refused. `--worker I/N` takes the rows with row % N == I, so N machines \
+        configuration on the same DIR is refused. The readout recipe (template, suffix, system prompt, \
+        --max-tokens, embeddings, tokenizer) and the model's fingerprint (from its weights) are recorded in every \
+        shard; train and predict take them from there. `--worker I/N` takes the rows with row % N == I, so N machines \
         can fill one directory; `llamaprobe shards verify DIR` checks the result. A rerun checks every shard the \
         manifest lists (size and sha256) and redoes missing or corrupt ones, saying so; one process per worker \
         and directory (a lock on DIR/.lock-WWWWW, released when the process ends; a second run names the holder).

@@ -54,3 +54,23 @@ extension HFCheckpoint {
         return LlamaWeights.fingerprint(config: config, norms: norms, finalNorm: try vector("model.norm.weight"))
     }
 }
+
+extension GGUFModel {
+    /// The fingerprint of a GGUF model (`LlamaWeights.fingerprint`), reading only the norm weights.
+    public static func fingerprint(_ g: GGUFFile, config c: LlamaConfig) throws -> String {
+        func vector(_ name: String) throws -> [Float] {
+            let t = try g.info(name)
+            let q = try g.quantType(t)
+            guard t.shape == [c.hiddenSize] else {
+                throw GGUFError(file: g.path, tensor: name, reason: "shape \(t.shape), expected [\(c.hiddenSize)]")
+            }
+            var out = [Float](repeating: 0, count: c.hiddenSize)
+            out.withUnsafeMutableBufferPointer { q.toFloat(g.data(t), $0.baseAddress!, c.hiddenSize) }
+            return out
+        }
+        let norms = try (0..<c.numHiddenLayers).map { l in
+            (try vector("blk.\(l).attn_norm.weight"), try vector("blk.\(l).ffn_norm.weight"))
+        }
+        return LlamaWeights.fingerprint(config: c, norms: norms, finalNorm: try vector("output_norm.weight"))
+    }
+}

@@ -51,6 +51,13 @@ func llamaprobe(_ args: [String]) throws -> (status: Int32, out: String, err: St
                 && recipe.template == "llama2-chat" && recipe.position == "last" && recipe.tokenizer.hasPrefix("sha256:"))
         #expect(try Shard.read(path: sd.shardPaths[0]).metadata.readout == recipe)
         #expect(ModelIdentity.isFingerprint(sd.metadata.model) && sd.metadata.quantization == "F32")
+        // extract refuses to add rows read another way (or stored in another dtype) to the directory
+        let again = try llamaprobe(["extract", "--model", model, "--data", dir + "/d.csv", "--out", shards, "--suffix", " Other",
+                                    "--system-prompt", Self.system, "--max-tokens", "512", "--threads", "1"])
+        #expect(again.status != 0 && again.err.contains("readout --suffix \"\(Self.suffix)\" vs \" Other\""), "\(again.err)")
+        let f16 = try llamaprobe(["extract", "--model", model, "--data", dir + "/d.csv", "--out", shards, "--suffix", Self.suffix,
+                                  "--system-prompt", Self.system, "--max-tokens", "512", "--threads", "1", "--dtype", "f16"])
+        #expect(f16.status != 0 && f16.err.contains("dtype"), "\(f16.err)")
         try Self.ok(["train", "--shards", shards, "--out", probes, "--epochs", "4", "--val-every", "2"])
         // copied into probes.safetensors and readout.json
         let st = try SafeTensorsFile(path: probes + "/probes.safetensors")
