@@ -424,6 +424,9 @@ public final class ShardWriter {
         let path = directory + "/" + Manifest.fileName(worker: worker)
         if FileManager.default.fileExists(atPath: path) {
             let old = try Manifest.read(path: path)
+            if old.metadata.readout == nil && metadata.readout != nil {
+                throw ShardError(file: path, reason: "this directory was written by an older llamaprobe (its shards record no readout recipe or weights fingerprint); extract into a new --out directory")
+            }
             if let diff = Self.difference(old, fresh) {
                 throw ShardError(file: path, reason: "this directory was written with a different configuration (\(diff)); use a new --out directory or the original settings")
             }

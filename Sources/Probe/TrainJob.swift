@@ -49,6 +49,7 @@ public enum TrainJob {
         let t0 = Date()
         let inv = try ShardInventory(directories: o.shardDirectories)
         let meta = inv.metadata
+        if meta.readout == nil { log("warning: \(meta.readoutDescription): predict will ask for the readout flags (--template, --suffix, --system-prompt, --max-tokens) or use its defaults") }
         for u in inv.unfinished { log("warning: \(u): this worker has not finished; training on its completed shards only") }
         guard meta.labels.count >= 2 else { throw ShardError(file: o.shardDirectories[0], reason: "the shards have \(meta.labels.count) label(s); a probe needs at least 2 classes") }
         let keep = try DataLoader.layerIndices(meta, requested: o.layers)
