@@ -52,7 +52,9 @@ struct Extract: ParsableCommand {
         Each row is wrapped in the template (default: LLaMA-2 chat plus the readout suffix), tokenized, run \
         through the model; resid_post of every layer at the last token goes to DIR/shard-WWWWW-SSSSS.safetensors.zst \
         (format: docs/shards.md) with a manifest per worker. Rerunning the same command resumes; a different \
-        configuration on the same DIR is refused. `--worker I/N` takes the rows with row % N == I, so N machines \
+        configuration on the same DIR is refused. The readout recipe (template, suffix, system prompt, \
+        --max-tokens, embeddings, tokenizer) and the model's fingerprint (from its weights) are recorded in every \
+        shard; train and predict take them from there. `--worker I/N` takes the rows with row % N == I, so N machines \
         can fill one directory; `llamaprobe shards verify DIR` checks the result. A rerun checks every shard the \
         manifest lists (size and sha256) and redoes missing or corrupt ones, saying so; one process per worker \
         and directory (a lock on DIR/.lock-WWWWW, released when the process ends; a second run names the holder).
@@ -176,12 +178,13 @@ struct ShardsInfo: ParsableCommand {
         let bytes = dir.manifests.flatMap(\.shards).reduce(0.0) { $0 + Double($1.bytes) }
         let elem = m.dtype == "F32" ? 4 : 2
         let raw = Double(dir.totalRows) * Double(m.layers.count * m.dModel * elem + 20)   // counts bounded by Manifest.validate
-        print("model: \(m.model)")
+        print("model: \(m.model)\(m.quantization.map { " (\($0))" } ?? "")")
         print("data: \(cfg["data_file"] ?? "?") (\(cfg["rows_total"] ?? "?") rows), workers: \(dir.manifests[0].workers), manifests: \(dir.manifests.count), complete: \(dir.manifests.filter(\.complete).count)")
         print("shards: \(dir.shardPaths.count), rows: \(dir.totalRows), skipped: \(dir.manifests.flatMap(\.skipped).count), truncated: \(dir.manifests.flatMap(\.shards).flatMap(\.truncated).count)")
         print("layout: resid_post [n, \(m.layers.count), \(m.dModel)] \(m.dtype)\(m.withEmbeddings ? " (row 0 = embeddings, HF indexing)" : "")")
         print("labels: \(m.labels.joined(separator: ", "))")
         print("template: \(m.template), suffix: \(jsonString(m.suffix)), system prompt: \(jsonString(m.systemPrompt))")
+        print("readout: \(m.readoutDescription)")
         print(String(format: "size: %.1f MB on disk, %.1f MB raw, compression %.2fx", bytes / 1e6, raw / 1e6,
                      bytes > 0 ? raw / bytes : 0))
     }

@@ -10,9 +10,12 @@ struct Predict: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Run trained probes on new messages: class probabilities per message.",
         discussion: """
-        Uses the same template and forward pass as extraction, then the chosen layer's probe (Linear + \
+        Reads each message with the readout recipe recorded with the probes (template, suffix, system prompt, \
+        token budget, tokenizer; a flag that contradicts it is refused unless --override-readout) and the forward \
+        pass of extraction, then the chosen layer's probe (Linear + \
         sigmoid; one-vs-rest probabilities that need not sum to 1). The best layer is the one with the highest \
-        validation accuracy in training. Probes whose d_model or layers do not fit the model are refused.
+        validation accuracy in training. Probes whose d_model or layers do not fit the model are refused, and so are \
+        probes trained on another checkpoint (model fingerprint; --allow-other-model uses them with a warning).
 
         Examples:
           llamaprobe predict --model model.Q8_0.gguf --probes probes/ "I just got the job!" "My cat died."
@@ -27,10 +30,7 @@ struct Predict: ParsableCommand {
     @Option(help: ArgumentHelp("Which probe: best (highest validation accuracy), a layer number, or all.", valueName: "best|N|all"))
     var layer = "best"
 
-    @OptionGroup var templateOptions: TemplateOptions
-
-    @Option(name: .customLong("max-tokens"), help: "Truncate longer prompts as extraction does (from the start of the content).")
-    var maxTokens = 2048
+    @OptionGroup var readoutOptions: ReadoutOptions
 
     @Option(help: ArgumentHelp("Read messages from a CSV (message column) or JSONL file instead of the arguments.", valueName: "file"))
     var data: String?
@@ -61,7 +61,10 @@ struct Predict: ParsableCommand {
         if let labels { try set.useLabels(labels.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) }) }
         let m = try modelOptions.load()
         try set.check(against: m.config)
-        if let w = Predictor.identityWarning(model: m, probes: set) { FileHandle.standardError.write(Data((w + "\n").utf8)) }
+        let (readout, warnings) = try Predictor.readout(probes: set, flags: readoutOptions.flags, tokenizer: m.tokenizer)
+        for w in try Predictor.checkModel(m, probes: set, allowOther: readoutOptions.allowOtherModel) + warnings {
+            FileHandle.standardError.write(Data((w + "\n").utf8))
+        }
         let layers: [Int]
         switch layer {
         case "best": layers = [set.bestLayer]
@@ -91,8 +94,7 @@ struct Predict: ParsableCommand {
                 truth = labelled.map(\.label)
             }
         }
-        let results = try Predictor.run(model: m, probes: set, renderer: templateOptions.renderer, maxTokens: maxTokens,
-                                        messages: contents, layers: layers)
+        let results = try Predictor.run(model: m, probes: set, readout: readout, messages: contents, layers: layers)
         func top(_ p: [Float]) -> String { set.labels[p.indices.max { p[$0] < p[$1] }!] }   // first maximum on ties, as training
         for (i, (text, r)) in zip(texts, results).enumerated() {
             if json {

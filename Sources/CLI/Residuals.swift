@@ -1,6 +1,8 @@
 import ArgumentParser
+import Extraction
 import Foundation
 import Model
+import Probe
 import Quant
 import Formats
 
@@ -45,9 +47,12 @@ struct Residuals: ParsableCommand {
         let t1 = now()
         var tokens = 0
         var lastNote = t1
+        // The readout recipe of extract (no truncation: every token of the prompt is kept), recorded in the file.
+        let recipe = ReadoutRecipe(renderer: templateOptions.renderer, maxTokens: 1 << 30, withEmbeddings: withEmbeddings,
+                                   tokenizer: loaded.tokenizer)
         try ResidualsJob.run(model: loaded, prompts: list, renderer: templateOptions.renderer,
                              options: CaptureOptions(positions: positions, embeddings: withEmbeddings, logits: logits),
-                             outPath: out) { done, total, t in
+                             outPath: out, readout: (recipe.json, { try recipe.tokens(.message($0), tokenizer: loaded.tokenizer).ids })) { done, total, t in
             tokens += t
             let dt = now() - t1
             if now() - lastNote >= 1 || done == total {

@@ -11,7 +11,8 @@ struct ShardsImport: ParsableCommand {
         The activations are a .safetensors tensor (--key, default: resid_post or the only rank-3 float tensor) \
         or a .npy array (float32/float16, C order); the labels a .npy of int64/int32 (--labels) or an integer \
         tensor of the same safetensors file (--label-key). Rows are numbered 0..N-1; layers 0..layers-1. The \
-        shards' model identity is "imported:<sha256 of the activations file>". Rerunning the same command \
+        shards' model identity is "imported:<sha256 of the activations file>" and their readout is unknown \
+        (predict on probes trained from them asks for --template and the other readout flags). Rerunning the same command \
         resumes; a different source on the same --out is refused.
 
         Example: llamaprobe shards import --activations acts.npy --labels labels.npy \

@@ -85,6 +85,7 @@ public enum Extractor {
 
         // Tokenize this worker's rows first: every row error is found before anything is written.
         let tokenizer = try cfg.tokenizerPath.map { try Tokenizer(path: $0) } ?? LoadedModel.tokenizer(forModel: cfg.modelPath)
+        let readout = ReadoutRecipe(renderer: cfg.renderer, maxTokens: cfg.maxTokens, withEmbeddings: cfg.withEmbeddings, tokenizer: tokenizer)
         var jobs: [Job] = [], skipped: [BadRow] = []
         for (index, r) in data.rows.enumerated() where index % cfg.workers == cfg.worker {
             do {
@@ -95,7 +96,7 @@ public enum Extractor {
                 }
                 let ids: [Int32], truncated: Bool
                 do {
-                    (ids, truncated) = try promptTokens(row.content, tokenizer: tokenizer, renderer: cfg.renderer, maxTokens: cfg.maxTokens)
+                    (ids, truncated) = try readout.tokens(row.content, tokenizer: tokenizer)
                 } catch {
                     throw DatasetError(file: cfg.dataPath, row: index, line: row.line, reason: error.localizedDescription)
                 }
@@ -120,10 +121,8 @@ public enum Extractor {
         log(String(format: "loaded %@ in %.1f s (%@)", cfg.modelPath, Date().timeIntervalSince(t0), computeDescription(loaded.model)))
 
         let layerCount = c.numHiddenLayers + (cfg.withEmbeddings ? 1 : 0)
-        let metadata = ShardMetadata(
-            model: modelIdentity(loaded), labels: labels, template: cfg.renderer.template.rawValue,
-            suffix: cfg.renderer.suffix, systemPrompt: cfg.renderer.systemPrompt ?? "", layers: Array(0..<layerCount),
-            withEmbeddings: cfg.withEmbeddings, dtype: cfg.dtype.rawValue, dModel: c.hiddenSize)
+        let metadata = ShardMetadata(model: loaded.fingerprint, quantization: loaded.quantization, labels: labels, readout: readout,
+                                     layers: Array(0..<layerCount), dtype: cfg.dtype.rawValue, dModel: c.hiddenSize)
         let writer = try ShardWriter(directory: cfg.outDir, worker: cfg.worker, workers: cfg.workers, metadata: metadata,
                                      rowsPerShard: cfg.rowsPerShard, config: try manifestConfig(cfg, data: data, compute: computeDescription(loaded.model)),
                                      lock: lock)
@@ -232,27 +231,6 @@ public enum Extractor {
         throw ExtractionError("\(cfg.dataPath): labels found: \(found.prefix(20).joined(separator: ", "))\(found.count > 20 ? ", …" : ""); they are not all among the default \(defaultEmotionLabels.joined(separator: ",")). Pass --labels a,b,c to fix the class order (ids = positions).")
     }
 
-    /// A hash of what determines the model's numbers: its configuration and the stored weights' names, types
-    /// and sizes (not their bytes: hashing 14 GB per run would cost minutes).
-    static func modelIdentity(_ m: LoadedModel) -> String {
-        var h = SHA256()
-        h.update(Array(m.config.summary.utf8))
-        h.update(Array(m.model.weights.ropeLayout.rawValue.utf8))
-        for l in m.model.weights.layers {
-            for w in [l.wq, l.wk, l.wv, l.wo, l.gate, l.up, l.down] { h.update(Array("\(w.storage)\(w.outFeatures)x\(w.inFeatures);".utf8)) }
-        }
-        if let size = try? fileTreeSize(m.path) { h.update(Array(String(size).utf8)) }
-        return "sha256:" + h.finalize().prefix(12).map { String($0, radix: 16).count == 1 ? "0" + String($0, radix: 16) : String($0, radix: 16) }.joined()
-    }
-
-    static func fileTreeSize(_ path: String) throws -> Int {
-        var isDir: ObjCBool = false
-        guard FileManager.default.fileExists(atPath: path, isDirectory: &isDir) else { return 0 }
-        if !isDir.boolValue { return (try FileManager.default.attributesOfItem(atPath: path)[.size] as? Int) ?? 0 }
-        return try FileManager.default.contentsOfDirectory(atPath: path).filter { $0.hasSuffix(".safetensors") }
-            .reduce(0) { $0 + ((try FileManager.default.attributesOfItem(atPath: path + "/" + $1)[.size] as? Int) ?? 0) }
-    }
-
     /// The configuration every worker and every rerun must share (written to the manifests).
     /// How the numbers are computed (part of the configuration: another kernel gives other low bits).
     static func computeDescription(_ m: LlamaModel) -> String {
@@ -270,9 +248,7 @@ public enum Extractor {
             "data_sha256": hash,
             "rows_total": String(data.rows.count),
             "text_column": cfg.textColumn, "label_column": cfg.labelColumn,
-            "template": cfg.renderer.template.rawValue, "suffix": cfg.renderer.suffix,
-            "system_prompt": cfg.renderer.systemPrompt ?? "",
-            "max_tokens": String(cfg.maxTokens), "with_embeddings": String(cfg.withEmbeddings),
+            // the readout recipe and the model fingerprint are in the metadata
             "dtype": cfg.dtype.rawValue, "rows_per_shard": String(cfg.rowsPerShard), "on_error": cfg.onError.rawValue,
             "compute": compute,
         ]

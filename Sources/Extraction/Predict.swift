@@ -33,6 +33,10 @@ public struct ProbeSet: Sendable {
     /// Layer indices follow HF hidden_states (0 = embeddings) when the shards held the embeddings.
     public let withEmbeddings: Bool
     public let model: String?
+    /// The quantization of the model the probes were trained on, when recorded.
+    public var quantization: String? = nil
+    /// How the training rows were read (nil: unknown: imported activations or older probes).
+    public var readout: ReadoutRecipe? = nil
 
     public static func load(directory: String) throws -> ProbeSet {
         let st = directory + "/probes.safetensors"
@@ -64,7 +68,8 @@ public struct ProbeSet: Sendable {
             probes[l] = try Probe(weight: f.floats(name + ".weight"), bias: f.floats(name + ".bias"), file: st, layer: l)
         }
         return ProbeSet(directory: directory, labels: labels, labelsRecorded: true, probes: probes, bestLayer: best, dModel: d,
-                        withEmbeddings: f.metadata["with_embeddings"] == "true", model: f.metadata["model"])
+                        withEmbeddings: f.metadata["with_embeddings"] == "true", model: f.metadata["model"],
+                        quantization: f.metadata["quantization"], readout: try f.metadata["readout"].map { try ReadoutRecipe.parse($0, file: st) })
     }
 
     /// Layer numbers must be distinct, non-negative and few (the model check compares them to its layers).
@@ -125,8 +130,11 @@ public struct ProbeSet: Sendable {
         // .pth files carry no label names: the reference recipe's seven states for seven outputs, else class_i
         // (`predict --labels` names them).
         let names = classes == defaultEmotionLabels.count ? defaultEmotionLabels : (0..<classes).map { "class_\($0)" }
+        // readout.json (written by train beside the .pth files): the recipe and the model.
+        let recorded = try ReadoutRecipe.File.read(directory: directory)
         return ProbeSet(directory: directory, labels: names, labelsRecorded: false, probes: probes, bestLayer: best,
-                        dModel: d, withEmbeddings: false, model: nil)
+                        dModel: d, withEmbeddings: recorded?.readout?.withEmbeddings ?? false, model: recorded?.model,
+                        quantization: recorded?.quantization, readout: recorded?.readout)
     }
 
     /// `--labels`: names the classes of .pth probes, or must equal the label set recorded with the probes.
@@ -162,18 +170,8 @@ public struct ProbeSet: Sendable {
     }
 }
 
-/// `llamaprobe predict`: the same template and forward pass as extraction, then the probes.
+/// `llamaprobe predict`: the probes' readout recipe and the forward pass of extraction, then the probes.
 public enum Predictor {
-    /// A warning when the probes were trained on residuals of another model (or another quantization of it):
-    /// shapes may fit while the numbers mean something else. nil when the identities agree or are unknown.
-    public static func identityWarning(model m: LoadedModel, probes: ProbeSet) -> String? {
-        guard let trained = probes.model, !trained.hasPrefix("imported:") else { return nil }
-        let here = Extractor.modelIdentity(m)
-        guard trained != here else { return nil }
-        return "warning: the probes in \(probes.directory) were trained on residuals of model \(trained), but \(m.path) is \(here) "
-            + "(another checkpoint or quantization); their probabilities are only meaningful on the model they were trained on"
-    }
-
     /// Refuses labelled rows whose label the probes do not know, naming the file, row and label.
     public static func checkLabels(_ labels: [(row: Int, label: String)], file: String, probes: ProbeSet) throws {
         let known = Set(probes.labels)
@@ -184,11 +182,11 @@ public enum Predictor {
     }
 
     /// For each message, layer -> class probabilities for the requested layers.
-    public static func run(model m: LoadedModel, probes: ProbeSet, renderer: PromptRenderer, maxTokens: Int,
+    public static func run(model m: LoadedModel, probes: ProbeSet, readout: ReadoutRecipe,
                            messages: [DatasetRow.Content], layers: [Int]) throws -> [[Int: [Float]]] {
         try probes.check(against: m.config)
         return try messages.map { content in
-            let ids = try Extractor.promptTokens(content, tokenizer: m.tokenizer, renderer: renderer, maxTokens: maxTokens).ids
+            let ids = try readout.tokens(content, tokenizer: m.tokenizer).ids
             var out: [Int: [Float]] = [:]
             let wanted = Set(layers)
             try m.model.forward(ids, positions: .last) { point, view in

@@ -8,9 +8,36 @@ public final class LoadedModel {
     public let model: LlamaModel
     public let tokenizer: Tokenizer
     public var config: LlamaConfig { model.config }
+    /// How the checkpoint's weights are stored: the HF directory's dtype ("F32", "BF16", "F16") or the GGUF's
+    /// projection type ("Q8_0", …). The fingerprint ignores it; predict names it when only it differs.
+    public let quantization: String
+    /// The checkpoint's identity from its weights (`LlamaWeights.fingerprint`): equal for the same checkpoint
+    /// in any storage type or quantization, different for other weights.
+    public let fingerprint: String
 
-    init(path: String, model: LlamaModel, tokenizer: Tokenizer) {
-        self.path = path; self.model = model; self.tokenizer = tokenizer
+    init(path: String, model: LlamaModel, tokenizer: Tokenizer, quantization: String) {
+        self.path = path; self.model = model; self.tokenizer = tokenizer; self.quantization = quantization
+        fingerprint = model.weights.fingerprint()
+    }
+
+    /// llama.cpp's `general.file_type` as a type name (the types this project reads), nil when absent or other.
+    static func fileTypeName(_ g: GGUFFile) -> String? {
+        switch (try? g.uintIfPresent("general.file_type")) ?? nil {
+        case 0: return "F32"
+        case 1: return "F16"
+        case 7: return "Q8_0"
+        default: return nil
+        }
+    }
+
+    /// "BF16" for config.json's torch_dtype "bfloat16", etc.
+    static func storageName(_ dtype: String?) -> String {
+        switch dtype {
+        case "float32": return "F32"
+        case "bfloat16": return "BF16"
+        case "float16": return "F16"
+        default: return "unspecified"
+        }
     }
 
     /// Loads a Hugging Face checkpoint directory. `tokenizerPath` overrides `DIR/tokenizer.model`.
@@ -34,7 +61,8 @@ public final class LoadedModel {
         let pool = ThreadPool(threads: threads)
         BLAS.setThreads(threads)
         let weights = try checkpoint.loadWeights(includeHead: includeHead, pool: pool)
-        return LoadedModel(path: path, model: LlamaModel(weights: weights, pool: pool, backend: backend, kernel: kernel), tokenizer: tokenizer)
+        return LoadedModel(path: path, model: LlamaModel(weights: weights, pool: pool, backend: backend, kernel: kernel), tokenizer: tokenizer,
+                           quantization: storageName(checkpoint.config.storageDtype))
     }
 
     /// Loads a GGUF file (llama.cpp's format). The tokenizer is rebuilt from the GGUF vocabulary unless
@@ -52,7 +80,8 @@ public final class LoadedModel {
         let pool = ThreadPool(threads: threads)
         BLAS.setThreads(threads)
         let weights = try GGUFModel.loadWeights(g, config: config, includeHead: includeHead, pool: pool)
-        return LoadedModel(path: path, model: LlamaModel(weights: weights, pool: pool, backend: backend, kernel: kernel), tokenizer: tokenizer)
+        return LoadedModel(path: path, model: LlamaModel(weights: weights, pool: pool, backend: backend, kernel: kernel), tokenizer: tokenizer,
+                           quantization: fileTypeName(g) ?? weights.projectionStorage)
     }
 
     /// The tokenizer of a model path without loading its weights: DIR/tokenizer.model, or a GGUF file's vocabulary.

@@ -90,13 +90,15 @@ extension LlamaModel {
 /// `llamaprobe residuals`: prompts in, one safetensors file out with, per prompt i, `p{i}.tokens` (I64 [T]),
 /// `p{i}.resid_post` (F32 [layers, d] or [layers, T, d]), and when asked `p{i}.embed` ([d] or [T, d]) and
 /// `p{i}.logits_last` ([vocab]). Tensors are streamed prompt by prompt; the file appears only when complete.
+/// `readout`: the readout recipe (recorded as JSON) and its tokenization (`ReadoutRecipe.tokens`); without
+/// it, the renderer's prompt is tokenized whole.
 public enum ResidualsJob {
     public static func run(model loaded: LoadedModel, prompts: [String], renderer: PromptRenderer,
-                           options: CaptureOptions, outPath: String,
+                           options: CaptureOptions, outPath: String, readout: (json: String, tokens: (String) throws -> [Int32])? = nil,
                            progress: ((Int, Int, Int) -> Void)? = nil) throws {
         let c = loaded.config
         let tokenized = try prompts.enumerated().map { i, p -> [Int32] in
-            let ids = try loaded.tokenizer.encode(renderer.render(p))
+            let ids = try readout.map { try $0.tokens(p) } ?? loaded.tokenizer.encode(renderer.render(p))
             guard ids.count <= c.maxPositionEmbeddings else {
                 throw ForwardError(reason: "prompt \(i + 1) has \(ids.count) tokens, more than max_position_embeddings = \(c.maxPositionEmbeddings)")
             }
@@ -119,7 +121,8 @@ public enum ResidualsJob {
             "positions": options.positions.rawValue,
             "hook": "resid_post (residual after each block, before the final norm)",
             "prompts": String(prompts.count),
-        ]
+            "model_fingerprint": loaded.fingerprint, "quantization": loaded.quantization,
+        ].merging(readout.map { [("readout", $0.json)] } ?? []) { a, _ in a }
         let writer = try SafeTensorsWriter(path: outPath, tensors: specs, metadata: metadata)
         for (i, ids) in tokenized.enumerated() {
             let r = try loaded.model.capture(ids, options)

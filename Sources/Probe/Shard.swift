@@ -13,8 +13,13 @@ public struct ShardError: LocalizedError, Equatable {
 public struct ShardMetadata: Codable, Equatable, Sendable {
     public var format = "llamaprobe-shard"
     public var version = 1
-    /// Model identity: a hash of its configuration and weights' shapes, or "imported:<sha256>" for imports.
+    /// Model identity: the weights fingerprint `weights-sha256:…` (same checkpoint in any storage type or
+    /// quantization), "imported:<sha256>" for imports; older shards hold a hash of config and shapes.
     public var model: String
+    /// How the model's weights were stored when extracted (e.g. "F32", "BF16", "Q8_0"); nil when unknown.
+    public var quantization: String?
+    /// How each row became the stored vectors; nil when unknown (imported activations, older shards).
+    public var readout: ReadoutRecipe?
     /// Label names in id order.
     public var labels: [String]
     public var template: String
@@ -29,7 +34,7 @@ public struct ShardMetadata: Codable, Equatable, Sendable {
     public var dModel: Int
 
     enum CodingKeys: String, CodingKey {
-        case format, version, model, labels, template, suffix, layers, dtype
+        case format, version, model, labels, template, suffix, layers, dtype, quantization, readout
         case systemPrompt = "system_prompt", withEmbeddings = "with_embeddings", dModel = "d_model"
     }
 
@@ -38,6 +43,44 @@ public struct ShardMetadata: Codable, Equatable, Sendable {
         self.model = model; self.labels = labels; self.template = template; self.suffix = suffix
         self.systemPrompt = systemPrompt; self.layers = layers; self.withEmbeddings = withEmbeddings
         self.dtype = dtype; self.dModel = dModel
+    }
+
+    /// Extracted shards: template, suffix, system prompt and embeddings come from the readout recipe.
+    public init(model: String, quantization: String, labels: [String], readout: ReadoutRecipe, layers: [Int], dtype: String, dModel: Int) {
+        self.init(model: model, labels: labels, template: readout.template, suffix: readout.suffix,
+                  systemPrompt: readout.systemPrompt ?? "", layers: layers, withEmbeddings: readout.withEmbeddings,
+                  dtype: dtype, dModel: dModel)
+        self.quantization = quantization
+        self.readout = readout
+    }
+
+    /// What the readout is, for messages: the recipe, or why it is unknown.
+    public var readoutDescription: String {
+        if let r = readout { return r.json }
+        return ModelIdentity.isImported(model) ? "unknown readout (imported activations)"
+            : "unknown readout (shards written before llamaprobe recorded the readout recipe)"
+    }
+
+    /// The first field in which two directories' metadata differ, named with both values; nil when equal.
+    /// `dtype: false` ignores the storage type (training converts everything to f32 exactly).
+    public static func difference(_ a: ShardMetadata, _ b: ShardMetadata, dtype: Bool = true) -> String? {
+        if a.model != b.model { return "model fingerprint '\(a.model)' vs '\(b.model)' (another checkpoint)" }
+        if a.quantization != b.quantization { return "quantization \(a.quantization ?? "unknown") vs \(b.quantization ?? "unknown")" }
+        if a.labels != b.labels { return "labels \(a.labels) vs \(b.labels)" }
+        if a.layers != b.layers { return "layers \(a.layers) vs \(b.layers)" }
+        if a.dModel != b.dModel { return "d_model \(a.dModel) vs \(b.dModel)" }
+        if dtype && a.dtype != b.dtype { return "dtype \(a.dtype) vs \(b.dtype)" }
+        switch (a.readout, b.readout) {
+        case let (x?, y?):
+            if let f = x.differences(y).first { return "readout \(f.field) \(f.mine) vs \(f.theirs)" }
+        case (nil, nil): break
+        default: return "readout \(a.readoutDescription) vs \(b.readoutDescription)"
+        }
+        if a.template != b.template || a.suffix != b.suffix || a.systemPrompt != b.systemPrompt || a.withEmbeddings != b.withEmbeddings {
+            return "the prompt template, suffix, system prompt or embeddings differ"
+        }
+        if a.format != b.format || a.version != b.version { return "shard format \(a.format) \(a.version) vs \(b.format) \(b.version)" }
+        return nil
     }
 
     var storage: SafeTensorsDType? { SafeTensorsDType(rawValue: dtype).flatMap { $0.quantType == nil ? nil : $0 } }
@@ -63,6 +106,7 @@ public struct ShardMetadata: Codable, Equatable, Sendable {
             throw fail("'labels' has \(labels.count) names (1...\(Self.maxLabels) expected)")
         }
         guard Set(labels).count == labels.count else { throw fail("'labels' names a class twice") }
+        try readout?.validate(file: file)
         guard layers.count * dModel <= Self.maxRowElements else {
             throw fail("a row of \(layers.count) layers × d_model \(dModel) values is more than \(Self.maxRowElements)")
         }
@@ -75,6 +119,7 @@ public struct ShardMetadata: Codable, Equatable, Sendable {
                 "template": template, "suffix": suffix, "system_prompt": systemPrompt,
                 "layers": "[" + layers.map(String.init).joined(separator: ",") + "]",
                 "with_embeddings": withEmbeddings ? "true" : "false", "dtype": dtype, "d_model": String(dModel)]
+            .merging([("readout", readout?.json), ("quantization", quantization)].compactMap { k, v in v.map { (k, $0) } }) { a, _ in a }
     }
 
     init(stringMap m: [String: String], file: String) throws {
@@ -99,6 +144,8 @@ public struct ShardMetadata: Codable, Equatable, Sendable {
                   suffix: try need("suffix"), systemPrompt: try need("system_prompt"), layers: try array("layers", [Int].self),
                   withEmbeddings: try need("with_embeddings") == "true", dtype: try need("dtype"), dModel: d)
         self.version = version
+        self.quantization = m["quantization"]
+        self.readout = try m["readout"].map { try ReadoutRecipe.parse($0, file: file) }
         try validate(file: file)
     }
 }
@@ -377,6 +424,9 @@ public final class ShardWriter {
         let path = directory + "/" + Manifest.fileName(worker: worker)
         if FileManager.default.fileExists(atPath: path) {
             let old = try Manifest.read(path: path)
+            if old.metadata.readout == nil && metadata.readout != nil {
+                throw ShardError(file: path, reason: "this directory was written by an older llamaprobe (its shards record no readout recipe or weights fingerprint); extract into a new --out directory")
+            }
             if let diff = Self.difference(old, fresh) {
                 throw ShardError(file: path, reason: "this directory was written with a different configuration (\(diff)); use a new --out directory or the original settings")
             }
@@ -425,7 +475,7 @@ public final class ShardWriter {
         for k in Set(a.config.keys).union(b.config.keys).sorted() where a.config[k] != b.config[k] {
             return "\(k): '\(a.config[k] ?? "unset")' before, '\(b.config[k] ?? "unset")' now"
         }
-        if a.metadata != b.metadata { return "model or shard layout differs" }
+        if let d = ShardMetadata.difference(a.metadata, b.metadata) { return d }
         return nil
     }
 

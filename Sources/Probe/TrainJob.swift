@@ -49,6 +49,7 @@ public enum TrainJob {
         let t0 = Date()
         let inv = try ShardInventory(directories: o.shardDirectories)
         let meta = inv.metadata
+        if meta.readout == nil { log("warning: \(meta.readoutDescription): predict will ask for the readout flags (--template, --suffix, --system-prompt, --max-tokens) or use its defaults") }
         for u in inv.unfinished { log("warning: \(u): this worker has not finished; training on its completed shards only") }
         guard meta.labels.count >= 2 else { throw ShardError(file: o.shardDirectories[0], reason: "the shards have \(meta.labels.count) label(s); a probe needs at least 2 classes") }
         let keep = try DataLoader.layerIndices(meta, requested: o.layers)
@@ -170,7 +171,7 @@ public enum TrainJob {
                 "best_layer": String(best.layer), "d_model": String(meta.dModel),
                 "with_embeddings": meta.withEmbeddings ? "true" : "false",
                 "best_epochs": "{" + outcomes.compactMap { o in o.bestEpoch.map { "\"\(o.layer)\":\($0)" } }.joined(separator: ",") + "}",
-            ]
+            ].merging([("readout", meta.readout?.json), ("quantization", meta.quantization)].compactMap { k, v in v.map { (k, $0) } }) { a, _ in a }
             let sw = try SafeTensorsWriter(path: path("probes.safetensors"), tensors: st, metadata: stMeta)
             for o in outcomes {
                 if let w = o.bestWeight, let b = o.bestBias { try sw.write(w); try sw.write(b) }
@@ -187,6 +188,9 @@ public enum TrainJob {
                 }
                 try TorchCheckpoint.write(tensors(o.finalWeight, o.finalBias), to: path("probe_at_layer_\(o.layer)_final.pth"))
             }
+            // The readout recipe and model beside the .pth files (which record neither).
+            try writeText(ReadoutRecipe.File(readout: meta.readout, model: meta.model, quantization: meta.quantization).text,
+                          to: path(ReadoutRecipe.File.name))
             try writeText(TrainingReport.metricsCSV(outcomes), to: path("probe_training_metrics.csv"))
             try writeText(SplitFile(train: train.map { rowsByPosition[$0] }, val: val.map { rowsByPosition[$0] }).json, to: path("split.json"))
             try writeText(TrainingReport.accuracySVG(layers: layerNumbers, train: outcomes.map { $0.epochs.last!.trainAccuracy },

@@ -145,14 +145,7 @@ public struct ShardInventory {
 
     /// What makes two shard sets untrainable together (dtype may differ: everything is exact in f32).
     static func difference(_ a: ShardMetadata, _ b: ShardMetadata) -> String? {
-        if a.labels != b.labels { return "labels \(a.labels) vs \(b.labels)" }
-        if a.layers != b.layers { return "layers \(a.layers) vs \(b.layers)" }
-        if a.dModel != b.dModel { return "d_model \(a.dModel) vs \(b.dModel)" }
-        if a.model != b.model { return "model '\(a.model)' vs '\(b.model)'" }
-        if a.template != b.template || a.suffix != b.suffix || a.systemPrompt != b.systemPrompt {
-            return "the prompt template, suffix or system prompt differ"
-        }
-        return nil
+        ShardMetadata.difference(a, b, dtype: false)
     }
 }
 

@@ -120,11 +120,15 @@ import Testing
         let narrow = try CLI.run(["predict", "--model", model, "--probes", nanDir, "hi"])
         #expect(narrow.status == 1 && narrow.stderr.contains(nanDir + "/probe_at_layer_1.pth: 7 classes × \(d / 2) inputs, unlike probe_at_layer_0.pth (7 × \(d))"), "\(narrow.stderr)")
 
-        // Probes trained on another model with the same shapes: a warning, not an error.
+        // Probes trained on another model with the same shapes (issue 10): refused naming both fingerprints,
+        // unless --allow-other-model (then a warning).
         let twin = dir + "/twin"
         #expect(try CLI.run(["synth", "--preset", "tiny", "--seed", "7", "--out", twin, "--dtype", "f16"]).status == 0)
-        let warned = try CLI.run(["predict", "--model", twin, "--probes", probes, "hi"])
-        #expect(warned.status == 0 && warned.stderr.contains("were trained on residuals of model"), "\(warned.stderr)")
+        let refused = try CLI.run(["predict", "--model", twin, "--probes", probes, "hi"])
+        #expect(refused.status == 1 && refused.stderr.contains("were trained on model weights-sha256:")
+                && refused.stderr.contains("twin is weights-sha256:"), "\(refused.stderr)")
+        let warned = try CLI.run(["predict", "--model", twin, "--probes", probes, "--allow-other-model", "hi"])
+        #expect(warned.status == 0 && warned.stderr.contains("warning: --allow-other-model"), "\(warned.stderr)")
         try? FileManager.default.removeItem(atPath: dir)
     }
 }

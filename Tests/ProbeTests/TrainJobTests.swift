@@ -16,10 +16,10 @@ import Testing
         #expect(!result.streamed)
         let files = Set(try FileManager.default.contentsOfDirectory(atPath: out))
         for f in ["probes.safetensors", "probe_training_metrics.csv", "probe_training_summary.md", "accuracy_by_layer.svg", "split.json",
-                  "probe_at_layer_0.pth", "probe_at_layer_0_final.pth", "probe_at_layer_1.pth", "probe_at_layer_1_final.pth"] {
+                  "readout.json", "probe_at_layer_0.pth", "probe_at_layer_0_final.pth", "probe_at_layer_1.pth", "probe_at_layer_1_final.pth"] {
             #expect(files.contains(f), "missing \(f)")
         }
-        #expect(files.count == 9, "\(files)")
+        #expect(files.count == 10, "\(files)")
         // Final weights: PyTorch's, through the .pth files and probes.safetensors.
         let st = try SafeTensorsFile(path: out + "/probes.safetensors")
         for l in 0..<tc.layers {

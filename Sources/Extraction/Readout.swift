@@ -1,0 +1,126 @@
+import Foundation
+import Model
+import Probe
+import Formats
+
+/// Applying a readout recipe with a model's tokenizer: the one path from a row to the tokens whose last
+/// position's residuals a probe reads (extract, residuals and predict all come through here).
+extension ReadoutRecipe {
+    /// The recipe of a renderer and token budget with `tokenizer`.
+    public init(renderer: PromptRenderer, maxTokens: Int, withEmbeddings: Bool, tokenizer: Tokenizer) {
+        self.init(template: renderer.template.rawValue, suffix: renderer.suffix, systemPrompt: renderer.systemPrompt,
+                  maxTokens: maxTokens, withEmbeddings: withEmbeddings, tokenizer: Self.fingerprint(of: tokenizer))
+    }
+
+    public var renderer: PromptRenderer {
+        get throws {
+            guard let t = PromptTemplate(rawValue: template) else {
+                throw ExtractionError("readout recipe: template '\(template)' is not one of \(PromptTemplate.allCases.map(\.rawValue).joined(separator: ", "))")
+            }
+            return PromptRenderer(template: t, suffix: suffix, systemPrompt: systemPrompt)
+        }
+    }
+
+    /// The tokens the model reads for one row, and whether the prompt was cut to `maxTokens`.
+    public func tokens(_ content: DatasetRow.Content, tokenizer: Tokenizer) throws -> (ids: [Int32], truncated: Bool) {
+        try Extractor.promptTokens(content, tokenizer: tokenizer, renderer: try renderer, maxTokens: maxTokens)
+    }
+
+    /// sha256 over the tokenizer's pieces and scores in id order; trailing `[PADn]` pieces (added to fill
+    /// a GGUF's embedding rows) are left out, so a tokenizer.model and the GGUF vocabulary made from it agree.
+    public static func fingerprint(of t: Tokenizer) -> String {
+        var n = t.vocabSize
+        while n > 0, t.piece(Int32(n - 1)).hasPrefix("[PAD"), t.score(Int32(n - 1)) == -1000 { n -= 1 }
+        var h = SHA256()
+        for id in 0..<n {
+            let p = t.pieceBytes(Int32(id))
+            h.update(Array(String(p.count).utf8) + [0x3A] + p)
+            var s = t.score(Int32(id)).bitPattern
+            withUnsafeBytes(of: &s) { h.update($0) }
+        }
+        return "sha256:" + h.finalize().map { String(format: "%02x", $0) }.joined()
+    }
+}
+
+/// The readout flags of `predict` (nil = not given).
+public struct ReadoutFlags: Sendable {
+    public var template: String?
+    public var suffix: String?
+    public var systemPrompt: String?
+    public var maxTokens: Int?
+    /// `--override-readout`: flags that contradict the recorded recipe win (with a warning).
+    public var override = false
+    public init(template: String? = nil, suffix: String? = nil, systemPrompt: String? = nil, maxTokens: Int? = nil, override: Bool = false) {
+        self.template = template; self.suffix = suffix; self.systemPrompt = systemPrompt; self.maxTokens = maxTokens; self.override = override
+    }
+    var any: Bool { template != nil || suffix != nil || systemPrompt != nil || maxTokens != nil }
+
+    /// The recipe the flags describe, on top of `base` (or the defaults).
+    func applied(to base: ReadoutRecipe?, withEmbeddings: Bool, tokenizer: Tokenizer) throws -> ReadoutRecipe {
+        var r = base ?? ReadoutRecipe(renderer: PromptRenderer(), maxTokens: 2048, withEmbeddings: withEmbeddings, tokenizer: tokenizer)
+        if let t = template {
+            guard let pt = PromptTemplate(rawValue: t) else { throw ExtractionError("--template '\(t)' is not llama2-chat or raw") }
+            r.template = t
+            if suffix == nil && base == nil { r.suffix = pt.defaultSuffix }
+        }
+        if let s = suffix { r.suffix = s }
+        if let s = systemPrompt { r.systemPrompt = s }
+        if let m = maxTokens { r.maxTokens = m }
+        r.tokenizer = ReadoutRecipe.fingerprint(of: tokenizer)
+        return r
+    }
+}
+
+extension Predictor {
+    /// The recipe predict uses for `probes` on a model with `tokenizer`, and warnings for stderr.
+    /// Recorded recipe: used by default; a flag (or the model's tokenizer) that contradicts it is refused
+    /// naming both values, unless `--override-readout` (then a warning). Imported activations (unknown
+    /// readout): the flags are required. Probes of older versions (no recipe): the flags or defaults, with a warning.
+    public static func readout(probes: ProbeSet, flags: ReadoutFlags, tokenizer: Tokenizer) throws -> (recipe: ReadoutRecipe, warnings: [String]) {
+        if let recorded = probes.readout {
+            let wanted = try flags.applied(to: recorded, withEmbeddings: probes.withEmbeddings, tokenizer: tokenizer)
+            let diffs = recorded.differences(wanted)
+            guard !diffs.isEmpty else { return (recorded, []) }
+            let list = diffs.map { d in
+                d.field == "tokenizer" ? "the model's tokenizer \(d.theirs) differs from the recorded \(d.mine)"
+                    : "\(d.field) \(d.theirs) contradicts the recorded \(d.mine)"
+            }.joined(separator: "; ")
+            guard flags.override else {
+                throw ExtractionError("the probes in \(probes.directory) were trained on residuals read with another readout: \(list). "
+                    + "Leave the flag out to use the recorded readout, or pass --override-readout to use yours")
+            }
+            return (wanted, ["warning: --override-readout: \(list); the probes' numbers assume the recorded readout"])
+        }
+        if let m = probes.model, ModelIdentity.isImported(m) {
+            guard flags.template != nil else {
+                throw ExtractionError("the probes in \(probes.directory) were trained on imported activations (unknown readout): "
+                    + "pass the readout they were made with explicitly: --template llama2-chat|raw, and --suffix, --system-prompt and --max-tokens as used")
+            }
+            return (try flags.applied(to: nil, withEmbeddings: probes.withEmbeddings, tokenizer: tokenizer), [])
+        }
+        let r = try flags.applied(to: nil, withEmbeddings: probes.withEmbeddings, tokenizer: tokenizer)
+        return (r, ["warning: the probes in \(probes.directory) record no readout recipe (written by an older llamaprobe, or .pth files without readout.json): "
+            + "using \(flags.any ? "your flags" : "the defaults"): template \(r.template), suffix \(jsonString(r.suffix)), max tokens \(r.maxTokens)"])
+    }
+
+    /// Refuses probes trained on another checkpoint (both fingerprints named) unless `allowOther`; one line
+    /// when only the quantization differs. Returns the lines for stderr.
+    public static func checkModel(_ m: LoadedModel, probes: ProbeSet, allowOther: Bool) throws -> [String] {
+        guard let trained = probes.model else { return [] }
+        guard ModelIdentity.isFingerprint(trained) else {
+            if ModelIdentity.isImported(trained) { return [] }
+            return ["warning: the probes in \(probes.directory) record an older model identity (\(trained)), not a weights fingerprint: cannot check they were trained on \(m.path)"]
+        }
+        if trained == m.fingerprint {
+            if let q = probes.quantization, q != m.quantization {
+                return ["note: same checkpoint (\(trained)), only the quantization differs: the probes were trained on \(q) weights, \(m.path) is \(m.quantization)"]
+            }
+            return []
+        }
+        let what = "the probes in \(probes.directory) were trained on model \(trained), but \(m.path) is \(m.fingerprint) (another checkpoint)"
+        guard allowOther else {
+            throw ExtractionError(what + "; their probabilities are only meaningful on that model. Pass --allow-other-model to use them anyway")
+        }
+        return ["warning: --allow-other-model: " + what]
+    }
+}

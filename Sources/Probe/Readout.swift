@@ -1,0 +1,123 @@
+import Foundation
+import Formats
+
+/// How a dataset row becomes the vector a probe reads: the prompt template, readout suffix and system prompt,
+/// the token budget and how longer prompts are cut, the position read, whether the embedding output is a
+/// layer, and the tokenizer (a fingerprint of its pieces). Recorded in every shard and manifest, copied by
+/// `train` into probes.safetensors and readout.json; `predict` uses it by default. Extraction applies it
+/// (`ReadoutRecipe.tokens` in the Extraction module); this is the plain record.
+public struct ReadoutRecipe: Codable, Equatable, Sendable {
+    /// Prompt template name: "llama2-chat" or "raw".
+    public var template: String
+    /// Text appended after the template (the readout suffix).
+    public var suffix: String
+    /// System prompt (llama2-chat), nil for none.
+    public var systemPrompt: String?
+    /// Most tokens a prompt keeps (BOS included).
+    public var maxTokens: Int
+    /// How a longer prompt is cut: `Self.dropStartKeepBOS`.
+    public var truncation: String
+    /// The token read: "last".
+    public var position: String
+    /// Layer 0 is the embedding output (HF hidden_states indexing).
+    public var withEmbeddings: Bool
+    /// "sha256:<hex>" over the tokenizer's pieces and scores (padding pieces excluded).
+    public var tokenizer: String
+
+    /// BOS, then the last `maxTokens - 1` tokens: content is dropped from the start, the suffix survives.
+    public static let dropStartKeepBOS = "drop-start-keep-bos"
+
+    enum CodingKeys: String, CodingKey {
+        case template, suffix, truncation, position, tokenizer
+        case systemPrompt = "system_prompt", maxTokens = "max_tokens", withEmbeddings = "with_embeddings"
+    }
+
+    public init(template: String, suffix: String, systemPrompt: String?, maxTokens: Int, withEmbeddings: Bool,
+                tokenizer: String, truncation: String = ReadoutRecipe.dropStartKeepBOS, position: String = "last") {
+        self.template = template; self.suffix = suffix; self.systemPrompt = systemPrompt; self.maxTokens = maxTokens
+        self.withEmbeddings = withEmbeddings; self.tokenizer = tokenizer; self.truncation = truncation; self.position = position
+    }
+
+    /// Deterministic one-line JSON (sorted keys).
+    public var json: String {
+        let e = JSONEncoder()
+        e.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]
+        return String(decoding: (try? e.encode(self)) ?? Data(), as: UTF8.self)
+    }
+
+    /// Parses and validates a recorded recipe, naming `file` and the field.
+    public static func parse(_ json: String, file: String) throws -> ReadoutRecipe {
+        let r: ReadoutRecipe
+        do { r = try JSONDecoder().decode(ReadoutRecipe.self, from: Data(json.utf8)) } catch {
+            throw ShardError(file: file, reason: "'readout' is not a readout recipe (JSON with template, suffix, max_tokens, …): \(error.localizedDescription)")
+        }
+        try r.validate(file: file)
+        return r
+    }
+
+    public func validate(file: String) throws {
+        func fail(_ r: String) -> ShardError { ShardError(file: file, reason: "readout recipe: " + r) }
+        guard (2...(1 << 30)).contains(maxTokens) else { throw fail("'max_tokens' \(maxTokens) is not in 2...\(1 << 30)") }
+        guard truncation == Self.dropStartKeepBOS else { throw fail("'truncation' '\(truncation)' is not '\(Self.dropStartKeepBOS)'") }
+        guard position == "last" else { throw fail("'position' '\(position)' is not 'last'") }
+    }
+
+    /// The fields in which `other` differs, as (flag, this value, other value), values as a user would type them.
+    public func differences(_ other: ReadoutRecipe) -> [(field: String, mine: String, theirs: String)] {
+        var d: [(String, String, String)] = []
+        func q(_ s: String?) -> String { s.map(jsonString) ?? "none" }
+        if template != other.template { d.append(("--template", template, other.template)) }
+        if suffix != other.suffix { d.append(("--suffix", q(suffix), q(other.suffix))) }
+        if systemPrompt != other.systemPrompt { d.append(("--system-prompt", q(systemPrompt), q(other.systemPrompt))) }
+        if maxTokens != other.maxTokens { d.append(("--max-tokens", String(maxTokens), String(other.maxTokens))) }
+        if truncation != other.truncation { d.append(("truncation", truncation, other.truncation)) }
+        if position != other.position { d.append(("position", position, other.position)) }
+        if withEmbeddings != other.withEmbeddings { d.append(("--with-embeddings", String(withEmbeddings), String(other.withEmbeddings))) }
+        if tokenizer != other.tokenizer { d.append(("tokenizer", tokenizer, other.tokenizer)) }
+        return d
+    }
+
+    /// `readout.json` beside the .pth files: the recipe and the model the probes were trained on.
+    public struct File: Codable, Equatable, Sendable {
+        public var format = "llamaprobe-readout"
+        public var readout: ReadoutRecipe?
+        /// Model fingerprint (`weights-sha256:…`), "imported:…", or an older identity.
+        public var model: String
+        public var quantization: String?
+        public static let name = "readout.json"
+
+        public init(readout: ReadoutRecipe?, model: String, quantization: String?) {
+            self.readout = readout; self.model = model; self.quantization = quantization
+        }
+
+        public static func read(directory: String) throws -> File? {
+            let path = directory + "/" + name
+            guard FileManager.default.fileExists(atPath: path) else { return nil }
+            let data: Data
+            do { data = try Files.readData(path, limit: 16 << 20) } catch {
+                throw ShardError(file: path, reason: "cannot read: \((error as? FileError)?.reason ?? error.localizedDescription)")
+            }
+            let f: File
+            do { f = try JSONDecoder().decode(File.self, from: data) } catch {
+                throw ShardError(file: path, reason: "not a readout file: \(error.localizedDescription)")
+            }
+            guard f.format == "llamaprobe-readout" else { throw ShardError(file: path, reason: "'format' is '\(f.format)', not llamaprobe-readout") }
+            try f.readout?.validate(file: path)
+            return f
+        }
+
+        public var text: String {
+            let e = JSONEncoder()
+            e.outputFormatting = [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes]
+            return String(decoding: (try? e.encode(self)) ?? Data(), as: UTF8.self) + "\n"
+        }
+    }
+}
+
+/// Model identities as recorded with shards and probes.
+public enum ModelIdentity {
+    /// Prefix of the weights fingerprint (`LlamaWeights.fingerprint`); older shards hold another hash.
+    public static let fingerprintPrefix = "weights-sha256:"
+    public static func isImported(_ s: String) -> Bool { s.hasPrefix("imported:") }
+    public static func isFingerprint(_ s: String) -> Bool { s.hasPrefix(fingerprintPrefix) }
+}
