@@ -184,7 +184,7 @@ public struct Dataset {
             if names.count == 1, let other = [UInt8(ascii: "\t"), UInt8(ascii: ";"), UInt8(ascii: ","), UInt8(ascii: "|")]
                 .filter({ $0 != delimiter }).max(by: { a, c in header.fields[0].count(where: { $0 == a }) < header.fields[0].count(where: { $0 == c }) }),
                header.fields[0].contains(other) {
-                return DatasetError(file: file, line: 1, reason: "no '\(column)' column: the header is one column '\(names[0])' split by \(delimiterName(delimiter)); the delimiter is probably \(delimiterName(other)) (pass --delimiter \(other == 9 ? "tab" : String(UnicodeScalar(other))), or name the file .tsv for tabs)")
+                return DatasetError(file: file, line: 1, reason: "no '\(column)' column: the header is one column '\(names[0])' split by \(delimiterName(delimiter)); the delimiter is probably \(delimiterName(other)) (pass --delimiter \(other == 9 ? "tab, or name the file .tsv" : "'\(String(UnicodeScalar(other)))'"))")
             }
             return DatasetError(file: file, line: 1, reason: "no '\(column)' column (columns: \(names.joined(separator: ", "))); pass \(flag)")
         }

@@ -117,14 +117,14 @@ import Testing
 
         writeFile(dir + "/semi.csv", "text;label\nhello;happy\n")
         do { _ = try Dataset(path: dir + "/semi.csv", textColumn: "text"); Issue.record("wrong delimiter accepted") } catch let e as DatasetError {
-            #expect(e.reason.contains("no 'text' column: the header is one column 'text;label' split by ','; the delimiter is probably ';' (pass --delimiter ;"), "\(e)")
+            #expect(e.reason.contains("no 'text' column: the header is one column 'text;label' split by ','; the delimiter is probably ';' (pass --delimiter ';')"), "\(e)")
         }
         let semi = try Dataset(path: dir + "/semi.csv", textColumn: "text", delimiter: Dataset.delimiter(named: ";"))
         #expect(try semi.rows[0].get().label == "happy")
 
         writeFile(dir + "/tabs.csv", "text\tlabel\nhello\thappy\n")
         do { _ = try Dataset(path: dir + "/tabs.csv", textColumn: "text"); Issue.record("wrong delimiter accepted") } catch let e as DatasetError {
-            #expect(e.reason.contains("the delimiter is probably tab (pass --delimiter tab"), "\(e)")
+            #expect(e.reason.contains("the delimiter is probably tab (pass --delimiter tab, or name the file .tsv)"), "\(e)")
         }
         #expect(Dataset.delimiter(named: "tab") == 9 && Dataset.delimiter(named: "\\t") == 9 && Dataset.delimiter(named: "|") == 124)
         #expect(Dataset.delimiter(named: "\"") == nil && Dataset.delimiter(named: ";;") == nil)
