@@ -26,7 +26,7 @@ struct BenchCommand: ParsableCommand {
           llamaprobe bench --model models/tiny --weights q8_0
         """)
 
-    @Option(help: ArgumentHelp("A model to benchmark (Hugging Face directory).", valueName: "path"))
+    @Option(help: ArgumentHelp("A model to benchmark: a GGUF file or a Hugging Face checkpoint directory.", valueName: "path"))
     var model: String?
 
     @Option(help: ArgumentHelp("A preset shape built in memory: \(Preset.all.map(\.name).joined(separator: ", ")).", valueName: "preset"))
@@ -41,7 +41,7 @@ struct BenchCommand: ParsableCommand {
     @Option(help: "Timed runs (the median is reported).")
     var repeats: Int = 5
 
-    @Option(help: "Threads (default: all cores).")
+    @Option(help: "Threads (the default is this machine's core count).")
     var threads: Int = ThreadPool.defaultThreadCount
 
     @Option(help: "Projection backend: simd (our int8 kernels) or blas (OpenBLAS sgemm on dequantized tiles).")

@@ -25,11 +25,11 @@ struct Demo: ParsableCommand {
     @Option(help: ArgumentHelp("Labelled dataset (default: data/demo/emotions.csv).", valueName: "file"))
     var data: String?
 
-    @Option(help: "Threads (default: all cores).")
+    @Option(help: "Threads (the default is this machine's core count).")
     var threads: Int = ThreadPool.defaultThreadCount
 
     func run() throws {
-        let exe = CommandLine.arguments[0]
+        let exe = Self.executablePath
         let dataPath = try data ?? locate("data/demo/emotions.csv")
         let marker = out + "/.llamaprobe-demo"
         let existing = (try? FileManager.default.contentsOfDirectory(atPath: out)) ?? []
@@ -56,22 +56,24 @@ struct Demo: ParsableCommand {
         let onDisk = dir.manifests.flatMap(\.shards).reduce(0) { $0 + $1.bytes }
         let raw = dir.totalRows * dir.metadata.layers.count * dir.metadata.dModel * 4
         let set = try ProbeSet.load(directory: probes)
-        let metrics = (try? String(contentsOfFile: probes + "/probe_training_metrics.csv", encoding: .utf8)) ?? ""
-        let bestAcc = metrics.split(separator: "\n").dropFirst().compactMap { line -> Double? in
-            let c = line.split(separator: ",", omittingEmptySubsequences: false)
-            return c.count > 5 && Int(c[0]) == set.bestLayer ? Double(c[5]) : nil
-        }.max() ?? 0
+        let bestAcc = try ProbeSet.bestFromMetrics(probes + "/probe_training_metrics.csv")?.accuracy ?? 0
         let rate = extractLog.range(of: #"= ([0-9.]+) tokens/s"#, options: .regularExpression)
             .map { String(extractLog[$0]).dropFirst(2).replacingOccurrences(of: " tokens/s", with: "") } ?? "?"
         print("""
 
         Demo finished in \(String(format: "%.0f", now() - t0)) s. Where to look:
           report:      \(probes)/probe_training_summary.md (accuracy by layer: \(probes)/accuracy_by_layer.svg)
-          best layer:  \(set.bestLayer), validation accuracy \(String(format: "%.3f", bestAcc)) (random-weight model: the pipeline, not science)
+          best layer:  \(set.bestLayer.map(String.init) ?? "?"), validation accuracy \(String(format: "%.3f", bestAcc)) (random-weight model: the pipeline, not science)
           shards:      \(shards): \(String(format: "%.2f", Double(onDisk) / 1e6)) MB on disk for \(String(format: "%.2f", Double(raw) / 1e6)) MB of f32 residuals (\(dir.totalRows) rows × \(dir.metadata.layers.count) layers × \(dir.metadata.dModel))
           extraction:  \(rate) tokens/s
         Next: the README's "Running LLaMA-2-13B-chat" section.
         """)
+    }
+
+    /// This binary's path: /proc/self/exe (argv[0] is only a name when the shell found the binary through PATH).
+    static var executablePath: String {
+        if let p = try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe") { return p }
+        return Bundle.main.executablePath ?? CommandLine.arguments[0]
     }
 
     /// Prints the command, runs it (the same binary), shows its output and returns what it wrote to stderr.
@@ -105,7 +107,7 @@ struct Demo: ParsableCommand {
     }
 
     func locate(_ relative: String) throws -> String {
-        var dir = URL(fileURLWithPath: CommandLine.arguments[0]).resolvingSymlinksInPath().deletingLastPathComponent()
+        var dir = URL(fileURLWithPath: Self.executablePath).resolvingSymlinksInPath().deletingLastPathComponent()
         var candidates = [FileManager.default.currentDirectoryPath + "/" + relative]
         for _ in 0..<5 {
             candidates.append(dir.appendingPathComponent(relative).path)

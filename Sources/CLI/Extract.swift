@@ -25,6 +25,8 @@ struct WorkerSpec: ExpressibleByArgument {
     }
     init() {}
 
+    var defaultValueDescription: String { index.map { "\($0)/\(count ?? 1)" } ?? "auto" }
+
     /// Resolves `auto` from Slurm (SLURM_ARRAY_TASK_ID / SLURM_ARRAY_TASK_COUNT) or a Kubernetes indexed Job
     /// (JOB_COMPLETION_INDEX, with --workers N).
     func resolve(workers: Int?) throws -> (Int, Int) {
@@ -66,8 +68,11 @@ struct Extract: ParsableCommand {
 
     @OptionGroup var modelOptions: ModelOptions
 
-    @Option(help: ArgumentHelp("Dataset: CSV (header row; RFC 4180) or JSONL (message or messages, label).", valueName: "file"))
+    @Option(help: ArgumentHelp("Dataset: CSV (header row; RFC 4180; .tsv = tab-separated) or JSONL (message or messages, label: a string or an integer).", valueName: "file"))
     var data: String
+
+    @Option(help: ArgumentHelp("CSV field separator: one character, or tab (default: tab for .tsv/.tab files, else a comma).", valueName: "char"))
+    var delimiter: String?
 
     @Option(help: ArgumentHelp("Output shard directory.", valueName: "dir"))
     var out: String
@@ -78,7 +83,7 @@ struct Extract: ParsableCommand {
     @Option(name: .customLong("label-column"), help: "CSV column (or JSONL key) holding the label.")
     var labelColumn = "label"
 
-    @Option(help: ArgumentHelp("Class order, comma-separated (ids = positions). Default: the recipe's seven emotional states, when every label is among them.", valueName: "a,b,c"))
+    @Option(help: ArgumentHelp("Class order, comma-separated (ids = positions). Default: the recipe's seven emotional states when every label is among them, else the distinct labels sorted (integers numerically); printed and recorded.", valueName: "a,b,c"))
     var labels: String?
 
     @OptionGroup var templateOptions: TemplateOptions
@@ -101,12 +106,15 @@ struct Extract: ParsableCommand {
     @Option(help: "Number of workers, for --worker auto under Kubernetes (or to override Slurm's count).")
     var workers: Int?
 
-    @Option(name: .customLong("on-error"), help: "Bad rows (missing column, empty message, unknown label, invalid UTF-8 or JSON): fail (default) or skip (recorded in the manifest).")
+    @Option(name: .customLong("on-error"), help: "Bad rows (missing column, empty message, unknown label, invalid UTF-8 or JSON): fail or skip (recorded in the manifest with file line and reason).")
     var onError: ExtractionConfig.OnError = .fail
 
     func validate() throws {
         if rowsPerShard < 1 { throw ValidationError("--rows-per-shard must be at least 1") }
         if maxTokens < 8 { throw ValidationError("--max-tokens must be at least 8") }
+        if let d = delimiter, Dataset.delimiter(named: d) == nil {
+            throw ValidationError("--delimiter must be one character (not a quote or line break) or tab, not '\(d)'")
+        }
     }
 
     func run() throws {
@@ -115,6 +123,7 @@ struct Extract: ParsableCommand {
         cfg.tokenizerPath = modelOptions.tokenizer
         cfg.textColumn = textColumn
         cfg.labelColumn = labelColumn
+        cfg.delimiter = delimiter.flatMap(Dataset.delimiter(named:))
         cfg.labels = labels.map { $0.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) } }
         cfg.renderer = templateOptions.renderer
         cfg.maxTokens = maxTokens
@@ -136,6 +145,9 @@ struct Extract: ParsableCommand {
         note(String(format: "worker %d/%d: %d rows (%d already done), %d tokens in %.1f s = %.1f tokens/s; %d skipped, %d truncated; %.1f MB written, compression %.2fx -> %@",
                     wi, wn, s.rows, s.rowsAlreadyDone, s.tokens, s.seconds, s.tokensPerSecond, s.skipped, s.truncated,
                     Double(s.bytesWritten) / 1e6, s.compressionRatio, out))
+        for (what, list) in [("skipped", s.skippedRows), ("truncated", s.truncatedRows)] where !list.isEmpty {
+            note("\(what) (\(list.count); every one is listed in the manifest): " + list.prefix(5).joined(separator: "; ") + (list.count > 5 ? "; …" : ""))
+        }
     }
 }
 

@@ -13,11 +13,31 @@ struct Generate: ParsableCommand {
         and bytes. Stops at EOS. Recomputes the whole sequence per \
         token (no KV cache): meant for checks against other implementations, not for chatting.
 
+        The prompt is the text in the template, with no readout suffix unless --suffix is given (the emotion \
+        suffix of `extract` would make the model continue a sentiment judgement, not the text).
+
         Example: llamaprobe generate --model model.gguf --template raw --count 16 "Once upon a time"
         """)
 
     @OptionGroup var modelOptions: ModelOptions
-    @OptionGroup var templateOptions: TemplateOptions
+
+    @Option(name: .long, help: "Prompt template: llama2-chat ([INST] message [/INST]) or raw (text as given).")
+    var template: PromptTemplate = .llama2Chat
+
+    @Option(name: .long, help: ArgumentHelp("Text appended after the template (default: none).", valueName: "text"))
+    var suffix: String?
+
+    @Option(name: .customLong("system-prompt"), help: ArgumentHelp("System prompt, rendered as <<SYS>>…<</SYS>> before the message (llama2-chat).", valueName: "text"))
+    var systemPrompt: String?
+
+    /// The prompt as rendered: the template with `--suffix` (nothing by default).
+    var renderer: PromptRenderer { PromptRenderer(template: template, suffix: suffix ?? "", systemPrompt: systemPrompt) }
+
+    func validate() throws {
+        if template == .raw && systemPrompt != nil {
+            throw ValidationError("--system-prompt needs --template llama2-chat (raw prompts are used as given)")
+        }
+    }
 
     @Option(help: "Number of tokens to generate.")
     var count: Int = 16
@@ -27,7 +47,7 @@ struct Generate: ParsableCommand {
 
     func run() throws {
         let m = try modelOptions.load(includeHead: true)
-        let ids = try m.tokenizer.encode(templateOptions.renderer.render(text))
+        let ids = try m.tokenizer.encode(renderer.render(text))
         let gen = try m.model.generateGreedy(ids, count: count, stopAt: m.tokenizer.eosID)
         let out = gen.map(\.id)
         print("prompt: \(ids.map(String.init).joined(separator: " "))")

@@ -4,31 +4,35 @@ import Model
 import Quant
 import Formats
 
+/// The release printed by `llamaprobe --version`.
+let llamaprobeVersion = "0.1.0"
+
 @main
 struct LlamaProbe: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "llamaprobe",
         abstract: "Read the residual stream of LLaMA models on a CPU.",
         discussion: """
-        Runs LLaMA-architecture models (Hugging Face checkpoints) in exact f32, captures the residual \
+        Runs LLaMA-architecture models (Hugging Face checkpoints in exact f32, or int8 GGUF files), captures the residual \
         stream after every layer (TransformerLens resid_post, before the final norm), and writes it \
         to safetensors.
 
         Start with `llamaprobe demo --out demo-run` or `make demo`.
         """,
+        version: llamaprobeVersion,
         subcommands: [Demo.self, Synth.self, QuantizeCommand.self, Tokenize.self, Residuals.self, Extract.self, Shards.self, Train.self, Predict.self, Generate.self, BenchCommand.self, Info.self])
 }
 
 // MARK: - Shared option groups
 
 struct ModelOptions: ParsableArguments {
-    @Option(name: .long, help: ArgumentHelp("Model: a Hugging Face checkpoint directory (config.json, *.safetensors, tokenizer.model).", valueName: "path"))
+    @Option(name: .long, help: ArgumentHelp("Model: a GGUF file (F32, F16 or Q8_0, e.g. from `llamaprobe quantize`) or a Hugging Face checkpoint directory (config.json, *.safetensors, tokenizer.model).", valueName: "path"))
     var model: String
 
-    @Option(name: .long, help: ArgumentHelp("SentencePiece tokenizer.model to use instead of the one in the model directory.", valueName: "file"))
+    @Option(name: .long, help: ArgumentHelp("SentencePiece tokenizer.model to use instead of the model's own (the directory's tokenizer.model, or the GGUF vocabulary).", valueName: "file"))
     var tokenizer: String?
 
-    @Option(name: .long, help: "Threads for the forward pass (default: all cores).")
+    @Option(name: .long, help: "Threads for the forward pass (the default is this machine's core count).")
     var threads: Int = ThreadPool.defaultThreadCount
 
     @Option(name: .long, help: "Projection backend for int8 weights: simd (our kernels) or blas (OpenBLAS sgemm on dequantized tiles).")

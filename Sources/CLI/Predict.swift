@@ -35,6 +35,9 @@ struct Predict: ParsableCommand {
     @Option(help: ArgumentHelp("Read messages from a CSV (message column) or JSONL file instead of the arguments.", valueName: "file"))
     var data: String?
 
+    @Option(help: ArgumentHelp("With --data: the CSV field separator, one character or tab (default: tab for .tsv/.tab files, else a comma).", valueName: "char"))
+    var delimiter: String?
+
     @Option(name: .customLong("text-column"), help: "With --data: the CSV column (or JSONL key) holding the message.")
     var textColumn = "message"
 
@@ -44,7 +47,7 @@ struct Predict: ParsableCommand {
     @Option(help: ArgumentHelp("Class names in id order: names the outputs of .pth probes (which record none; default for 7 outputs: the reference recipe's seven states) or must equal the probes' recorded label set, e.g. --labels very_happy,happy,slightly_positive,neutral,slightly_negative,sad,very_sad.", valueName: "a,b,…"))
     var labels: String?
 
-    @Flag(help: "Print one JSON object per message.")
+    @Flag(help: "Print one JSON object per message (with --label-column, then one {\"accuracy\": [{layer, accuracy, correct, total}]} object).")
     var json = false
 
     @Argument(help: "Messages to classify.")
@@ -54,6 +57,9 @@ struct Predict: ParsableCommand {
         if messages.isEmpty == (data == nil) { throw ValidationError("pass messages as arguments or --data FILE (one of them)") }
         if layer != "best" && layer != "all" && Int(layer) == nil { throw ValidationError("--layer must be best, all or a layer number") }
         if labelColumn != nil && data == nil { throw ValidationError("--label-column needs --data FILE") }
+        if let d = delimiter, Dataset.delimiter(named: d) == nil {
+            throw ValidationError("--delimiter must be one character (not a quote or line break) or tab, not '\(d)'")
+        }
     }
 
     func run() throws {
@@ -67,7 +73,11 @@ struct Predict: ParsableCommand {
         }
         let layers: [Int]
         switch layer {
-        case "best": layers = [set.bestLayer]
+        case "best":
+            guard let best = set.bestLayer else {
+                throw CLIError("the probes in \(probes) do not say which layer is best (.pth files without a probe_training_metrics.csv naming 'layer' and 'best_accuracy'); pass --layer N (trained layers: \(set.probes.keys.sorted().map(String.init).joined(separator: ", "))) or --layer all")
+            }
+            layers = [best]
         case "all": layers = set.probes.keys.sorted()
         default:
             let n = Int(layer)!
@@ -80,7 +90,8 @@ struct Predict: ParsableCommand {
         var contents: [DatasetRow.Content] = messages.map { .message($0) }
         var truth: [String]? = nil   // true labels, with --label-column
         if let data {
-            let d = try Dataset(path: data, textColumn: textColumn, labelColumn: labelColumn ?? textColumn)
+            let d = try Dataset(path: data, textColumn: textColumn, labelColumn: labelColumn ?? textColumn,
+                                delimiter: delimiter.flatMap(Dataset.delimiter(named:)))
             contents = []; texts = []
             var labelled: [(row: Int, label: String)] = []
             for r in d.rows {
@@ -123,7 +134,15 @@ struct Predict: ParsableCommand {
                 summary += String(format: "layer %d%@: accuracy %.4f (%d of %d labelled messages)\n", l, l == set.bestLayer ? " (best)" : "",
                                   Double(correct) / Double(max(1, truth.count)), correct, truth.count)
             }
-            if json { FileHandle.standardError.write(Data(summary.utf8)) } else { print(summary, terminator: "") }
+            if json {
+                // stdout: one more object, the accuracy per layer; stderr: the same in words
+                let entries = layers.map { l -> String in
+                    let correct = zip(results, truth).filter { top($0[l]!) == $1 }.count
+                    return "{\"layer\":\(l),\"accuracy\":\(String(format: "%.6f", Double(correct) / Double(max(1, truth.count)))),\"correct\":\(correct),\"total\":\(truth.count)\(l == set.bestLayer ? ",\"best\":true" : "")}"
+                }
+                print("{\"accuracy\":[\(entries.joined(separator: ","))]}")
+                FileHandle.standardError.write(Data(summary.utf8))
+            } else { print(summary, terminator: "") }
         }
     }
 }

@@ -31,7 +31,7 @@ struct QuantizeCommand: ParsableCommand {
     @Option(help: ArgumentHelp("Tokenizer to embed (default: MODEL/tokenizer.model).", valueName: "file"))
     var tokenizer: String?
 
-    @Option(help: "Threads (default: all cores).")
+    @Option(help: "Threads (the default is this machine's core count).")
     var threads: Int = ThreadPool.defaultThreadCount
 
     func run() throws {

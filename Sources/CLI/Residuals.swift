@@ -70,13 +70,30 @@ struct Residuals: ParsableCommand {
 
 struct Info: ParsableCommand {
     static let configuration = CommandConfiguration(
-        abstract: "Validate a checkpoint and print its configuration and tensors.",
-        discussion: "Example: llamaprobe info --model models/tiny")
+        abstract: "Validate a checkpoint (Hugging Face directory or GGUF file) and print its configuration and tensors.",
+        discussion: "Examples:\n  llamaprobe info --model models/tiny\n  llamaprobe info --model model.q8_0.gguf")
 
-    @Option(help: ArgumentHelp("A Hugging Face checkpoint directory.", valueName: "path"))
+    @Option(help: ArgumentHelp("A GGUF file or a Hugging Face checkpoint directory.", valueName: "path"))
     var model: String
 
     func run() throws {
+        guard FileManager.default.fileExists(atPath: model) else {
+            throw CLIError("\(model): does not exist (expected a Hugging Face checkpoint directory or a .gguf file)")
+        }
+        if !Files.isDirectory(model) {
+            let g = try GGUFFile(path: model)
+            let config = try GGUFModel.config(g)
+            print("config: \(config.summary)")
+            var types: [String: Int] = [:]
+            for t in g.tensors.values { types[t.type.name, default: 0] += 1 }
+            let bytes = g.tensors.values.reduce(0) { $0 + $1.byteCount }
+            print("storage: GGUF version \(g.version), \(g.tensors.count) tensors (\(types.sorted { $0.key < $1.key }.map { "\($0.value) \($0.key)" }.joined(separator: ", "))), \(bytes) bytes")
+            let missing = GGUFModel.expectedTensors(config).map(\.name).filter { g.tensors[$0] == nil }
+            if !missing.isEmpty {
+                throw CLIError("\(model): \(missing.count) tensor(s) a LLaMA model needs are missing, e.g. \(missing.prefix(3).joined(separator: ", "))")
+            }
+            return
+        }
         let ck = try HFCheckpoint(directory: model)
         print("config: \(ck.config.summary)")
         print("storage: \(ck.config.storageDtype ?? "unspecified"), \(ck.files.count) safetensors file(s)")

@@ -48,7 +48,7 @@ struct Synth: ParsableCommand {
     @Option(help: ArgumentHelp("Corpus to train the tokenizer on (default: the project's data/tokenizer/corpus.txt).", valueName: "file"))
     var corpus: String?
 
-    @Option(help: "Threads used to generate weights (default: all cores).")
+    @Option(help: "Threads used to generate weights (the default is this machine's core count).")
     var threads: Int = ThreadPool.defaultThreadCount
 
     func validate() throws {

@@ -21,6 +21,9 @@ struct LayerSelection: ExpressibleByArgument {
         guard !out.isEmpty, Set(out).count == out.count else { return nil }
         layers = out
     }
+    init() { layers = nil }
+
+    var defaultValueDescription: String { layers.map { $0.map(String.init).joined(separator: ",") } ?? "all" }
 }
 
 /// `--max-memory 8G`.
@@ -109,13 +112,16 @@ struct Train: ParsableCommand {
     var initPath: String?
 
     @Option(help: ArgumentHelp("Layers to train: all, or a list of layer numbers and ranges as stored in the shards, e.g. --layers 0-9,20,39.", valueName: "all|list"))
-    var layers: LayerSelection = LayerSelection(argument: "all")!
+    var layers = LayerSelection()
 
-    @Option(help: "Threads (default: all cores), e.g. --threads 2.")
+    @Option(help: "Threads (the default is this machine's core count), e.g. --threads 2.")
     var threads = ThreadPool.defaultThreadCount
 
     @Option(name: .customLong("max-memory"), help: ArgumentHelp("Keep the decoded data in memory up to this size, else stream the shards every epoch (default: 70% of RAM), e.g. --max-memory 8G.", valueName: "size"))
     var maxMemory: ByteSize?
+
+    @Flag(name: .customLong("allow-empty-classes"), help: "Train even when a class of the shards' label set has no rows (its output is then trained as always 0); without it such data is refused.")
+    var allowEmptyClasses = false
 
     @Flag(help: "Replace an existing non-empty --out directory (the new one is swapped in whole at the end).")
     var overwrite = false
@@ -132,6 +138,7 @@ struct Train: ParsableCommand {
         o.splitPath = split
         o.initPath = initPath
         o.overwrite = overwrite
+        o.allowEmptyClasses = allowEmptyClasses
         let bar = ProgressLine()
         let result = try TrainJob.run(o, log: { bar.clear(); note($0) }, progress: { bar.update($0) })
         bar.finish()

@@ -23,6 +23,8 @@ public struct ExtractionConfig: Sendable {
     public var outDir: String
     public var textColumn = "message"
     public var labelColumn = "label"
+    /// CSV field separator; nil = by the file's extension (tab for .tsv/.tab, else comma).
+    public var delimiter: UInt8?
     public var labels: [String]?
     public var renderer = PromptRenderer()
     public var maxTokens = 2048
@@ -58,6 +60,9 @@ public struct ExtractionSummary: Sendable {
     public var seconds = 0.0
     public var bytesWritten = 0
     public var rawBytes = 0
+    /// "file:line (row R): reason" of each row skipped in this run, and "file:line (row R)" of each truncated one.
+    public var skippedRows: [String] = []
+    public var truncatedRows: [String] = []
     public var tokensPerSecond: Double { seconds > 0 ? Double(tokens) / seconds : 0 }
     public var compressionRatio: Double { bytesWritten > 0 ? Double(rawBytes) / Double(bytesWritten) : 0 }
 }
@@ -68,6 +73,7 @@ public enum Extractor {
     /// One row ready to run.
     struct Job {
         let row: Int
+        let line: Int
         let label: Int
         let ids: [Int32]
         let truncated: Bool
@@ -79,9 +85,14 @@ public enum Extractor {
             throw ExtractionError("worker \(cfg.worker)/\(cfg.workers) is not valid: need 0 <= I < N")
         }
         guard cfg.maxTokens >= 8 else { throw ExtractionError("--max-tokens \(cfg.maxTokens) is too small") }
-        let data = try Dataset(path: cfg.dataPath, textColumn: cfg.textColumn, labelColumn: cfg.labelColumn)
+        let data = try Dataset(path: cfg.dataPath, textColumn: cfg.textColumn, labelColumn: cfg.labelColumn, delimiter: cfg.delimiter)
         let labels = try labelNames(cfg, data)
         let labelID = Dictionary(uniqueKeysWithValues: labels.enumerated().map { ($1, $0) })
+        let (labelText, emptyClasses) = labelReport(labels, data)
+        log("classes (id=label (rows)): \(labelText)\(cfg.labels == nil ? "" : " (from --labels)")")
+        if !emptyClasses.isEmpty {
+            log("warning: \(emptyClasses.count) class(es) have no rows: \(emptyClasses.joined(separator: ", ")); `train` refuses them unless --allow-empty-classes (or pass --labels with only the classes present)")
+        }
 
         // Tokenize this worker's rows first: every row error is found before anything is written.
         let tokenizer = try cfg.tokenizerPath.map { try Tokenizer(path: $0) } ?? LoadedModel.tokenizer(forModel: cfg.modelPath)
@@ -100,7 +111,7 @@ public enum Extractor {
                 } catch {
                     throw DatasetError(file: cfg.dataPath, row: index, line: row.line, reason: error.localizedDescription)
                 }
-                jobs.append(Job(row: index, label: id, ids: ids, truncated: truncated))
+                jobs.append(Job(row: index, line: row.line, label: id, ids: ids, truncated: truncated))
             } catch let e as DatasetError {
                 guard cfg.onError == .skip else { throw e }
                 skipped.append(BadRow(index: index, line: e.line ?? 0, reason: e.reason))
@@ -143,8 +154,9 @@ public enum Extractor {
         var done = 0
         for e in events {
             if let bad = e.skip {
-                writer.skip(row: bad.index, reason: bad.reason)
+                writer.skip(row: bad.index, reason: bad.reason, line: bad.line)
                 summary.skipped += 1
+                summary.skippedRows.append("\(cfg.dataPath):\(bad.line) (row \(bad.index)): \(bad.reason)")
                 continue
             }
             let job = e.job!
@@ -158,12 +170,13 @@ public enum Extractor {
                         (base + (l + (cfg.withEmbeddings ? 1 : 0)) * d).update(from: view.row(position: job.ids.count - 1), count: d)
                     }
                 }
-                try writer.append(row: job.row, label: job.label, nTokens: job.ids.count, residPost: base, truncated: job.truncated)
+                try writer.append(row: job.row, label: job.label, nTokens: job.ids.count, residPost: base, truncated: job.truncated,
+                                  line: job.line)
             }
             done += 1
             summary.rows += 1
             summary.tokens += job.ids.count
-            if job.truncated { summary.truncated += 1 }
+            if job.truncated { summary.truncated += 1; summary.truncatedRows.append("\(cfg.dataPath):\(job.line) (row \(job.row))") }
             progress(ExtractionProgress(rowsDone: done, rowsTotal: todo, tokensDone: summary.tokens,
                                         seconds: Date().timeIntervalSince(start)))
         }
@@ -220,15 +233,24 @@ public enum Extractor {
         }
     }
 
-    /// The class order: --labels, or the recipe's seven states when every label is among them.
+    /// The class order: --labels; else the recipe's seven states when every label is among them; else the
+    /// distinct labels found, sorted (`Dataset.labelOrder`: integers numerically).
     static func labelNames(_ cfg: ExtractionConfig, _ data: Dataset) throws -> [String] {
         if let l = cfg.labels {
-            guard !l.isEmpty, Set(l).count == l.count else { throw ExtractionError("--labels must be distinct names") }
+            guard !l.isEmpty, !l.contains(""), Set(l).count == l.count else { throw ExtractionError("--labels must be distinct, non-empty names") }
             return l
         }
         let found = data.labelsFound
+        guard !found.isEmpty else { throw ExtractionError("\(cfg.dataPath): no readable row (every row has an error): no labels to train on") }
         if found.allSatisfy(defaultEmotionLabels.contains) { return defaultEmotionLabels }
-        throw ExtractionError("\(cfg.dataPath): labels found: \(found.prefix(20).joined(separator: ", "))\(found.count > 20 ? ", …" : ""); they are not all among the default \(defaultEmotionLabels.joined(separator: ",")). Pass --labels a,b,c to fix the class order (ids = positions).")
+        return Dataset.labelOrder(found)
+    }
+
+    /// The class order with each class's row count, and the classes without rows (to be reported).
+    public static func labelReport(_ labels: [String], _ data: Dataset) -> (text: String, empty: [String]) {
+        let counts = data.labelCounts
+        let text = labels.enumerated().map { "\($0)=\($1) (\(counts[$1, default: 0]))" }.joined(separator: ", ")
+        return (text, labels.filter { counts[$0, default: 0] == 0 })
     }
 
     /// The configuration every worker and every rerun must share (written to the manifests).

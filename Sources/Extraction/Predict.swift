@@ -28,7 +28,8 @@ public struct ProbeSet: Sendable {
     public let labelsRecorded: Bool
     /// Probe layer index -> probe (the best checkpoint when there is one, else the final one).
     public let probes: [Int: Probe]
-    public let bestLayer: Int
+    /// The layer with the highest validation accuracy; nil for .pth probes without a metrics file that says.
+    public let bestLayer: Int?
     public let dModel: Int
     /// Layer indices follow HF hidden_states (0 = embeddings) when the shards held the embeddings.
     public let withEmbeddings: Bool
@@ -114,19 +115,7 @@ public struct ProbeSet: Sendable {
             }
             probes[l] = try Probe(weight: w.values, bias: b.values, file: path, layer: l)
         }
-        var best = first, bestAcc = -1.0
-        let metrics = directory + "/probe_training_metrics.csv"
-        if FileManager.default.fileExists(atPath: metrics) {
-            let csv = try Files.readText(metrics, limit: 64 << 20)
-            for line in csv.split(separator: "\n").dropFirst() {
-                let c = line.split(separator: ",", omittingEmptySubsequences: false)
-                guard c.count > 5, let l = Int(c[0]), let a = Double(c[5]) else { continue }
-                guard probes[l] != nil else {
-                    throw CheckpointError(file: metrics, reason: "names layer \(l), which has no probe_at_layer_\(l).pth in \(directory)")
-                }
-                if a > bestAcc { bestAcc = a; best = l }
-            }
-        }
+        let best = try bestFromMetrics(directory + "/probe_training_metrics.csv", layers: Set(probes.keys))?.layer
         // .pth files carry no label names: the reference recipe's seven states for seven outputs, else class_i
         // (`predict --labels` names them).
         let names = classes == defaultEmotionLabels.count ? defaultEmotionLabels : (0..<classes).map { "class_\($0)" }
@@ -135,6 +124,34 @@ public struct ProbeSet: Sendable {
         return ProbeSet(directory: directory, labels: names, labelsRecorded: false, probes: probes, bestLayer: best,
                         dModel: d, withEmbeddings: recorded?.readout?.withEmbeddings ?? false, model: recorded?.model,
                         quantization: recorded?.quantization, readout: recorded?.readout)
+    }
+
+    /// The best layer recorded in a metrics CSV (nil when the file is absent or has no `layer` column and
+    /// accuracy column): the highest value of its `best_accuracy` column (or `best_val_accuracy`, `best_val_acc`,
+    /// `val_accuracy`, `val_acc`, `validation_accuracy`, `accuracy`: the first present), the lowest layer on ties, as `train` chooses. Columns are
+    /// found by name in the header. A layer without a probe (in `layers`) is refused.
+    public static func bestFromMetrics(_ path: String, layers: Set<Int>? = nil) throws -> (layer: Int, accuracy: Double)? {
+        guard FileManager.default.fileExists(atPath: path) else { return nil }
+        let text = try Files.readText(path, limit: 64 << 20)
+        var lines = text.split(omittingEmptySubsequences: true, whereSeparator: { $0 == "\n" || $0 == "\r\n" }).map {
+            $0.split(separator: ",", omittingEmptySubsequences: false).map { $0.trimmingCharacters(in: .whitespacesAndNewlines) }
+        }
+        guard !lines.isEmpty else { return nil }
+        let header = lines.removeFirst().map { $0.replacingOccurrences(of: "\u{FEFF}", with: "").lowercased() }
+        guard let li = header.firstIndex(of: "layer") else { return nil }
+        let ai = ["best_accuracy", "best_val_accuracy", "best_val_acc", "val_accuracy", "val_acc", "validation_accuracy", "accuracy"]
+            .lazy.compactMap({ header.firstIndex(of: $0) }).first
+        var best: (layer: Int, accuracy: Double)?
+        for (i, c) in lines.enumerated() where c.count > li {
+            guard let l = Int(c[li]) else { continue }
+            if let layers, !layers.contains(l) {
+                throw CheckpointError(file: path, reason: "line \(i + 2) names layer \(l), which has no probe_at_layer_\(l).pth")
+            }
+            // e.g. val_accuracy is empty when not validated
+            guard let ai, c.count > ai, let a = Double(c[ai]), a.isFinite else { continue }
+            if best == nil || a > best!.accuracy || (a == best!.accuracy && l < best!.layer) { best = (l, a) }
+        }
+        return best
     }
 
     /// `--labels`: names the classes of .pth probes, or must equal the label set recorded with the probes.

@@ -49,23 +49,47 @@ public struct BadRow: Sendable, Equatable {
 }
 
 /// Labelled datasets: CSV (RFC 4180: quoted fields, doubled quotes, embedded newlines, CRLF or LF, UTF-8 with
-/// or without BOM) with text and label columns, or JSONL with `message` or `messages` and `label`.
+/// or without BOM; comma-separated, tab-separated for .tsv/.tab, or any one-byte `delimiter`) with text and
+/// label columns, or JSONL with `message` or `messages` and `label` (a string or an integer).
 public struct Dataset {
     public let path: String
     /// Every data row in file order: a row, or why it is unusable.
     public let rows: [Result<DatasetRow, DatasetError>]
 
-    public init(path: String, textColumn: String = "message", labelColumn: String = "label") throws {
+    /// `delimiter`: the CSV field separator; nil = by extension (tab for .tsv and .tab, else comma).
+    /// A file without data rows (header only, or empty) is refused.
+    public init(path: String, textColumn: String = "message", labelColumn: String = "label", delimiter: UInt8? = nil) throws {
         self.path = path
         var bytes: [UInt8]
         do { bytes = try Files.read(path, limit: 1 << 34) } catch let e as FileError {
             throw DatasetError(file: path, reason: "cannot read: \(e.reason)")
         }
         if bytes.starts(with: [0xEF, 0xBB, 0xBF]) { bytes.removeFirst(3) }
-        if path.lowercased().hasSuffix(".jsonl") || path.lowercased().hasSuffix(".ndjson") {
+        let lower = path.lowercased()
+        if lower.hasSuffix(".jsonl") || lower.hasSuffix(".ndjson") {
             rows = Self.parseJSONL(bytes, file: path, textKey: textColumn, labelKey: labelColumn)
+            guard !rows.isEmpty else { throw DatasetError(file: path, reason: "no rows: the file is empty (expected one JSON object per line)") }
         } else {
-            rows = try Self.parseCSV(bytes, file: path, textColumn: textColumn, labelColumn: labelColumn)
+            let sep = delimiter ?? (lower.hasSuffix(".tsv") || lower.hasSuffix(".tab") ? UInt8(ascii: "\t") : UInt8(ascii: ","))
+            rows = try Self.parseCSV(bytes, file: path, textColumn: textColumn, labelColumn: labelColumn, delimiter: sep)
+            guard !rows.isEmpty else { throw DatasetError(file: path, reason: "no data rows: the file has only a header") }
+        }
+    }
+
+    /// `--delimiter`: one character, or `tab`; nil if it is neither (or a quote or line break).
+    public static func delimiter(named s: String) -> UInt8? {
+        let names: [String: UInt8] = ["tab": 9, "\\t": 9, "\t": 9, "comma": 44, "semicolon": 59, "pipe": 124]
+        if let b = names[s.lowercased()] { return b }
+        let u = Array(s.utf8)
+        guard u.count == 1, u[0] != UInt8(ascii: "\""), u[0] != 10, u[0] != 13 else { return nil }
+        return u[0]
+    }
+
+    static func delimiterName(_ b: UInt8) -> String {
+        switch b {
+        case 9: return "tab"
+        case 44: return "','"
+        default: return "'\(String(UnicodeScalar(b)))'"
         }
     }
 
@@ -76,10 +100,27 @@ public struct Dataset {
         return out
     }
 
+    /// Readable rows per label.
+    public var labelCounts: [String: Int] {
+        var c: [String: Int] = [:]
+        for case .success(let r) in rows { c[r.label, default: 0] += 1 }
+        return c
+    }
+
+    /// The documented class order when `--labels` is not given: sorted, integers (all labels integers)
+    /// numerically, otherwise by Unicode code points.
+    public static func labelOrder(_ labels: [String]) -> [String] {
+        let ints = labels.map { Int($0) }
+        if !labels.isEmpty, ints.allSatisfy({ $0 != nil }) {
+            return zip(labels, ints).sorted { ($0.1!, $0.0) < ($1.1!, $1.0) }.map(\.0)
+        }
+        return labels.sorted { Array($0.unicodeScalars.map(\.value)).lexicographicallyPrecedes($1.unicodeScalars.map(\.value)) }
+    }
+
     // MARK: CSV
 
     /// Splits RFC 4180 CSV into records of raw byte fields, with the line each record starts on.
-    static func csvRecords(_ b: [UInt8], file: String) throws -> [(line: Int, fields: [[UInt8]])] {
+    static func csvRecords(_ b: [UInt8], file: String, delimiter: UInt8 = UInt8(ascii: ",")) throws -> [(line: Int, fields: [[UInt8]])] {
         var records: [(Int, [[UInt8]])] = []
         var fields: [[UInt8]] = []
         var field: [UInt8] = []
@@ -105,11 +146,11 @@ public struct Dataset {
                 continue
             }
             switch c {
+            case delimiter:
+                endField()
             case UInt8(ascii: "\""):
                 if field.isEmpty && !quoted { inQuotes = true; quoted = true }
                 else { throw DatasetError(file: file, line: line, reason: "a quote inside an unquoted field (RFC 4180: quote the whole field and double inner quotes)") }
-            case UInt8(ascii: ","):
-                endField()
             case UInt8(ascii: "\r") where i + 1 < b.count && b[i + 1] == UInt8(ascii: "\n"):
                 i += 1
                 endRecord(); line += 1; recordLine = line
@@ -126,16 +167,29 @@ public struct Dataset {
         return records
     }
 
-    static func parseCSV(_ b: [UInt8], file: String, textColumn: String, labelColumn: String) throws -> [Result<DatasetRow, DatasetError>] {
-        let records = try csvRecords(b, file: file)
+    /// A column name as written, without surrounding whitespace, a stray `\r` or a byte order mark.
+    static func columnName(_ s: String) -> String {
+        var t = s.trimmingCharacters(in: .whitespacesAndNewlines)
+        while t.hasPrefix("\u{FEFF}") { t = String(t.dropFirst()).trimmingCharacters(in: .whitespacesAndNewlines) }
+        return t
+    }
+
+    static func parseCSV(_ b: [UInt8], file: String, textColumn: String, labelColumn: String,
+                         delimiter: UInt8 = UInt8(ascii: ",")) throws -> [Result<DatasetRow, DatasetError>] {
+        let records = try csvRecords(b, file: file, delimiter: delimiter)
         guard let header = records.first else { throw DatasetError(file: file, reason: "the file is empty (expected a header row)") }
-        let names = header.fields.map { String(decoding: $0, as: UTF8.self).trimmingCharacters(in: .whitespaces) }
-        guard let ti = names.firstIndex(of: textColumn) else {
-            throw DatasetError(file: file, line: 1, reason: "no '\(textColumn)' column (columns: \(names.joined(separator: ", "))); pass --text-column")
+        let names = header.fields.map { columnName(String(decoding: $0, as: UTF8.self)) }
+        func missing(_ column: String, _ flag: String) -> DatasetError {
+            // One column holding another separator: the delimiter is wrong, not the column name.
+            if names.count == 1, let other = [UInt8(ascii: "\t"), UInt8(ascii: ";"), UInt8(ascii: ","), UInt8(ascii: "|")]
+                .filter({ $0 != delimiter }).max(by: { a, c in header.fields[0].count(where: { $0 == a }) < header.fields[0].count(where: { $0 == c }) }),
+               header.fields[0].contains(other) {
+                return DatasetError(file: file, line: 1, reason: "no '\(column)' column: the header is one column '\(names[0])' split by \(delimiterName(delimiter)); the delimiter is probably \(delimiterName(other)) (pass --delimiter \(other == 9 ? "tab, or name the file .tsv" : "'\(String(UnicodeScalar(other)))'"))")
+            }
+            return DatasetError(file: file, line: 1, reason: "no '\(column)' column (columns: \(names.joined(separator: ", "))); pass \(flag)")
         }
-        guard let li = names.firstIndex(of: labelColumn) else {
-            throw DatasetError(file: file, line: 1, reason: "no '\(labelColumn)' column (columns: \(names.joined(separator: ", "))); pass --label-column")
-        }
+        guard let ti = names.firstIndex(of: textColumn) else { throw missing(textColumn, "--text-column") }
+        guard let li = names.firstIndex(of: labelColumn) else { throw missing(labelColumn, "--label-column") }
         return records.dropFirst().enumerated().map { index, rec in
             func bad(_ reason: String) -> Result<DatasetRow, DatasetError> {
                 .failure(DatasetError(file: file, row: index, line: rec.line, reason: reason))
@@ -147,7 +201,7 @@ public struct Dataset {
                 return bad("invalid UTF-8")
             }
             guard !text.trimmingCharacters(in: .whitespacesAndNewlines).isEmpty else { return bad("empty message") }
-            let l = label.trimmingCharacters(in: .whitespaces)
+            let l = label.trimmingCharacters(in: .whitespacesAndNewlines)   // a stray \r of \r\r\n line ends too
             guard !l.isEmpty else { return bad("empty label") }
             return .success(DatasetRow(index: index, line: rec.line, content: .message(text), label: l))
         }
@@ -169,7 +223,11 @@ public struct Dataset {
             guard let obj = (try? JSONSerialization.jsonObject(with: Data(bytes))) as? [String: Any] else {
                 bad("not a JSON object (unparsable JSON)"); continue
             }
-            guard let label = obj[labelKey] as? String, !label.isEmpty else { bad("missing or empty '\(labelKey)'"); continue }
+            let label: String
+            switch jsonLabel(obj[labelKey], line: bytes, key: labelKey) {
+            case .success(let l): label = l
+            case .failure(let e): bad(e.reason); continue
+            }
             if let m = obj[textKey] as? String {
                 guard !m.trimmingCharacters(in: .whitespacesAndNewlines).isEmpty else { bad("empty message"); continue }
                 out.append(.success(DatasetRow(index: index, line: line, content: .message(m), label: label)))
@@ -186,6 +244,47 @@ public struct Dataset {
             }
         }
         return out
+    }
+}
+
+extension Dataset {
+    /// A JSON value of the label key: a non-empty string, or an integer (as its decimal text, so that
+    /// `"label": 3` and a CSV `3` are the same class). Booleans, fractions, lists and objects are refused.
+    static func jsonLabel(_ v: Any?, line: [UInt8], key: String) -> Result<String, DatasetError> {
+        func fail(_ r: String) -> Result<String, DatasetError> { .failure(DatasetError(file: "", reason: r)) }
+        guard let v, !(v is NSNull) else { return fail("missing '\(key)'") }
+        if let s = v as? String { return s.trimmingCharacters(in: .whitespaces).isEmpty ? fail("empty '\(key)'") : .success(s) }
+        // JSONSerialization gives numbers and booleans as NSNumber: ask the JSON itself which it was.
+        let dec = JSONDecoder()
+        dec.userInfo[JSONLabelProbe.keyInfo] = key
+        if case .int(let i)? = (try? dec.decode(JSONLabelProbe.self, from: Data(line)))?.value { return .success(String(i)) }
+        return fail("'\(key)' must be a string or an integer")
+    }
+}
+
+/// The label key of one JSON line, decoded to tell integers from booleans and fractions.
+private struct JSONLabelProbe: Decodable {
+    static let keyInfo = CodingUserInfoKey(rawValue: "llamaprobe.labelKey")!
+    let value: Value
+    enum Value: Decodable {
+        case int(Int), other
+        init(from d: Decoder) throws {
+            let c = try d.singleValueContainer()
+            if (try? c.decode(Bool.self)) != nil { self = .other }
+            else if let i = try? c.decode(Int.self) { self = .int(i) }
+            else { self = .other }
+        }
+    }
+    struct Key: CodingKey {
+        var stringValue: String; var intValue: Int? { nil }
+        init?(stringValue: String) { self.stringValue = stringValue }
+        init?(intValue: Int) { nil }
+    }
+    init(from d: Decoder) throws {
+        guard let name = d.userInfo[JSONLabelProbe.keyInfo] as? String, let key = Key(stringValue: name) else {
+            throw DecodingError.dataCorrupted(.init(codingPath: [], debugDescription: "no key"))
+        }
+        value = try d.container(keyedBy: Key.self).decode(Value.self, forKey: key)
     }
 }
 

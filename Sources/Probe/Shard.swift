@@ -76,9 +76,10 @@ public struct ShardMetadata: Codable, Equatable, Sendable {
         case (nil, nil): break
         default: return "readout \(a.readoutDescription) vs \(b.readoutDescription)"
         }
-        if a.template != b.template || a.suffix != b.suffix || a.systemPrompt != b.systemPrompt || a.withEmbeddings != b.withEmbeddings {
-            return "the prompt template, suffix, system prompt or embeddings differ"
-        }
+        if a.template != b.template { return "template '\(a.template)' vs '\(b.template)'" }
+        if a.suffix != b.suffix { return "suffix \(jsonString(a.suffix)) vs \(jsonString(b.suffix))" }
+        if a.systemPrompt != b.systemPrompt { return "system_prompt \(jsonString(a.systemPrompt)) vs \(jsonString(b.systemPrompt))" }
+        if a.withEmbeddings != b.withEmbeddings { return "with_embeddings \(a.withEmbeddings) vs \(b.withEmbeddings)" }
         if a.format != b.format || a.version != b.version { return "shard format \(a.format) \(a.version) vs \(b.format) \(b.version)" }
         return nil
     }
@@ -228,16 +229,20 @@ public struct ShardRecord: Codable, Equatable, Sendable {
     public var skipped: [SkippedRow]
     /// Rows whose prompt was truncated to --max-tokens.
     public var truncated: [Int]
+    /// The data file's line of each row in `truncated` (same order), when recorded.
+    public var truncatedLines: [Int]? = nil
 
     enum CodingKeys: String, CodingKey {
         case file, index, count, bytes, sha256, skipped, truncated
-        case firstRow = "first_row", lastRow = "last_row"
+        case firstRow = "first_row", lastRow = "last_row", truncatedLines = "truncated_lines"
     }
 }
 
 public struct SkippedRow: Codable, Equatable, Sendable {
     public var row: Int
     public var reason: String
+    /// The data file's line where the row starts, when recorded.
+    public var line: Int? = nil
 }
 
 /// `manifest-WWWWW.json`: one worker's configuration and its completed shards.
@@ -339,6 +344,9 @@ public struct Manifest: Codable, Equatable, Sendable {
             if let r = s.truncated.first(where: { !(s.firstRow...s.lastRow).contains($0) }) {
                 throw bad("truncated row \(r) is outside the shard's rows \(s.firstRow)...\(s.lastRow)")
             }
+            if let tl = s.truncatedLines, tl.count != s.truncated.count {
+                throw bad("'truncated_lines' has \(tl.count) lines for \(s.truncated.count) 'truncated' rows")
+            }
             previousLast = s.lastRow
         }
         if let r = skippedAfterLastShard.first(where: { !(0..<rowLimit).contains($0.row) }) {
@@ -371,7 +379,7 @@ public final class ShardWriter {
     // The shard being filled.
     private var resid: [UInt8] = []
     private var labels: [Int64] = [], rows: [Int64] = [], nTokens: [Int32] = []
-    private var skipped: [SkippedRow] = [], truncated: [Int] = []
+    private var skipped: [SkippedRow] = [], truncated: [Int] = [], truncatedLines: [Int] = []
     private var nextIndex = 0
     // Background writing: one shard in flight at a time beyond the one being filled.
     private let queue = DispatchQueue(label: "llamaprobe.shard-writer")
@@ -491,7 +499,9 @@ public final class ShardWriter {
         }
     }
 
-    public func append(row: Int, label: Int, nTokens n: Int, residPost: UnsafePointer<Float>, truncated wasTruncated: Bool = false) throws {
+    /// `line`: the data file's line of the row (recorded for truncated rows).
+    public func append(row: Int, label: Int, nTokens n: Int, residPost: UnsafePointer<Float>, truncated wasTruncated: Bool = false,
+                       line: Int? = nil) throws {
         try throwBackgroundError()
         let bytes = storage.quantType!.byteCount(elements: rowElements)
         let start = resid.count
@@ -500,13 +510,13 @@ public final class ShardWriter {
         labels.append(Int64(label))
         rows.append(Int64(row))
         nTokens.append(Int32(n))
-        if wasTruncated { truncated.append(row) }
+        if wasTruncated { truncated.append(row); truncatedLines.append(line ?? 0) }
         if labels.count == rowsPerShard { try flush() }
     }
 
     /// Records a row skipped with `--on-error skip` (kept with the shard that covers it).
-    public func skip(row: Int, reason: String) {
-        skipped.append(SkippedRow(row: row, reason: reason))
+    public func skip(row: Int, reason: String, line: Int? = nil) {
+        skipped.append(SkippedRow(row: row, reason: reason, line: line))
     }
 
     private func flush() throws {
@@ -515,9 +525,10 @@ public final class ShardWriter {
         nextIndex += 1
         let record = ShardRecord(file: Shard.fileName(worker: worker, index: index), index: index,
                                  firstRow: Int(rows.first!), lastRow: Int(rows.last!), count: labels.count, bytes: 0,
-                                 sha256: "", skipped: skipped, truncated: truncated)
+                                 sha256: "", skipped: skipped, truncated: truncated,
+                                 truncatedLines: truncatedLines.contains(where: { $0 > 0 }) ? truncatedLines : nil)
         let (r, l, ro, t) = (resid, labels, rows, nTokens)
-        resid = []; labels = []; rows = []; nTokens = []; skipped = []; truncated = []
+        resid = []; labels = []; rows = []; nTokens = []; skipped = []; truncated = []; truncatedLines = []
         resid.reserveCapacity(rowsPerShard * rowElements * storage.elementSize)
         slots.wait()
         let meta = manifest.metadata

@@ -15,6 +15,8 @@ public struct TrainJobOptions: Sendable {
     public var initPath: String?
     /// Replace the files of an existing non-empty --out directory.
     public var overwrite = false
+    /// Train although a class of the label set has no rows (refused otherwise).
+    public var allowEmptyClasses = false
 
     public init(shardDirectories: [String], outDirectory: String, maxMemory: Int = TrainJob.defaultMaxMemory) {
         self.shardDirectories = shardDirectories; self.outDirectory = outDirectory; self.maxMemory = maxMemory
@@ -51,6 +53,9 @@ public enum TrainJob {
         let meta = inv.metadata
         if meta.readout == nil { log("warning: \(meta.readoutDescription): predict will ask for the readout flags (--template, --suffix, --system-prompt, --max-tokens) or use its defaults") }
         for u in inv.unfinished { log("warning: \(u): this worker has not finished; training on its completed shards only") }
+        if inv.datasets.count > 1 {
+            log("\(inv.datasets.count) datasets: " + inv.datasets.map { "\($0.name) (row numbers from \($0.firstRow))" }.joined(separator: ", "))
+        }
         guard meta.labels.count >= 2 else { throw ShardError(file: o.shardDirectories[0], reason: "the shards have \(meta.labels.count) label(s); a probe needs at least 2 classes") }
         let keep = try DataLoader.layerIndices(meta, requested: o.layers)
         let layerNumbers = keep.map { meta.layers[$0] }
@@ -81,7 +86,14 @@ public enum TrainJob {
         let rowsByPosition = index.rowsByPosition
         var counts = [Int](repeating: 0, count: meta.labels.count)
         for l in labels { counts[Int(l)] += 1 }
-        for (j, n) in counts.enumerated() where n == 0 { log("warning: class '\(meta.labels[j])' has no rows; its output is trained as always 0") }
+        let empty = counts.indices.filter { counts[$0] == 0 }.map { meta.labels[$0] }
+        if !empty.isEmpty {
+            let what = "\(empty.count) of the \(meta.labels.count) classes have no rows: \(empty.map { "'\($0)'" }.joined(separator: ", "))"
+            guard o.allowEmptyClasses else {
+                throw TrainError("\(what) (labels: \(meta.labels.joined(separator: ","))); extract with --labels naming only the classes present, or pass --allow-empty-classes to train them as always 0")
+            }
+            log("warning: \(what); their outputs are trained as always 0 (--allow-empty-classes)")
+        }
         let train: [Int], val: [Int]
         let splitSource: String
         if let sp = o.splitPath {

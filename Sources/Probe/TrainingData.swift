@@ -83,6 +83,8 @@ struct ShardRef {
     let path: String
     let count: Int
     let firstSlot: Int
+    /// Added to the shard's row numbers: rows of different datasets get different numbers (0 for the first).
+    var rowOffset: Int64 = 0
 }
 
 /// The shard directories given to `train`: their common metadata and every shard file.
@@ -95,6 +97,17 @@ public struct ShardInventory {
     public var shardPaths: [String] { shards.map(\.path) }
     /// Manifests of workers that have not finished (their completed shards are used).
     public let unfinished: [String]
+    /// The distinct datasets, in the order first given, with the number their rows start at (rows of the
+    /// second dataset are numbered after the first dataset's rows_total, and so on: row numbers in split.json).
+    public let datasets: [(name: String, firstRow: Int)]
+
+    /// What tells datasets apart: the data file's hash recorded by `extract` (or the imported file's).
+    /// Directories that record neither count as one dataset (their rows must then be distinct).
+    static func datasetKey(_ m: Manifest) -> String {
+        if let h = m.config["data_sha256"], !h.isEmpty { return "data:" + h }
+        if let h = m.config["source_sha256"], !h.isEmpty { return "import:" + h }
+        return "unrecorded"
+    }
 
     public init(directories: [String]) throws {
         guard !directories.isEmpty else { throw TrainError("no shard directory given (--shards DIR)") }
@@ -104,8 +117,17 @@ public struct ShardInventory {
         var first = ""
         var refs: [ShardRef] = []
         var slot = 0
+        var keys: [String] = [], names: [String: String] = [:], span: [String: Int] = [:], keyOfRef: [String] = []
         for path in directories {
             let dir = try ShardDirectory(path: path)
+            let key = Self.datasetKey(dir.manifests[0])
+            if names[key] == nil {
+                keys.append(key)
+                names[key] = dir.manifests[0].config["data_file"] ?? dir.manifests[0].config["source"] ?? path
+            }
+            // rows_total, or past the last row present (both bounded by Manifest.validate: at most 2^40)
+            let rows = dir.manifests[0].rowsTotal ?? (dir.manifests.flatMap(\.shards).map(\.lastRow).max() ?? -1) + 1
+            span[key] = max(span[key] ?? 0, rows)
             if let m = meta {
                 if let diff = Self.difference(m, dir.metadata) {
                     throw ShardError(file: path, reason: "its shards do not match \(first): \(diff)")
@@ -129,11 +151,21 @@ public struct ShardInventory {
                         throw ShardError(file: file, reason: "is \(size) bytes but its manifest records \(r.bytes): the file is empty, truncated or replaced (`llamaprobe shards verify` checks every shard)")
                     }
                     refs.append(ShardRef(path: file, count: r.count, firstSlot: slot))
+                    keyOfRef.append(key)
                     slot += r.count
                 }
             }
         }
         guard slot > 0 else { throw ShardError(file: directories[0], reason: "no completed shards: nothing to train on") }
+        var firstRow = [String: Int](), next = 0
+        for k in keys {
+            firstRow[k] = next
+            let (n, o) = next.addingReportingOverflow(span[k] ?? 0)
+            guard !o, n <= Manifest.maxRows else { throw TrainError("the datasets have more than \(Manifest.maxRows) rows together") }
+            next = n
+        }
+        for i in refs.indices { refs[i].rowOffset = Int64(firstRow[keyOfRef[i]] ?? 0) }
+        datasets = keys.map { (names[$0] ?? $0, firstRow[$0] ?? 0) }
         metadata = meta!
         shards = refs
         self.unfinished = unfinished
@@ -279,9 +311,12 @@ enum DataLoader {
                                 stored = ActivationType(dtype: m.dtype) ?? .f32
                             }, labelsOnly: labelsOnly, rowTarget: { i in rowTarget(ref, stored, i) },
                             rowSink: { i, bytes in try rowSink(ref, stored, i, bytes) })
+                            if let bad = c.rows.first(where: { !(0...Int64(Manifest.maxRows)).contains($0) }) {
+                                throw ShardError(file: ref.path, reason: "'row' value \(bad) is not a row number (0...\(Manifest.maxRows))")
+                            }
                             for i in 0..<c.count {
                                 lp[ref.firstSlot + i] = Int32(c.labels[i])
-                                rp[ref.firstSlot + i] = c.rows[i]
+                                rp[ref.firstSlot + i] = c.rows[i] + ref.rowOffset   // both at most 2^40
                             }
                         } catch {
                             ep[si] = error

@@ -45,9 +45,15 @@ import Testing
         let r = try CLI.run(["predict", "--model", model, "--probes", probes, "--data", dir + "/head.csv", "--label-column", "label",
                              "--layer", "all", "--json"])
         try #require(r.status == 0, "\(r.stderr)")
-        let objects = r.stdout.split(separator: "\n").map { try! JSONSerialization.jsonObject(with: Data($0.utf8)) as! [String: Any] }
-        #expect(objects.count == n)
+        let lines = r.stdout.split(separator: "\n").map { try! JSONSerialization.jsonObject(with: Data($0.utf8)) as! [String: Any] }
+        let objects = lines.filter { $0["message"] != nil }
+        #expect(objects.count == n && lines.count == n + 1)
         #expect(r.stderr.contains("(best): accuracy"), "accuracy per layer on stderr: \(r.stderr)")
+        // --json --label-column: the accuracies are in the JSON too (a last object), one entry per layer.
+        let accuracy = try #require(lines.last?["accuracy"] as? [[String: Any]], "\(r.stdout)")
+        #expect(accuracy.map { $0["layer"] as? Int } == Array(0..<layers).map { Optional($0) })
+        #expect(accuracy.allSatisfy { ($0["total"] as? Int) == n && ($0["correct"] as? Int).map { (0...n).contains($0) } == true })
+        #expect(accuracy.filter { $0["best"] as? Bool == true }.map { $0["layer"] as? Int } == [best])
         var worst: Float = 0
         for (i, o) in objects.enumerated() {
             #expect(o["label"] as? String == labels[Int(shard.labels[i])])
@@ -105,6 +111,19 @@ import Testing
         #expect(viaPth.status == 0 && viaPth.stdout == viaSafetensors.stdout, "\(viaPth.stdout)\(viaPth.stderr)")
         let renamed = try CLI.run(["predict", "--model", model, "--probes", pth, "--labels", "a,b,c,d,e,f,g", "--json", "hi"])
         #expect(renamed.status == 0 && renamed.stdout.contains("\"probabilities\":{\"a\":"), "\(renamed.stdout)\(renamed.stderr)")
+
+        // .pth files only (as the PyTorch recipe leaves them): --layer best is refused, naming --layer N, until a
+        // metrics file with the recipe's column names says which layer is best.
+        let pthOnly = dir + "/pth-no-metrics"
+        try FileManager.default.createDirectory(atPath: pthOnly, withIntermediateDirectories: true)
+        for f in try FileManager.default.contentsOfDirectory(atPath: probes) where f.hasSuffix(".pth") {
+            try FileManager.default.copyItem(atPath: probes + "/" + f, toPath: pthOnly + "/" + f)
+        }
+        let noBest = try CLI.run(["predict", "--model", model, "--probes", pthOnly, "hi"])
+        #expect(noBest.status == 1 && noBest.stderr.contains("do not say which layer is best") && noBest.stderr.contains("pass --layer N"), "\(noBest.stdout)\(noBest.stderr)")
+        try "layer,best_val_accuracy\n0,0.2\n1,0.9\n2,0.4\n".write(toFile: pthOnly + "/probe_training_metrics.csv", atomically: true, encoding: .utf8)
+        let recipe = try CLI.run(["predict", "--model", model, "--probes", pthOnly, "hi"])
+        #expect(recipe.status == 0 && recipe.stdout.contains("layer 1 (best):"), "\(recipe.stdout)\(recipe.stderr)")
 
         // Hostile probes (issue 9): NaN weights, or a layer of another width: exit 1 naming the file and layer.
         let nanDir = dir + "/nan"

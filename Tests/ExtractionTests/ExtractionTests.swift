@@ -189,12 +189,12 @@ func demoCSV(rows: Int) -> String {
         #expect(m.skipped.map(\.row) == [1, 2] && m.skipped[1].reason.contains("unknown label 'angry'"))
         let v = try ShardVerification.run(directory: dir + "/out")
         #expect(v.isComplete && v.rows == 2 && v.expectedRows == 2, "\(v.problems)")
-        // Without --labels, labels outside the seven states are listed.
+        // Without --labels, labels outside the seven states are the classes, sorted (issue 10: not a refusal).
         var noLabels = config(dir + "/d.csv", dir + "/out2")
         noLabels.onError = .skip
-        do { _ = try Extractor.run(noLabels); Issue.record("unknown label set accepted") } catch {
-            #expect(error.localizedDescription.contains("angry") && error.localizedDescription.contains("--labels"))
-        }
+        let s2 = try Extractor.run(noLabels)
+        #expect(s2.rows == 3 && s2.skipped == 1)
+        #expect(try Manifest.read(path: dir + "/out2/" + Manifest.fileName(worker: 0)).metadata.labels == ["angry", "happy", "neutral"])
     }
 
     @Test("a different configuration on the same directory is refused, naming what differs")

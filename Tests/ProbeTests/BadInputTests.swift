@@ -8,13 +8,14 @@ import Testing
 @Suite struct TrainBadInputTests {
     /// A small valid shard directory (3 classes, 30 rows, 2 layers, d_model 8) in `dir/name`.
     static func shards(_ dir: String, _ name: String = "shards", labels: [Int]? = nil, labelNames: [String] = ["a", "b", "c"],
-                       rowIDs: [Int]? = nil, nanAt: Int? = nil, model: String = "test-model") throws -> String {
+                       rowIDs: [Int]? = nil, nanAt: Int? = nil, model: String = "test-model", suffix: String = "",
+                       config: [String: String] = ["test": "1"]) throws -> String {
         let labs = labels ?? (0..<30).map { $0 % 3 }
         var values = (0..<(labs.count * 16)).map { Float(sin(Double($0))) }
         if let r = nanAt { values[r * 16 + 9] = .nan }
         let path = dir + "/" + name
         try writeShards(path, values: values, labels: labs, layers: 2, dModel: 8, labelNames: labelNames, rowsPerShard: 8,
-                        rowIDs: rowIDs, model: model)
+                        rowIDs: rowIDs, model: model, suffix: suffix, config: config)
         return path
     }
 
@@ -89,6 +90,41 @@ import Testing
         o.outDirectory = dir + "/ok"
         let r = try TrainJob.run(o)
         #expect(r.trainRows + r.valRows == 60)
+    }
+
+    @Test("two datasets (told apart by the data hash in their manifests) train together; the same dataset twice and a mismatched readout are refused")
+    func twoDatasets() throws {
+        let dir = scratchDirectory()
+        func data(_ c: Character) -> [String: String] { ["data_file": "\(c).csv", "data_sha256": String(repeating: c, count: 64), "rows_total": "30"] }
+        // The same row numbers 0..<30 in both: different datasets, so not duplicates.
+        let a = try Self.shards(dir, "a", config: data("a"))
+        let b = try Self.shards(dir, "b", config: data("b"))
+        var o = Self.options(dir, [a, b])
+        o.outDirectory = dir + "/ab"
+        var log: [String] = []
+        let r = try TrainJob.run(o, log: { log.append($0) })
+        #expect(r.trainRows + r.valRows == 60)
+        #expect(log.contains { $0.contains("2 datasets: a.csv (row numbers from 0), b.csv (row numbers from 30)") }, "\(log)")
+        let split = try SplitFile.read(path: dir + "/ab/split.json")
+        #expect(Set(split.train + split.val) == Set(0..<60))
+        // The same dataset given twice is still refused.
+        let a2 = try Self.shards(dir, "a2", config: data("a"))
+        Self.expectFailure(Self.options(dir, [a, a2]), ["duplicate rows", "row 0"])
+        // Another readout: refused naming the field.
+        let c = try Self.shards(dir, "c", suffix: " Overall, the sentiment is", config: data("c"))
+        Self.expectFailure(Self.options(dir, [a, c]), [c, "suffix \"\" vs \" Overall, the sentiment is\""])
+    }
+
+    @Test("a class of the label set without rows is refused unless allowed, naming the classes")
+    func emptyClass() throws {
+        let dir = scratchDirectory()
+        let s = try Self.shards(dir, labels: (0..<30).map { $0 % 2 }, labelNames: ["happy", "sad", "neutral", "angry"])
+        Self.expectFailure(Self.options(dir, [s]), ["2 of the 4 classes have no rows: 'neutral', 'angry'", "--allow-empty-classes"])
+        var o = Self.options(dir, [s])
+        o.allowEmptyClasses = true
+        var log: [String] = []
+        _ = try TrainJob.run(o, log: { log.append($0) })
+        #expect(log.contains { $0.contains("warning: 2 of the 4 classes have no rows") }, "\(log)")
     }
 
     @Test("a class with fewer than 2 rows is refused, naming the class")

@@ -81,11 +81,11 @@ struct TrainingCase {
 /// Writes rows [n, layers, dModel] with ShardWriter (row indices `rowIDs`, default 0..<n).
 func writeShards(_ dir: String, values: [Float], labels: [Int], layers: Int, dModel: Int, labelNames: [String],
                  rowsPerShard: Int = 16, dtype: String = "F32", rowIDs: [Int]? = nil, worker: Int = 0, workers: Int = 1,
-                 model: String = "test-model") throws {
-    let meta = ShardMetadata(model: model, labels: labelNames, template: "raw", suffix: "", systemPrompt: "",
+                 model: String = "test-model", suffix: String = "", config: [String: String] = ["test": "1"]) throws {
+    let meta = ShardMetadata(model: model, labels: labelNames, template: "raw", suffix: suffix, systemPrompt: "",
                              layers: Array(0..<layers), withEmbeddings: false, dtype: dtype, dModel: dModel)
     let w = try ShardWriter(directory: dir, worker: worker, workers: workers, metadata: meta, rowsPerShard: rowsPerShard,
-                            config: ["test": "1"])
+                            config: config)
     let per = layers * dModel
     try values.withUnsafeBufferPointer { v in
         for i in 0..<labels.count {
