@@ -154,7 +154,7 @@ struct Extract: ParsableCommand {
 struct Shards: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Inspect and check shard directories.",
-        subcommands: [ShardsVerify.self, ShardsInfo.self, ShardsImport.self])
+        subcommands: [ShardsVerify.self, ShardsInfo.self, ShardsImport.self, ShardsExport.self])
 }
 
 struct ShardsVerify: ParsableCommand {
@@ -174,6 +174,33 @@ struct ShardsVerify: ParsableCommand {
         print("complete")
     }
 }
+
+struct ShardsExport: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "export",
+        abstract: "Write a shard directory as plain arrays (rows in input order, resid_post in float32).",
+        discussion: """
+        --format npy: OUT is a directory of resid_post.npy [rows, layers, d_model], label.npy, row.npy, \
+        n_tokens.npy and metadata.json. --format safetensors: OUT is one file with the same tensors and the \
+        shard metadata. In Python without llamaprobe: python/llamaprobe_shards.py reads shard directories directly.
+
+        Example: llamaprobe shards export shards/ --format npy --out arrays/
+        """)
+
+    @Argument(help: "Shard directory.")
+    var directory: String
+    @Option(help: "npy (a directory of .npy files) or safetensors (one file).")
+    var format: ShardExport.Format = .npy
+    @Option(help: ArgumentHelp("Output directory (npy) or file (safetensors).", valueName: "path"))
+    var out: String
+
+    func run() throws {
+        let r = try ShardExport.run(directory: directory, format: format, out: out)
+        print("wrote \(out): \(r.rows) rows × \(r.layers) layers × \(r.dModel) (float32)")
+    }
+}
+
+extension ShardExport.Format: ExpressibleByArgument {}
 
 struct ShardsInfo: ParsableCommand {
     static let configuration = CommandConfiguration(

@@ -1,5 +1,4 @@
 import Foundation
-import Formats
 #if canImport(Glibc)
 import Glibc
 #endif

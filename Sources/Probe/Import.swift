@@ -55,7 +55,8 @@ public final class NpyArray: @unchecked Sendable {
         dtype = dt
         guard let fo = field("fortran_order") else { throw fail("header lacks 'fortran_order'") }
         guard fo.hasPrefix("False") else { throw fail("Fortran-order arrays are not supported; save with np.ascontiguousarray") }
-        guard let sf = field("shape"), let open = sf.firstIndex(of: "("), let close = sf.firstIndex(of: ")") else {
+        guard let sf = field("shape"), let open = sf.firstIndex(of: "("),
+              let close = sf[open...].firstIndex(of: ")") else {
             throw fail("header lacks 'shape'")
         }
         let dims = sf[sf.index(after: open)..<close].split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) }.filter { !$0.isEmpty }

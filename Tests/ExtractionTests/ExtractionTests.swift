@@ -321,6 +321,51 @@ func demoCSV(rows: Int) -> String {
         #expect(lines.count == 2 && Float(lines[1]) == b.residPost[2 * 3 * 64 + 64 + 5])
     }
 
+    @Test("python/llamaprobe_shards.py reads a two-worker BF16 directory in row order, equal to shards export (npy and safetensors)")
+    func pythonDirectoryAndExport() throws {
+        let dir = tempDir()
+        writeFile(dir + "/d.csv", demoCSV(rows: 19))
+        var cfg = config(dir + "/d.csv", dir + "/out")
+        cfg.dtype = .bf16
+        cfg.workers = 2
+        for w in 0..<2 { cfg.worker = w; _ = try Extractor.run(cfg) }
+        let npy = try ShardExport.run(directory: dir + "/out", format: .npy, out: dir + "/npy")
+        #expect(npy.rows == 19 && npy.layers == 3 && npy.dModel == 64)
+        _ = try ShardExport.run(directory: dir + "/out", format: .safetensors, out: dir + "/all.safetensors")
+        let st = try SafeTensorsFile(path: dir + "/all.safetensors")
+        #expect(try st.integers("row") == (0..<19).map(Int64.init))
+        // Every exported row equals the shard's row (BF16 widened exactly).
+        let values = try st.floats("resid_post")
+        for path in try ShardDirectory(path: dir + "/out").shardPaths {
+            let b = try Shard.read(path: path)
+            for (i, r) in b.rows.enumerated() {
+                #expect(Array(values[Int(r) * 192..<(Int(r) + 1) * 192]) == Array(b.residPost[i * 192..<(i + 1) * 192]))
+            }
+        }
+        let script = """
+        import sys, numpy as np
+        sys.path.insert(0, sys.argv[1])
+        from llamaprobe_shards import read_directory
+        data, meta = read_directory(sys.argv[2])
+        assert data["resid_post"].dtype == np.float32 and data["resid_post"].shape == (19, 3, 64)
+        assert data["row"].tolist() == list(range(19))
+        for k in ("resid_post", "label", "row", "n_tokens"):
+            assert np.array_equal(data[k], np.load(sys.argv[3] + "/" + k + ".npy")), k
+        print(meta["labels"][0], len(meta["manifests"]))
+        """
+        writeFile(dir + "/read.py", script)
+        let p = Process()
+        p.executableURL = URL(fileURLWithPath: "/usr/bin/env")
+        p.arguments = ["python3", dir + "/read.py", Paths.repo.appendingPathComponent("python").path, dir + "/out", dir + "/npy"]
+        let pipe = Pipe(), err = Pipe()
+        p.standardOutput = pipe; p.standardError = err
+        try p.run(); p.waitUntilExit()
+        let out = String(decoding: pipe.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        let errText = String(decoding: err.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        #expect(p.terminationStatus == 0, "python failed: \(errText)")
+        #expect(out == "\(defaultEmotionLabels[0]) 2\n")
+    }
+
     /// Every file's bytes in a directory (the worker's lock file holds the pid of its last holder: only its
     /// presence is compared).
     func snapshot(_ dir: String) throws -> [String: Data] {
