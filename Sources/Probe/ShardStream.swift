@@ -29,8 +29,7 @@ struct ShardStream {
                      labelsOnly: Bool = false,
                      rowTarget: (Int) -> UnsafeMutableRawPointer? = { _ in nil },
                      rowSink: (Int, UnsafeRawPointer) throws -> Void) throws -> Contents {
-        var s = try Decompressor(path: path)
-        defer { s.close() }
+        var s = try Decompressor(path: path)   // closes its file and frees its context when it goes out of scope
         func fail(_ reason: String) -> ShardError { ShardError(file: path, reason: reason) }
 
         let lengthBytes = try s.readGrowing(8)
@@ -92,8 +91,7 @@ struct ShardStream {
         var values: [String: [Int64]] = [:]
         let rowBytes = metadata.layers.count * metadata.dModel * resid.dtype.elementSize   // bounded by validate
         // The scratch row grows as decompressed bytes actually arrive (never to a size only declared).
-        var scratch = Scratch()
-        defer { scratch.free() }
+        var scratch = Scratch()   // freed in its deinit
         var stoppedEarly = false
         for e in entries.sorted(by: { ($0.begin, $0.end) < ($1.begin, $1.end) }) {
             if labelsOnly && ["label", "row", "n_tokens"].allSatisfy({ values[$0] != nil }) { stoppedEarly = true; break }
@@ -133,8 +131,9 @@ struct ShardStream {
         return Contents(metadata: metadata, labels: labels, rows: rows, nTokens: nTokens)
     }
 
-    /// A buffer that grows (in steps of at most 1 MiB of decompressed data) while it is filled.
-    struct Scratch {
+    /// A buffer that grows (in steps of at most 1 MiB of decompressed data) while it is filled; not copyable,
+    /// freed once in deinit.
+    struct Scratch: ~Copyable {
         private var base: UnsafeMutableRawPointer?
         private var capacity = 0
 
@@ -161,11 +160,12 @@ struct ShardStream {
             return reserve(count)
         }
 
-        func free() { base?.deallocate() }
+        deinit { base?.deallocate() }
     }
 
-    /// ZSTD_decompressStream over a file read in chunks.
-    struct Decompressor {
+    /// ZSTD_decompressStream over a file read in chunks. Not copyable: it owns its descriptor, context and
+    /// buffer, released once in deinit.
+    struct Decompressor: ~Copyable {
         let path: String
         private let fd: Int32
         private let dctx: OpaquePointer
@@ -176,16 +176,18 @@ struct ShardStream {
         private var produced = false
 
         init(path: String) throws {
-            self.path = path
-            do { fd = try Files.openRegular(path).fd } catch let e as FileError {
+            let file: Int32
+            do { file = try Files.openRegular(path).fd } catch let e as FileError {
                 throw ShardError(file: path, reason: "cannot read: \(e.reason)")
             }
-            guard let d = ZSTD_createDCtx() else { _ = Glibc.close(fd); throw ShardError(file: path, reason: "cannot create a zstd context") }
+            guard let d = ZSTD_createDCtx() else { _ = Glibc.close(file); throw ShardError(file: path, reason: "cannot create a zstd context") }
+            self.path = path
+            fd = file
             dctx = d
             input = UnsafeMutableRawPointer.allocate(byteCount: ShardStream.inputChunk, alignment: 64)
         }
 
-        func close() {
+        deinit {
             ZSTD_freeDCtx(dctx)
             input.deallocate()
             _ = Glibc.close(fd)
