@@ -60,6 +60,92 @@ public struct TensorInfo: Sendable, Equatable {
     public var elementCount: Int { shape.reduce(1, *) }
 }
 
+/// The JSON header of a safetensors file, validated: the one parser for mapped files (SafeTensorsFile) and
+/// streamed ones (shards). Every entry has a known dtype, non-negative dimensions whose byte size does not
+/// overflow and equals its `data_offsets` span; entries do not overlap and, when the data section's size is
+/// known, lie inside it. Errors name the file and the tensor.
+public struct SafeTensorsHeader: Sendable {
+    public struct Entry: Sendable, Equatable {
+        public let name: String
+        public let dtype: SafeTensorsDType
+        public let shape: [Int]
+        /// Byte range in the data section (after the 8-byte length and the header).
+        public let begin: Int
+        public let end: Int
+    }
+    /// `__metadata__` (string values only).
+    public let metadata: [String: String]
+    /// Tensors by data offset.
+    public let entries: [Entry]
+
+    /// `dataSize`: the bytes after the header, when known (nil for a stream; the reader then checks as it goes).
+    public init(json headerData: Data, dataSize: Int?, file path: String) throws {
+        func fail(_ reason: String, _ tensor: String? = nil) -> SafeTensorsError {
+            SafeTensorsError(file: path, tensor: tensor, reason: reason)
+        }
+        guard headerData.first == UInt8(ascii: "{") else { throw fail("header is not a JSON object") }
+        let parsed: Any
+        do { parsed = try JSONSerialization.jsonObject(with: headerData) } catch {
+            throw fail("header is not valid JSON: \(error.localizedDescription)")
+        }
+        guard let header = parsed as? [String: Any] else { throw fail("header is not a JSON object") }
+        var meta: [String: String] = [:]
+        var entries: [Entry] = []
+        for (name, value) in header {
+            if name == "__metadata__" {
+                guard let m = value as? [String: Any] else { throw fail("__metadata__ is not an object") }
+                for (k, v) in m {
+                    guard let s = v as? String else { throw fail("__metadata__ value for '\(k)' is not a string") }
+                    meta[k] = s
+                }
+                continue
+            }
+            guard let entry = value as? [String: Any] else { throw fail("entry is not an object", name) }
+            guard let dtypeName = entry["dtype"] as? String else { throw fail("missing dtype", name) }
+            guard let dtype = SafeTensorsDType(rawValue: dtypeName) else {
+                throw fail("unknown dtype '\(dtypeName)'", name)
+            }
+            guard let shapeAny = entry["shape"] as? [Any] else { throw fail("missing shape", name) }
+            var shape: [Int] = []
+            for d in shapeAny {
+                guard let n = (d as? NSNumber).flatMap({ Int(exactly: $0.doubleValue) }), n >= 0 else {
+                    throw fail("shape \(shapeAny) has an invalid dimension", name)
+                }
+                shape.append(n)
+            }
+            guard let offs = entry["data_offsets"] as? [Any], offs.count == 2,
+                  let begin = (offs[0] as? NSNumber).flatMap({ Int(exactly: $0.doubleValue) }),
+                  let end = (offs[1] as? NSNumber).flatMap({ Int(exactly: $0.doubleValue) }) else {
+                throw fail("missing or invalid data_offsets", name)
+            }
+            guard begin >= 0, begin <= end else { throw fail("data_offsets [\(begin), \(end)] are reversed", name) }
+            if let dataSize, end > dataSize {
+                throw fail("data_offsets [\(begin), \(end)] run past the end of the data (\(dataSize) bytes): file truncated?", name)
+            }
+            var elements = 1
+            for d in shape {
+                let (p, overflow) = elements.multipliedReportingOverflow(by: d)
+                guard !overflow else { throw fail("shape \(shape) overflows", name) }
+                elements = p
+            }
+            let (bytes, overflow) = elements.multipliedReportingOverflow(by: dtype.elementSize)
+            guard !overflow else {
+                throw fail("\(dtypeName) \(shape) needs more than \(Int.max) bytes (the size overflows)", name)
+            }
+            guard bytes == end - begin else {
+                throw fail("\(dtypeName) \(shape) needs \(bytes) bytes but data_offsets span \(end - begin)", name)
+            }
+            entries.append(Entry(name: name, dtype: dtype, shape: shape, begin: begin, end: end))
+        }
+        entries.sort { ($0.begin, $0.name) < ($1.begin, $1.name) }
+        for (a, b) in zip(entries, entries.dropFirst()) where b.end > b.begin && a.end > b.begin {
+            throw fail("data overlaps tensor '\(a.name)'", b.name)
+        }
+        metadata = meta
+        self.entries = entries
+    }
+}
+
 /// A memory-mapped safetensors file with a validated header.
 public final class SafeTensorsFile: @unchecked Sendable {
     /// Headers above this are refused: real checkpoints have headers of a few hundred KB.
@@ -104,72 +190,15 @@ public final class SafeTensorsFile: @unchecked Sendable {
         guard Int(headerLength) <= size - 8 else {
             throw fail("truncated: header length \(headerLength) exceeds the \(size - 8) bytes after the length field")
         }
-        let headerData = Data(bytes: base + 8, count: Int(headerLength))
-        guard headerData.first == UInt8(ascii: "{") else { throw fail("header is not a JSON object") }
-        let parsed: Any
-        do { parsed = try JSONSerialization.jsonObject(with: headerData) } catch {
-            throw fail("header is not valid JSON: \(error.localizedDescription)")
-        }
-        guard let header = parsed as? [String: Any] else { throw fail("header is not a JSON object") }
-
         let dataStart = 8 + Int(headerLength)
-        let dataSize = size - dataStart
-        var meta: [String: String] = [:]
+        let header = try SafeTensorsHeader(json: Data(bytes: base + 8, count: Int(headerLength)), dataSize: size - dataStart, file: path)
         var infos: [String: TensorInfo] = [:]
-        for (name, value) in header {
-            if name == "__metadata__" {
-                guard let m = value as? [String: Any] else { throw fail("__metadata__ is not an object") }
-                for (k, v) in m {
-                    guard let s = v as? String else { throw fail("__metadata__ value for '\(k)' is not a string") }
-                    meta[k] = s
-                }
-                continue
-            }
-            guard let entry = value as? [String: Any] else { throw fail("entry is not an object", name) }
-            guard let dtypeName = entry["dtype"] as? String else { throw fail("missing dtype", name) }
-            guard let dtype = SafeTensorsDType(rawValue: dtypeName) else {
-                throw fail("unknown dtype '\(dtypeName)'", name)
-            }
-            guard let shapeAny = entry["shape"] as? [Any] else { throw fail("missing shape", name) }
-            var shape: [Int] = []
-            for d in shapeAny {
-                guard let n = (d as? NSNumber).flatMap({ Int(exactly: $0.doubleValue) }), n >= 0 else {
-                    throw fail("shape \(shapeAny) has an invalid dimension", name)
-                }
-                shape.append(n)
-            }
-            guard let offs = entry["data_offsets"] as? [Any], offs.count == 2,
-                  let begin = (offs[0] as? NSNumber).flatMap({ Int(exactly: $0.doubleValue) }),
-                  let end = (offs[1] as? NSNumber).flatMap({ Int(exactly: $0.doubleValue) }) else {
-                throw fail("missing or invalid data_offsets", name)
-            }
-            guard begin >= 0, begin <= end else { throw fail("data_offsets [\(begin), \(end)] are reversed", name) }
-            guard end <= dataSize else {
-                throw fail("data_offsets [\(begin), \(end)] run past the end of the data (\(dataSize) bytes): file truncated?", name)
-            }
-            var elements = 1
-            for d in shape {
-                let (p, overflow) = elements.multipliedReportingOverflow(by: d)
-                guard !overflow else { throw fail("shape \(shape) overflows", name) }
-                elements = p
-            }
-            let (bytes, overflow) = elements.multipliedReportingOverflow(by: dtype.elementSize)
-            guard !overflow else {
-                throw fail("\(dtypeName) \(shape) needs more than \(Int.max) bytes (the size overflows)", name)
-            }
-            guard bytes == end - begin else {
-                throw fail("\(dtypeName) \(shape) needs \(bytes) bytes but data_offsets span \(end - begin)", name)
-            }
-            infos[name] = TensorInfo(name: name, dtype: dtype, shape: shape, fileOffset: dataStart + begin,
-                                     byteCount: bytes)
+        for e in header.entries {
+            infos[e.name] = TensorInfo(name: e.name, dtype: e.dtype, shape: e.shape, fileOffset: dataStart + e.begin, byteCount: e.end - e.begin)
         }
-        let ordered = infos.values.sorted { ($0.fileOffset, $0.name) < ($1.fileOffset, $1.name) }
-        for (a, b) in zip(ordered, ordered.dropFirst()) where b.byteCount > 0 && a.fileOffset + a.byteCount > b.fileOffset {
-            throw fail("data overlaps tensor '\(a.name)'", b.name)
-        }
-        metadata = meta
+        metadata = header.metadata
         tensors = infos
-        names = ordered.map(\.name)
+        names = header.entries.map(\.name)
     }
 
     public func info(_ name: String) throws -> TensorInfo {

@@ -38,36 +38,14 @@ struct ShardStream {
             throw fail("corrupt shard content: safetensors header length \(headerLength) is invalid")
         }
         let headerBytes = try s.readGrowing(Int(headerLength))
-        guard let json = try? JSONSerialization.jsonObject(with: Data(headerBytes)) as? [String: Any] else {
-            throw fail("corrupt shard content: the safetensors header is not a JSON object")
+        let parsed: SafeTensorsHeader
+        do { parsed = try SafeTensorsHeader(json: Data(headerBytes), dataSize: nil, file: path) } catch let e as SafeTensorsError {
+            throw fail("corrupt shard content: " + (e.tensor.map { "tensor '\($0)': " } ?? "") + e.reason)
         }
-        var meta: [String: String] = [:]
-        struct Entry { let name: String; let dtype: SafeTensorsDType; let shape: [Int]; let begin: Int; let end: Int }
-        var entries: [Entry] = []
-        for (name, value) in json {
-            if name == "__metadata__" {
-                for (k, v) in (value as? [String: Any]) ?? [:] { if let v = v as? String { meta[k] = v } }
-                continue
-            }
-            guard let e = value as? [String: Any], let dt = (e["dtype"] as? String).flatMap(SafeTensorsDType.init(rawValue:)),
-                  let shape = (e["shape"] as? [Any])?.compactMap({ ($0 as? NSNumber)?.intValue }),
-                  let offs = (e["data_offsets"] as? [Any])?.compactMap({ ($0 as? NSNumber)?.intValue }), offs.count == 2,
-                  offs[0] >= 0, offs[1] >= offs[0], shape.allSatisfy({ $0 >= 0 }) else {
-                throw fail("corrupt shard content: tensor '\(name)' has an invalid header entry")
-            }
-            var bytes = dt.elementSize
-            for d in shape {
-                let (p, o) = bytes.multipliedReportingOverflow(by: d)
-                guard !o else { throw fail("corrupt shard content: tensor '\(name)' has shape \(shape), whose size overflows") }
-                bytes = p
-            }
-            guard bytes == offs[1] - offs[0] else {
-                throw fail("corrupt shard content: tensor '\(name)' has shape \(shape) (\(bytes) bytes) but data_offsets span \(offs[1] - offs[0]) bytes")
-            }
-            entries.append(Entry(name: name, dtype: dt, shape: shape, begin: offs[0], end: offs[1]))
-        }
+        let meta = parsed.metadata
+        let entries = parsed.entries
         let metadata = try ShardMetadata(stringMap: meta, file: path)
-        func entry(_ name: String) throws -> Entry {
+        func entry(_ name: String) throws -> SafeTensorsHeader.Entry {
             guard let e = entries.first(where: { $0.name == name }) else { throw fail("shard lacks the tensor '\(name)'") }
             return e
         }
@@ -93,7 +71,7 @@ struct ShardStream {
         // The scratch row grows as decompressed bytes actually arrive (never to a size only declared).
         var scratch = Scratch()   // freed in its deinit
         var stoppedEarly = false
-        for e in entries.sorted(by: { ($0.begin, $0.end) < ($1.begin, $1.end) }) {
+        for e in entries {   // in data order
             if labelsOnly && ["label", "row", "n_tokens"].allSatisfy({ values[$0] != nil }) { stoppedEarly = true; break }
             guard e.begin >= position else { throw fail("corrupt shard content: tensor '\(e.name)' overlaps another") }
             try s.skip(e.begin - position)

@@ -198,7 +198,7 @@ import Testing
         let s = try Self.shardDirectory(dir)
         let header = "{" + Self.metadataJSON + #","resid_post":{"dtype":"F32","shape":[4611686018427387904,2,8],"data_offsets":[0,0]},"label":{"dtype":"I64","shape":[8],"data_offsets":[0,64]},"row":{"dtype":"I64","shape":[8],"data_offsets":[64,128]},"n_tokens":{"dtype":"I32","shape":[8],"data_offsets":[128,160]}}"#
         try Self.replaceShard(s, 2, with: try Self.rawShard(header: header, data: [UInt8](repeating: 0, count: 160)))
-        let message = "tensor 'resid_post' has shape [4611686018427387904, 2, 8], whose size overflows"
+        let message = "tensor 'resid_post': shape [4611686018427387904, 2, 8] overflows"
         TrainBadInputTests.expectFailure(TrainBadInputTests.options(dir, [s]), [Self.shardFileName(s, 2), message])
         let v = try ShardVerification.run(directory: s)
         #expect(v.problems.contains { $0.contains(Self.shardFileName(s, 2)) && $0.contains(message) }, "\(v.problems)")
