@@ -10,14 +10,28 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 seconds=${1:-60}
 shift || true
-# No leak checking (it needs ptrace, unavailable in some sandboxes, where it hangs) and no Swift backtracer
-# (it forks a helper that outlives the crash); a run longer than 10 s or above 2 GiB is a finding.
-export ASAN_OPTIONS=detect_leaks=0:allocator_may_return_null=1 SWIFT_BACKTRACE=enable=no
 # (ld.gold warns about every ASan symbol it cannot export: harmless, filtered.)
-swift build --sanitize fuzzer --sanitize address --scratch-path .build-fuzz --product llamaprobe-fuzz 2>&1 \
-  | { grep -v "Cannot export local symbol" || true; }
-[ "${PIPESTATUS[0]}" -eq 0 ]
+build() {
+  swift build --sanitize fuzzer --sanitize address --scratch-path .build-fuzz --product llamaprobe-fuzz 2>&1 \
+    | { grep -v "Cannot export local symbol" || true; }
+  [ "${PIPESTATUS[0]}" -eq 0 ]
+}
+build
 bin=.build-fuzz/debug/llamaprobe-fuzz
+# At run time: no leak checking (it needs ptrace, unavailable in some sandboxes, where it hangs) and no Swift
+# backtracer (it forks a helper that outlives the crash); a run longer than 10 s or above 2 GiB is a finding.
+# (Exported only now: a build with these set was measured to leave the readers uninstrumented.)
+export ASAN_OPTIONS=detect_leaks=0:allocator_may_return_null=1 SWIFT_BACKTRACE=enable=no
+# An incremental build has been seen to leave the readers uninstrumented (a fuzzer without coverage feedback
+# only mutates its seeds blindly): check the counters, and rebuild from scratch when they are missing.
+counters() { (LLAMAPROBE_FUZZ_TARGET=split "$bin" -runs=1 2>&1 || true) | sed -n 's/.*(\([0-9]*\) inline 8-bit counters).*/\1/p' | head -1; }
+if [ "$(counters)" -lt 5000 ] 2>/dev/null || [ -z "$(counters)" ]; then
+  echo "fuzz: the driver has only $(counters) coverage counters: rebuilding .build-fuzz from scratch"
+  rm -rf .build-fuzz
+  (unset ASAN_OPTIONS SWIFT_BACKTRACE; build)
+  [ "$(counters)" -ge 5000 ] || { echo "fuzz: the readers are not instrumented for coverage" >&2; exit 1; }
+fi
+echo "fuzz: $(counters) coverage counters"
 targets=("$@")
 if [ ${#targets[@]} -eq 0 ]; then
   # The target names, from the driver's own list.
