@@ -102,16 +102,14 @@ import Testing
     func resumeChecksKernelNotThreads() throws {
         let q8 = Paths.fixtures.appendingPathComponent("gguf/gqa-bf16-q8_0.gguf").path
         let kernels = Q8Kernel.supported.filter { $0 != .portable }
-        guard kernels.count >= 1 else { return }
+        guard !kernels.isEmpty else { return }   // only the blas path on this CPU: no other kernel to resume with
         let dir = tempDir()
         writeFile(dir + "/d.csv", demoCSV(rows: 10))
         var c = ExtractionConfig(modelPath: q8, dataPath: dir + "/d.csv", outDir: dir + "/out")
         c.rowsPerShard = 5
         c.threads = 1
         c.kernel = kernels[0]
-        var first = c
-        first.dataPath = dir + "/d.csv"
-        _ = try Extractor.run(first)
+        _ = try Extractor.run(c)
         // Drop the second shard: a resume has something to do.
         let shards = try ShardDirectory(path: dir + "/out").shardPaths.sorted()
         #expect(shards.count == 2)
