@@ -25,7 +25,6 @@ while let a = args.popFirst() {
 }
 guard let c = Preset.named(preset)?.config else { fatalError("unknown preset \(preset)") }
 let pool = ThreadPool(threads: threads)
-BLAS.setThreads(threads)
 func now() -> Double { Double(DispatchTime.now().uptimeNanoseconds) / 1e9 }
 func median(_ xs: [Double]) -> Double { xs.sorted()[xs.count / 2] }
 
@@ -46,7 +45,7 @@ for (name, n, k) in shapes {
         body()
         return median((0..<repeats).map { _ in let t = now(); body(); return now() - t })
     }
-    let tf = time { BLAS.matmulTransposedB(x.pointer, w.pointer, y.pointer, m: tokens, n: n, k: k) }
+    let tf = time { BLAS.matmulTransposedB(x.pointer, w.pointer, y.pointer, m: tokens, n: n, k: k, pool: pool) }
     var line = "\(name.padding(toLength: 14, withPad: " ", startingAt: 0)) \("\(n) × \(k)".padding(toLength: 14, withPad: " ", startingAt: 0)) \(String(format: "%6.1f", flops / tf / 1e9))  "
     totals[0] += tf
     for (i, (_, e)) in engines.enumerated() {

@@ -74,7 +74,6 @@ struct BenchCommand: ParsableCommand {
 
     func run() throws {
         let pool = ThreadPool(threads: threads)
-        BLAS.setThreads(threads)
         var w: LlamaWeights
         var fullDepth: Int
         if let synthetic {

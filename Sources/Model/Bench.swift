@@ -95,7 +95,7 @@ public enum Bench {
         for rep in 0...repeats {
             let t0 = now()
             for (s, w) in zip(shapes, weights) {
-                BLAS.matmulTransposedB(x.pointer, w.pointer, y.pointer, m: tokens, n: s.0, k: s.1)
+                BLAS.matmulTransposedB(x.pointer, w.pointer, y.pointer, m: tokens, n: s.0, k: s.1, pool: pool)
             }
             if rep > 0 { times.append(now() - t0) }   // the first run warms up
         }

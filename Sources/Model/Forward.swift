@@ -46,7 +46,7 @@ public final class RunState {
     let hb: FloatBuffer      // [T, f]  gate, then silu(gate) * up
     let hb2: FloatBuffer     // [T, f]  up
     let scores: FloatBuffer  // [threads, T] one softmax row per thread
-    let block: FloatBuffer   // [attentionBlock, T] scores of a block of queries (long prompts, via sgemm)
+    let block: FloatBuffer   // [threads, attentionBlock, T] scores of a block of queries (long prompts, via sgemm)
     let cos: FloatBuffer     // [T, head_dim/2]
     let sin: FloatBuffer     // [T, head_dim/2]
     let invFreq: [Float]     // [head_dim/2]
@@ -64,7 +64,7 @@ public final class RunState {
         hb = FloatBuffer(count: capacity * c.intermediateSize)
         hb2 = FloatBuffer(count: capacity * c.intermediateSize)
         scores = FloatBuffer(count: threads * capacity)
-        block = FloatBuffer(count: capacity >= LlamaModel.blasAttentionMinTokens ? LlamaModel.attentionBlock * capacity : 1)
+        block = FloatBuffer(count: capacity >= LlamaModel.blasAttentionMinTokens ? threads * LlamaModel.attentionBlock * capacity : 1)
         cos = FloatBuffer(count: capacity * half)
         sin = FloatBuffer(count: capacity * half)
         logits = FloatBuffer(count: c.vocabSize)
@@ -261,30 +261,31 @@ public final class LlamaModel {
     /// Causal attention through OpenBLAS: for each head and each block of queries [q0, q1), the scores
     /// S = Q·Kᵀ·scale against keys 0..<q1 come from one sgemm, each row is masked and softmaxed, and
     /// O = P·V is a second sgemm (the quadratic part at BLAS speed; same arithmetic as `attention`).
+    /// Work items are (head, query block), each computed by one thread with single-threaded sgemm calls of
+    /// a fixed shape: the result does not depend on the thread count.
     func attentionBLAS(_ s: RunState, queries: Range<Int>, tokens T: Int) {
         let c = config
         let hd = c.headDimension, nh = c.numAttentionHeads, group = nh / c.kvHeads
         let qw = c.qDim, kw = c.kvDim
         let scale = Float(1 / Double(hd).squareRoot())
-        let S = s.block.pointer
-        for h in 0..<nh {
+        let scratch = s.block.pointer, perThread = Self.attentionBlock * s.capacity
+        let blocks = (queries.count + Self.attentionBlock - 1) / Self.attentionBlock
+        let q = s.q.pointer, k = s.k.pointer, v = s.v.pointer, att = s.att.pointer
+        // Later query blocks attend to more keys: they go first, so the last items handed out are short.
+        pool.parallelFor(nh * blocks) { item, thread in
+            let h = item % nh, b = blocks - 1 - item / nh
             let kvh = h / group
-            var q0 = queries.lowerBound
-            while q0 < queries.upperBound {
-                let q1 = min(queries.upperBound, q0 + Self.attentionBlock)
-                let m = q1 - q0, keys = q1
-                // S[m, keys] = Q[q0..<q1, h] · K[0..<keys, kvh]ᵀ
-                BLAS.gemm(transB: true, m: m, n: keys, k: hd, alpha: scale,
-                          a: s.q.pointer + q0 * qw + h * hd, lda: qw, b: s.k.pointer + kvh * hd, ldb: kw,
-                          beta: 0, c: S, ldc: keys)
-                pool.parallelRanges(m, minChunk: 8) { rows in
-                    for i in rows { ForwardOps.causalSoftmaxRow(S + i * keys, valid: q0 + i + 1, keys: keys) }
-                }
-                // O[q0..<q1, h] = P[m, keys] · V[0..<keys, kvh]
-                BLAS.gemm(transB: false, m: m, n: hd, k: keys, alpha: 1, a: S, lda: keys,
-                          b: s.v.pointer + kvh * hd, ldb: kw, beta: 0, c: s.att.pointer + q0 * qw + h * hd, ldc: qw)
-                q0 = q1
-            }
+            let q0 = queries.lowerBound + b * Self.attentionBlock
+            let q1 = min(queries.upperBound, q0 + Self.attentionBlock)
+            let m = q1 - q0, keys = q1
+            let S = scratch + thread * perThread
+            // S[m, keys] = Q[q0..<q1, h] · K[0..<keys, kvh]ᵀ
+            BLAS.gemm(transB: true, m: m, n: keys, k: hd, alpha: scale, a: q + q0 * qw + h * hd, lda: qw,
+                      b: k + kvh * hd, ldb: kw, beta: 0, c: S, ldc: keys)
+            for i in 0..<m { ForwardOps.causalSoftmaxRow(S + i * keys, valid: q0 + i + 1, keys: keys) }
+            // O[q0..<q1, h] = P[m, keys] · V[0..<keys, kvh]
+            BLAS.gemm(transB: false, m: m, n: hd, k: keys, alpha: 1, a: S, lda: keys,
+                      b: v + kvh * hd, ldb: kw, beta: 0, c: att + q0 * qw + h * hd, ldc: qw)
         }
     }
 

@@ -59,7 +59,6 @@ public final class LoadedModel {
             throw TokenizerError(source: tokPath, reason: "has \(tokenizer.vocabSize) pieces but the model's vocab_size is \(checkpoint.config.vocabSize)")
         }
         let pool = ThreadPool(threads: threads)
-        BLAS.setThreads(threads)
         let weights = try checkpoint.loadWeights(includeHead: includeHead, pool: pool)
         return LoadedModel(path: path, model: LlamaModel(weights: weights, pool: pool, backend: backend, kernel: kernel), tokenizer: tokenizer,
                            quantization: storageName(checkpoint.config.storageDtype))
@@ -78,7 +77,6 @@ public final class LoadedModel {
             throw TokenizerError(source: tokenizer.source, reason: "has \(tokenizer.vocabSize) pieces but the model's vocabulary has \(config.vocabSize) rows")
         }
         let pool = ThreadPool(threads: threads)
-        BLAS.setThreads(threads)
         let weights = try GGUFModel.loadWeights(g, config: config, includeHead: includeHead, pool: pool)
         return LoadedModel(path: path, model: LlamaModel(weights: weights, pool: pool, backend: backend, kernel: kernel), tokenizer: tokenizer,
                            quantization: fileTypeName(g) ?? weights.projectionStorage)

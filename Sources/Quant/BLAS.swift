@@ -1,13 +1,45 @@
 import CBLAS
 
 /// The OpenBLAS path: f32 projections through `cblas_sgemm` (the accuracy reference for the int8 path).
+///
+/// OpenBLAS always runs single-threaded here. Its own threading splits a product differently for each
+/// thread count, and the edge tiles of its kernels round differently from the inner ones: with 2 threads
+/// instead of 1 a few percent of the values of a 301×64×64 product change in the last bits. Parallel
+/// products therefore go through `matmulTransposedB(…, pool:)`, which cuts the output into blocks of fixed
+/// size at fixed offsets, each computed by one single-threaded call: every value is computed by the same
+/// call shape, whatever the number of threads (results do not depend on `--threads`).
 public enum BLAS {
-    /// y[m, n] = x[m, k] · w[n, k]ᵀ (+ y when `accumulate`). Row-major; `w` is a weight stored
+    /// OpenBLAS pinned to one thread, once per process, before the first product.
+    private static let singleThreaded: Void = { openblas_set_num_threads(1) }()
+
+    /// Output block of the parallel product: `rowBlock` rows of x by `colBlock` rows of w.
+    public static let rowBlock = 256
+    public static let colBlock = 256
+
+    /// y[m, n] = x[m, k] · w[n, k]ᵀ (+ y when `accumulate`) across `pool`, in fixed output blocks (the
+    /// result does not depend on the pool's thread count). Row-major; `w` is a weight stored
     /// [out_features, in_features] as Hugging Face stores it. Leading dimensions default to dense rows.
+    public static func matmulTransposedB(
+        _ x: UnsafePointer<Float>, _ w: UnsafePointer<Float>, _ y: UnsafeMutablePointer<Float>,
+        m: Int, n: Int, k: Int, ldx: Int? = nil, ldw: Int? = nil, ldy: Int? = nil, accumulate: Bool = false,
+        pool: ThreadPool
+    ) {
+        if m <= 0 || n <= 0 { return }
+        let ldx = ldx ?? k, ldw = ldw ?? k, ldy = ldy ?? n
+        let mBlocks = (m + rowBlock - 1) / rowBlock, nBlocks = (n + colBlock - 1) / colBlock
+        pool.parallelFor(mBlocks * nBlocks) { item in
+            let r0 = item / nBlocks * rowBlock, c0 = item % nBlocks * colBlock
+            matmulTransposedB(x + r0 * ldx, w + c0 * ldw, y + r0 * ldy + c0, m: min(rowBlock, m - r0),
+                              n: min(colBlock, n - c0), k: k, ldx: ldx, ldw: ldw, ldy: ldy, accumulate: accumulate)
+        }
+    }
+
+    /// y[m, n] = x[m, k] · w[n, k]ᵀ (+ y when `accumulate`) as one single-threaded call on the calling thread.
     public static func matmulTransposedB(
         _ x: UnsafePointer<Float>, _ w: UnsafePointer<Float>, _ y: UnsafeMutablePointer<Float>,
         m: Int, n: Int, k: Int, ldx: Int? = nil, ldw: Int? = nil, ldy: Int? = nil, accumulate: Bool = false
     ) {
+        _ = singleThreaded
         let beta: Float = accumulate ? 1 : 0
         if m == 1 {
             // sgemm is poor for a single row; y = W x.
@@ -19,14 +51,11 @@ public enum BLAS {
     }
 
     /// C[m, n] = alpha · A[m, k] · B (B is [k, n], or [n, k] transposed when `transB`) + beta · C, row-major
-    /// with explicit leading dimensions.
+    /// with explicit leading dimensions; one single-threaded call on the calling thread.
     public static func gemm(transB: Bool, m: Int, n: Int, k: Int, alpha: Float, a: UnsafePointer<Float>, lda: Int,
                             b: UnsafePointer<Float>, ldb: Int, beta: Float, c: UnsafeMutablePointer<Float>, ldc: Int) {
+        _ = singleThreaded
         cblas_sgemm(CblasRowMajor, CblasNoTrans, transB ? CblasTrans : CblasNoTrans, Int32(m), Int32(n), Int32(k), alpha,
                     a, Int32(lda), b, Int32(ldb), beta, c, Int32(ldc))
     }
-
-    /// OpenBLAS's own thread count for subsequent calls.
-    public static func setThreads(_ n: Int) { openblas_set_num_threads(Int32(max(1, n))) }
-    public static var threads: Int { Int(openblas_get_num_threads()) }
 }

@@ -112,7 +112,7 @@ public final class GEMMEngine: @unchecked Sendable {
     private var qx16: UnsafeMutablePointer<Int16>?
     private var widened: UnsafeMutableRawPointer?
     private var capacityRows = 0, capacityCols = 0
-    // AVX2: one dequantized panel chunk per thread [avx2Depth][16]. BLAS: one dequantized weight tile.
+    // AVX2: one dequantized panel chunk per thread [avx2Depth][16]. BLAS: one dequantized weight tile per thread.
     private var panelScratch: FloatBuffer?
     private var tile: FloatBuffer?
     private var generation = 0
@@ -122,7 +122,8 @@ public final class GEMMEngine: @unchecked Sendable {
     static let vnniBlocksPerChunk = 32     // 1024 inputs: a panel pair chunk (35 KB) stays in L1
     static let avx2Depth = 256             // inputs per dequantized panel chunk (16 KB; widened to int16: 8 KB)
     static let widenedBytes = avx2Depth * 16 * 2 + avx2Depth / 32 * 16 * 4
-    static let blasTileRows = 256
+    /// Weight rows per work item of the `blas` path (dequantized into the thread's tile).
+    static let blasTileRows = 64
     /// Prompt rows per work item (the AVX2 kernel's 6-row tiles fit 252 of them exactly).
     static let rowBlock = 252
 
@@ -177,7 +178,7 @@ public final class GEMMEngine: @unchecked Sendable {
             panelScratch = FloatBuffer(count: pool.threadCount * Self.avx2Depth * 16)
         }
         if kernel == .portable {
-            let need = min(maxOut, Self.blasTileRows) * cols
+            let need = pool.threadCount * min(maxOut, Self.blasTileRows) * cols
             if (tile?.count ?? 0) < need { tile = FloatBuffer(count: need) }
         }
     }
@@ -197,7 +198,7 @@ public final class GEMMEngine: @unchecked Sendable {
         switch w {
         case .f32(let m):
             BLAS.matmulTransposedB(input.x, m.pointer, y, m: input.rows, n: m.rows, k: m.cols, ldx: input.ldx,
-                                   ldy: ldy, accumulate: accumulate)
+                                   ldy: ldy, accumulate: accumulate, pool: pool)
         case .q8_0(let p):
             switch kernel {
             #if arch(x86_64)
@@ -356,16 +357,21 @@ public final class GEMMEngine: @unchecked Sendable {
     private func multiplyBLAS(_ input: PreparedInput, _ w: PackedQ8Matrix, _ y: UnsafeMutablePointer<Float>,
                               ldy: Int, accumulate: Bool) {
         reserve(rows: input.rows, cols: input.cols, maxOut: w.rows)
-        let buf = tile!.pointer
-        var t = 0
-        while t < w.rows {
-            let n = min(Self.blasTileRows, w.rows - t)
-            pool.parallelRanges(n, chunksPerThread: 2) { r in
-                w.dequantizeRows(t + r.lowerBound, r.count, into: buf + r.lowerBound * w.cols)
+        let scratch = tile!.pointer, tileFloats = min(w.rows, Self.blasTileRows) * w.cols
+        // Work items: tiles of weight rows at fixed offsets, each dequantized by the thread that multiplies it
+        // in single-threaded calls over fixed row blocks (results do not depend on the thread count).
+        let tiles = (w.rows + Self.blasTileRows - 1) / Self.blasTileRows
+        pool.parallelFor(tiles) { t, thread in
+            let first = t * Self.blasTileRows, n = min(Self.blasTileRows, w.rows - first)
+            let buf = scratch + thread * tileFloats
+            w.dequantizeRows(first, n, into: buf)
+            var r0 = 0
+            while r0 < input.rows {
+                let m = min(BLAS.rowBlock, input.rows - r0)
+                BLAS.matmulTransposedB(input.x + r0 * input.ldx, buf, y + r0 * ldy + first, m: m, n: n, k: w.cols,
+                                       ldx: input.ldx, ldw: w.cols, ldy: ldy, accumulate: accumulate)
+                r0 += m
             }
-            BLAS.matmulTransposedB(input.x, buf, y + t, m: input.rows, n: n, k: w.cols, ldx: input.ldx, ldw: w.cols,
-                                   ldy: ldy, accumulate: accumulate)
-            t += n
         }
     }
 }

@@ -64,6 +64,34 @@ import Testing
         #expect(packed.panels == 4 && packed.byteCount == 4 * 3 * 544)
     }
 
+    @Test("1, 2 and 3 threads give bit-identical products: f32 (partitioned sgemm) and every int8 kernel",
+          arguments: [nil] + engines.map(Optional.some))
+    func threadCountDoesNotChangeBits(_ kernel: Q8Kernel?) {
+        // Shapes crossing the fixed blocks (256 rows and columns of the f32 product, 64-row weight tiles of the
+        // blas path, 252-row blocks of the int8 kernels), with a single row (sgemv) among them.
+        for c in [Case(m: 301, n: 300, k: 64), Case(m: 1, n: 520, k: 96), Case(m: 517, n: 80, k: 128), Case(m: 37, n: 45, k: 320)] {
+            let (x, w) = data(c, seed: UInt64(c.m * 7 + c.n))
+            var results: [[Float]] = []
+            for threads in [1, 2, 3] {
+                let pool = ThreadPool(threads: threads)
+                let engine = GEMMEngine(pool: pool, backend: kernel == .portable ? .blas : .simd, kernel: kernel ?? .detected)
+                let weights: Linear = kernel == nil
+                    ? .f32(Matrix(FloatBuffer(w), rows: c.n, cols: c.k))
+                    : .q8_0(PackedQ8Matrix(quantizing: w, rows: c.n, cols: c.k, pool: pool))
+                var y = [Float](repeating: 0.25, count: c.m * c.n)
+                engine.reserve(rows: c.m, cols: c.k, maxOut: c.n)
+                x.withUnsafeBufferPointer { xp in
+                    engine.multiply(engine.prepare(xp.baseAddress!, rows: c.m, cols: c.k), weights, &y, ldy: c.n, accumulate: true)
+                }
+                results.append(y)
+            }
+            for t in 1..<3 {
+                let differ = zip(results[0], results[t]).filter { $0.bitPattern != $1.bitPattern }.count
+                #expect(differ == 0, "\(kernel?.rawValue ?? "f32") \(c): \(differ) values differ between 1 and \(t + 1) threads")
+            }
+        }
+    }
+
     @Test("kernels match the scalar reference", arguments: engines, cases)
     func kernel(_ kernel: Q8Kernel, _ c: Case) {
         let pool = ThreadPool(threads: 2)
