@@ -21,14 +21,22 @@ static void set_err(char *err, size_t errlen, const std::string &msg) {
     err[n] = '\0';
 }
 
+// libsentencepiece reports most bad models through its status, but some (a zero-length piece: darts_clone's
+// "failed to insert key") throw a C++ exception, which must not cross into Swift: every entry point catches.
+#define SPM_CATCH(fail)                                                                  \
+    catch (const std::exception &e) { set_err(err, errlen, std::string("invalid model: ") + e.what()); fail; } \
+    catch (...) { set_err(err, errlen, "invalid model: unknown C++ exception"); fail; }
+
 extern "C" spm_processor *spm_load_from_bytes(const char *data, size_t len, char *err, size_t errlen) {
     auto *p = new spm_processor();
-    auto status = p->sp.LoadFromSerializedProto(std::string(data, len));
-    if (!status.ok()) {
-        set_err(err, errlen, status.ToString());
-        delete p;
-        return nullptr;
-    }
+    try {
+        auto status = p->sp.LoadFromSerializedProto(std::string(data, len));
+        if (!status.ok()) {
+            set_err(err, errlen, status.ToString());
+            delete p;
+            return nullptr;
+        }
+    } SPM_CATCH(delete p; return nullptr)
     return p;
 }
 
@@ -37,11 +45,13 @@ extern "C" void spm_free(spm_processor *p) { delete p; }
 extern "C" int spm_encode(const spm_processor *p, const char *text, size_t len, int32_t *out, size_t cap,
                           size_t *n, char *err, size_t errlen) {
     std::vector<int> ids;
-    auto status = p->sp.Encode(std::string(text, len), &ids);
-    if (!status.ok()) {
-        set_err(err, errlen, status.ToString());
-        return 1;
-    }
+    try {
+        auto status = p->sp.Encode(std::string(text, len), &ids);
+        if (!status.ok()) {
+            set_err(err, errlen, status.ToString());
+            return 1;
+        }
+    } SPM_CATCH(return 1)
     *n = ids.size();
     for (size_t i = 0; i < ids.size() && i < cap; ++i) out[i] = ids[i];
     return 0;
@@ -51,11 +61,13 @@ extern "C" int spm_decode(const spm_processor *p, const int32_t *ids, size_t cou
                           size_t *n, char *err, size_t errlen) {
     std::vector<int> v(ids, ids + count);
     std::string text;
-    auto status = p->sp.Decode(v, &text);
-    if (!status.ok()) {
-        set_err(err, errlen, status.ToString());
-        return 1;
-    }
+    try {
+        auto status = p->sp.Decode(v, &text);
+        if (!status.ok()) {
+            set_err(err, errlen, status.ToString());
+            return 1;
+        }
+    } SPM_CATCH(return 1)
     *n = text.size();
     std::memcpy(out, text.data(), text.size() < cap ? text.size() : cap);
     return 0;
