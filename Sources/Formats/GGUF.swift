@@ -753,12 +753,7 @@ public final class GGUFWriter {
                             reason: "\(values.count) values do not make whole \(s.type.name) blocks of \(q.blockSize)")
         }
         if values.isEmpty { return }
-        if q.id == .f32 { try write(UnsafeRawBufferPointer(values)); return }
-        let bytes = q.byteCount(elements: values.count)
-        let tmp = UnsafeMutableRawPointer.allocate(byteCount: bytes, alignment: 16)
-        defer { tmp.deallocate() }
-        q.fromFloat(values.baseAddress!, tmp, values.count)
-        try write(UnsafeRawBufferPointer(start: tmp, count: bytes))
+        try q.withStored(values) { try write($0) }
     }
 
     public func writeFloats(_ values: [Float]) throws { try values.withUnsafeBufferPointer { try writeFloats($0) } }

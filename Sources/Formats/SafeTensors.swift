@@ -320,12 +320,7 @@ public final class SafeTensorsWriter {
             throw SafeTensorsError(file: path, tensor: next < specs.count ? specs[next].name : nil,
                                    reason: "writeFloats on a tensor that is not F32/F16/BF16")
         }
-        if q.id == .f32 { try write(UnsafeRawBufferPointer(values)); return }
-        let bytes = q.byteCount(elements: values.count)
-        let tmp = UnsafeMutableRawPointer.allocate(byteCount: bytes, alignment: 16)
-        defer { tmp.deallocate() }
-        q.fromFloat(values.baseAddress!, tmp, values.count)
-        try write(UnsafeRawBufferPointer(start: tmp, count: bytes))
+        try q.withStored(values) { try write($0) }
     }
 
     public func commit() throws {

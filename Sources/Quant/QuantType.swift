@@ -206,3 +206,17 @@ public enum Q8_0 {
         return total
     }
 }
+
+extension QuantType {
+    /// Calls `body` with `values` in this storage type: the f32 values themselves, or a temporary converted
+    /// copy (the writers' one conversion path).
+    public func withStored<R>(_ values: UnsafeBufferPointer<Float>, _ body: (UnsafeRawBufferPointer) throws -> R) rethrows -> R {
+        guard let base = values.baseAddress, !values.isEmpty else { return try body(UnsafeRawBufferPointer(start: nil, count: 0)) }
+        if id == .f32 { return try body(UnsafeRawBufferPointer(values)) }
+        let bytes = byteCount(elements: values.count)
+        let tmp = UnsafeMutableRawPointer.allocate(byteCount: bytes, alignment: 16)
+        defer { tmp.deallocate() }
+        fromFloat(base, tmp, values.count)
+        return try body(UnsafeRawBufferPointer(start: tmp, count: bytes))
+    }
+}
