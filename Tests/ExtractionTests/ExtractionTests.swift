@@ -94,15 +94,18 @@ func demoCSV(rows: Int) -> String {
     }
 }
 
+/// Extraction of `data` into `out` with the gqa-bf16 fixture model, 7 rows per shard, one thread.
+func fixtureConfig(_ data: String, _ out: String) -> ExtractionConfig {
+    var c = ExtractionConfig(modelPath: ExtractionTests.model, dataPath: data, outDir: out)
+    c.rowsPerShard = 7
+    c.threads = 1
+    return c
+}
+
 @Suite struct ExtractionTests {
     static let model = Paths.model("gqa-bf16")
 
-    func config(_ data: String, _ out: String) -> ExtractionConfig {
-        var c = ExtractionConfig(modelPath: Self.model, dataPath: data, outDir: out)
-        c.rowsPerShard = 7
-        c.threads = 1
-        return c
-    }
+    func config(_ data: String, _ out: String) -> ExtractionConfig { fixtureConfig(data, out) }
 
     @Test("shards hold exactly what the forward pass gives, with labels, rows and token counts")
     func contents() throws {

@@ -7,14 +7,7 @@ import Testing
 
 /// Issue 10: labels as researchers have them, and data files that say what is wrong with them.
 @Suite struct LabelsAndDataTests {
-    static let model = Paths.model("gqa-bf16")
-
-    func config(_ data: String, _ out: String) -> ExtractionConfig {
-        var c = ExtractionConfig(modelPath: Self.model, dataPath: data, outDir: out)
-        c.rowsPerShard = 7
-        c.threads = 1
-        return c
-    }
+    func config(_ data: String, _ out: String) -> ExtractionConfig { fixtureConfig(data, out) }
 
     func metadata(_ out: String) throws -> ShardMetadata { try Manifest.read(path: out + "/" + Manifest.fileName(worker: 0)).metadata }
 
