@@ -20,7 +20,7 @@ build
 bin=.build-fuzz/debug/llamaprobe-fuzz
 # At run time: no leak checking (it needs ptrace, unavailable in some sandboxes, where it hangs) and no Swift
 # backtracer (it forks a helper that outlives the crash); a run longer than 10 s or above 2 GiB is a finding.
-# (Exported only now: a build with these set was measured to leave the readers uninstrumented.)
+# (Exported after the build: builds have left the readers uninstrumented, see the counter check below.)
 export ASAN_OPTIONS=detect_leaks=0:allocator_may_return_null=1 SWIFT_BACKTRACE=enable=no
 # An incremental build has been seen to leave the readers uninstrumented (a fuzzer without coverage feedback
 # only mutates its seeds blindly): check the counters, and rebuild from scratch when they are missing.
