@@ -17,7 +17,7 @@ demo: build
 
 test: setup
 	$(SWIFT) build --build-tests
-	$(SWIFT) test --skip-build
+	SWIFT=$(SWIFT) scripts/test.sh
 
 # Throughput on LLaMA-2-13B-shaped layers (int8, against sgemm in the same run) and the GEMM kernels
 # against OpenBLAS sgemm on the projection shapes (see docs/performance.md).
