@@ -117,7 +117,7 @@ extension Predictor {
             }
             return []
         }
-        let what = "the probes in \(probes.directory) were trained on model \(trained), but \(m.path) is \(m.fingerprint) (another checkpoint)"
+        let what = "the probes in \(probes.directory) were trained on model \(trained), but \(m.path) is \(m.fingerprint) (\(ModelIdentity.differenceNote(trained, m.fingerprint)))"
         guard allowOther else {
             throw ExtractionError(what + "; their probabilities are only meaningful on that model. Pass --allow-other-model to use them anyway")
         }

@@ -17,7 +17,7 @@ public final class LoadedModel {
 
     init(path: String, model: LlamaModel, tokenizer: Tokenizer, quantization: String) {
         self.path = path; self.model = model; self.tokenizer = tokenizer; self.quantization = quantization
-        fingerprint = model.weights.fingerprint()
+        fingerprint = model.weights.fingerprint(pool: model.pool)
     }
 
     /// llama.cpp's `general.file_type` as a type name (the types this project reads), nil when absent or other.

@@ -131,10 +131,9 @@ public enum Quantizer {
         let plans = plan(c, type: type)
         let name = URL(fileURLWithPath: ck.directory).standardizedFileURL.lastPathComponent
         var meta = try metadata(c, name: name, type: type, tokenizer: tok, configFile: ck.directory + "/config.json")
-        // The source's identity: the fingerprint (which the GGUF's own weights reproduce: the norms stay
-        // exact f32) and the storage type it was quantized from.
-        meta += [("llamaprobe.fingerprint", .string(try ck.fingerprint())),
-                 ("llamaprobe.source_quantization", .string(LoadedModel.storageName(c.storageDtype)))]
+        // The storage type it was quantized from. (The model fingerprint is not recorded: the loader computes
+        // it from the weights themselves, and the GGUF's Q8_0 rows give the source directory's fingerprint.)
+        meta += [("llamaprobe.source_quantization", .string(LoadedModel.storageName(c.storageDtype)))]
         for p in plans {
             let (file, info) = try ck.tensor(p.source)
             guard info.dtype.quantType != nil, p.spec.type.quantType != nil, p.spec.shape.count <= 2 else {
@@ -195,8 +194,7 @@ public enum Quantizer {
 
     /// Reads a written GGUF back as `LoadedModel.loadGGUF` would: header and tensor table, the config
     /// (it must equal the source's), every expected tensor with its shape and a supported type, and the
-    /// tokenizer rebuilt from the vocabulary with the source tokenizer's special ids, and the recorded
-    /// `llamaprobe.fingerprint` reproduced by the written norm weights.
+    /// tokenizer rebuilt from the vocabulary with the source tokenizer's special ids.
     static func verify(_ path: String, config c: LlamaConfig, tokenizer tok: Tokenizer) throws {
         let g = try GGUFFile(path: path)
         let read = try GGUFModel.config(g)
@@ -214,10 +212,6 @@ public enum Quantizer {
             let t = try g.info(name)
             guard t.shape == shape else { throw GGUFError(file: path, tensor: name, reason: "shape \(t.shape) read back, expected \(shape)") }
             _ = try g.quantType(t)
-        }
-        // The recorded fingerprint is the one the file's own weights give (the norms are stored exactly).
-        if let recorded = try g.stringIfPresent("llamaprobe.fingerprint") {
-            try same("the model fingerprint (from the norm weights)", recorded, try GGUFModel.fingerprint(g, config: read))
         }
         let back = try Tokenizer(serialized: try SentencePieceModel.fromGGUF(g), source: path + " (GGUF vocabulary)")
         try same("the BOS id", tok.bosID, back.bosID)

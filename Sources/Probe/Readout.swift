@@ -81,7 +81,7 @@ public struct ReadoutRecipe: Codable, Equatable, Sendable {
     public struct File: Codable, Equatable, Sendable {
         public var format = "llamaprobe-readout"
         public var readout: ReadoutRecipe?
-        /// Model fingerprint (`weights-sha256:…`), "imported:…", or an older identity.
+        /// Model fingerprint (`weights-v2:…`), "imported:…", or an older identity.
         public var model: String
         public var quantization: String?
         public static let name = "readout.json"
@@ -112,12 +112,4 @@ public struct ReadoutRecipe: Codable, Equatable, Sendable {
             return String(decoding: (try? e.encode(self)) ?? Data(), as: UTF8.self) + "\n"
         }
     }
-}
-
-/// Model identities as recorded with shards and probes.
-public enum ModelIdentity {
-    /// Prefix of the weights fingerprint (`LlamaWeights.fingerprint`); older shards hold another hash.
-    public static let fingerprintPrefix = "weights-sha256:"
-    public static func isImported(_ s: String) -> Bool { s.hasPrefix("imported:") }
-    public static func isFingerprint(_ s: String) -> Bool { s.hasPrefix(fingerprintPrefix) }
 }

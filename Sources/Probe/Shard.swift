@@ -13,8 +13,8 @@ public struct ShardError: LocalizedError, Equatable {
 public struct ShardMetadata: Codable, Equatable, Sendable {
     public var format = "llamaprobe-shard"
     public var version = 1
-    /// Model identity: the weights fingerprint `weights-sha256:…` (same checkpoint in any storage type or
-    /// quantization), "imported:<sha256>" for imports; older shards hold a hash of config and shapes.
+    /// Model identity: the weights fingerprint `weights-v2:…` (the same checkpoint as an HF directory or
+    /// its Q8_0 GGUF), "imported:<sha256>" for imports; older shards hold a hash of config and shapes.
     public var model: String
     /// How the model's weights were stored when extracted (e.g. "F32", "BF16", "Q8_0"); nil when unknown.
     public var quantization: String?
@@ -64,7 +64,7 @@ public struct ShardMetadata: Codable, Equatable, Sendable {
     /// The first field in which two directories' metadata differ, named with both values; nil when equal.
     /// `dtype: false` ignores the storage type (training converts everything to f32 exactly).
     public static func difference(_ a: ShardMetadata, _ b: ShardMetadata, dtype: Bool = true) -> String? {
-        if a.model != b.model { return "model fingerprint '\(a.model)' vs '\(b.model)' (another checkpoint)" }
+        if a.model != b.model { return "model fingerprint '\(a.model)' vs '\(b.model)' (\(ModelIdentity.differenceNote(a.model, b.model)))" }
         if a.quantization != b.quantization { return "quantization \(a.quantization ?? "unknown") vs \(b.quantization ?? "unknown")" }
         if a.labels != b.labels { return "labels \(a.labels) vs \(b.labels)" }
         if a.layers != b.layers { return "layers \(a.layers) vs \(b.layers)" }

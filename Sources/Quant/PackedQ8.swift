@@ -69,6 +69,21 @@ public final class PackedQ8Matrix: @unchecked Sendable {
         self.init(q8_0: q, rows: rows, cols: cols, pool: pool)
     }
 
+    /// Row `r` in the ggml block_q8_0 layout (f16 scale, then 32 int8 per block; cols / 32 · 34 bytes): the
+    /// inverse of the repacking, so a stored GGUF row and its packed form give the same bytes back.
+    public func copyRowQ8_0(_ r: Int, into dst: UnsafeMutableRawPointer) {
+        let p = r / Self.panelWidth, c = r % Self.panelWidth
+        for b in 0..<blocks {
+            let blk = UnsafeRawPointer(bytes + (p * blocks + b) * Self.blockBytes)
+            let out = dst + b * Q8_0.blockBytes
+            out.storeBytes(of: blk.loadUnaligned(fromByteOffset: 512 + 2 * c, as: UInt16.self), as: UInt16.self)
+            for g in 0..<8 {
+                let w = blk.loadUnaligned(fromByteOffset: g * 64 + c * 4, as: UInt32.self) ^ 0x8080_8080
+                (out + 2 + 4 * g).storeBytes(of: w, as: UInt32.self)
+            }
+        }
+    }
+
     /// Dequantizes output rows [first, first + count) into dst ([count, cols] row-major).
     public func dequantizeRows(_ first: Int, _ count: Int, into dst: UnsafeMutablePointer<Float>) {
         for i in 0..<count {

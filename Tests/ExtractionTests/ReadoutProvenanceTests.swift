@@ -93,7 +93,7 @@ func llamaprobe(_ args: [String]) throws -> (status: Int32, out: String, err: St
         #expect(legacy.err.contains("record no readout recipe") && legacy.out != bare.out, "\(legacy.err)")
     }
 
-    @Test("fingerprint: two synth seeds differ; an HF directory and the Q8_0 GGUF quantized from it agree (recorded in the GGUF); predict refuses another checkpoint")
+    @Test("fingerprint: two synth seeds differ; an HF directory and the Q8_0 GGUF quantized from it agree; predict refuses another checkpoint")
     func fingerprints() throws {
         let dir = tempDir()
         defer { try? FileManager.default.removeItem(atPath: dir) }
@@ -106,8 +106,30 @@ func llamaprobe(_ args: [String]) throws -> (status: Int32, out: String, err: St
         #expect(ma.fingerprint.hasPrefix(ModelIdentity.fingerprintPrefix) && ma.fingerprint.count == ModelIdentity.fingerprintPrefix.count + 64)
         #expect(ma.fingerprint != mb.fingerprint, "two seeds, same shapes: different fingerprints")
         #expect(ma.fingerprint == mq.fingerprint, "HF bf16 directory vs its Q8_0 GGUF")
-        #expect(try HFCheckpoint(directory: a).fingerprint() == ma.fingerprint)
-        #expect(try GGUFFile(path: gguf).stringIfPresent("llamaprobe.fingerprint") == ma.fingerprint)
+        #expect(try LoadedModel.load(path: gguf, threads: 3).fingerprint == mq.fingerprint, "the thread count changes nothing")
+
+        // A merged LoRA touches projections only (norms unchanged): one q_proj weight moved, other fingerprint.
+        // Moving it by less than half a Q8_0 step of its block changes nothing a Q8_0 model computes: same one.
+        func edited(_ name: String, _ change: (Float) -> Float) throws -> String {
+            let c = dir + "/edit-\(UUID().uuidString.prefix(6))"
+            try FileManager.default.copyItem(atPath: a, toPath: c)
+            let files = try FileManager.default.contentsOfDirectory(atPath: c).filter { $0.hasSuffix(".safetensors") }
+            for f in files {
+                guard let t = try SafeTensorsFile(path: c + "/" + f).tensors[name] else { continue }
+                #expect(t.dtype == .bf16)
+                var bytes = [UInt8](try Data(contentsOf: URL(fileURLWithPath: c + "/" + f)))
+                let o = t.fileOffset + 2 * 5   // element 5 of row 0
+                let old = Float(bitPattern: UInt32(bytes[o]) << 16 | UInt32(bytes[o + 1]) << 24)
+                let new = change(old).bitPattern
+                bytes[o] = UInt8(truncatingIfNeeded: new >> 16); bytes[o + 1] = UInt8(truncatingIfNeeded: new >> 24)
+                try Data(bytes).write(to: URL(fileURLWithPath: c + "/" + f))
+            }
+            return try LoadedModel.load(path: c, threads: 2).fingerprint
+        }
+        #expect(try edited("model.layers.1.self_attn.q_proj.weight") { $0 + 0.05 } != ma.fingerprint, "a changed q_proj weight")
+        #expect(try edited("model.layers.0.mlp.down_proj.weight") { -$0 } != ma.fingerprint, "a changed down_proj weight")
+        #expect(try edited("model.embed_tokens.weight") { $0 * 2 + 0.01 } != ma.fingerprint, "a changed embedding")
+        #expect(try edited("model.layers.1.self_attn.q_proj.weight") { $0 } == ma.fingerprint, "an unchanged copy")
         #expect(ma.quantization == "BF16" && mq.quantization == "Q8_0")
         #expect(ReadoutRecipe.fingerprint(of: ma.tokenizer) == ReadoutRecipe.fingerprint(of: mq.tokenizer), "tokenizer.model vs the GGUF vocabulary")
 
