@@ -56,7 +56,7 @@ struct Demo: ParsableCommand {
         let onDisk = dir.manifests.flatMap(\.shards).reduce(0) { $0 + $1.bytes }
         let raw = dir.totalRows * dir.metadata.layers.count * dir.metadata.dModel * 4
         let set = try ProbeSet.load(directory: probes)
-        let bestAcc = try ProbeSet.bestFromMetrics(probes + "/probe_training_metrics.csv")?.accuracy ?? 0
+        let bestAcc = try ProbeSet.bestFromMetrics(probes + "/" + ProbeFiles.metrics)?.accuracy ?? 0
         let rate = extractLog.range(of: #"= ([0-9.]+) tokens/s"#, options: .regularExpression)
             .map { String(extractLog[$0]).dropFirst(2).replacingOccurrences(of: " tokens/s", with: "") } ?? "?"
         print("""

@@ -4,9 +4,6 @@ import Probe
 import Quant
 import Formats
 
-/// The reference recipe's seven emotional states, in id order.
-public let defaultEmotionLabels = ["very_happy", "happy", "slightly_positive", "neutral", "slightly_negative", "sad", "very_sad"]
-
 public struct ExtractionError: LocalizedError, Equatable {
     public let reason: String
     public init(_ reason: String) { self.reason = reason }

@@ -52,7 +52,7 @@ public enum TrainingReport {
     public static let saturationWarning = 0.01
 
     public static func metricsCSV(_ outcomes: [LayerOutcome]) -> String {
-        var s = "layer,epoch,train_loss,train_accuracy,val_accuracy,best_accuracy,is_best,lr\n"
+        var s = ProbeFiles.metricsColumns.joined(separator: ",") + "\n"
         for o in outcomes {
             for e in o.epochs {
                 s += "\(o.layer),\(e.epoch),\(e.trainLoss),\(e.trainAccuracy),\(e.valAccuracy.map { "\($0)" } ?? ""),"
@@ -147,7 +147,7 @@ public enum TrainingReport {
         let best = outcomes.first { $0.layer == bestLayer }!
         s += "\n**Best layer: \(bestLayer)**"
         if let e = best.bestEpoch {
-            s += " — validation accuracy \(p(best.bestAccuracy)) at epoch \(e) (checkpoint `probe_at_layer_\(bestLayer).pth`).\n\n"
+            s += " — validation accuracy \(p(best.bestAccuracy)) at epoch \(e) (checkpoint `\(ProbeFiles.best(layer: bestLayer))`).\n\n"
         } else {
             s += " — no validation improved on 0, so no best checkpoint was written; the figures below use the final weights.\n\n"
         }

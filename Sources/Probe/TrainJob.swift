@@ -170,48 +170,24 @@ public enum TrainJob {
         var files: [String] = []
         do {
             func path(_ f: String) -> String { files.append(f); return tmp + "/" + f }
-            var st: [SafeTensorsWriter.Spec] = []
-            for o in outcomes {
-                if o.bestWeight != nil {
-                    st += [.init("layer\(o.layer).weight", .f32, [classes, meta.dModel]), .init("layer\(o.layer).bias", .f32, [classes])]
-                }
-                st += [.init("layer\(o.layer).final.weight", .f32, [classes, meta.dModel]), .init("layer\(o.layer).final.bias", .f32, [classes])]
+            let probeMeta = ProbeSetMetadata(
+                labels: meta.labels, layers: layerNumbers, bestLayer: best.layer, dModel: meta.dModel,
+                withEmbeddings: meta.withEmbeddings, model: meta.model, quantization: meta.quantization, readout: meta.readout,
+                bestEpochs: Dictionary(uniqueKeysWithValues: outcomes.compactMap { o in o.bestEpoch.map { (o.layer, $0) } }))
+            let trained = outcomes.map { o in
+                ProbeSet.Trained(layer: o.layer, best: o.bestWeight.flatMap { w in o.bestBias.map { (w, $0) } },
+                                 final: (o.finalWeight, o.finalBias))
             }
-            let stMeta: [String: String] = [
-                "format": "llamaprobe-probes", "labels": "[" + meta.labels.map(jsonString).joined(separator: ",") + "]",
-                "layers": "[" + layerNumbers.map(String.init).joined(separator: ",") + "]", "model": meta.model,
-                "best_layer": String(best.layer), "d_model": String(meta.dModel),
-                "with_embeddings": meta.withEmbeddings ? "true" : "false",
-                "best_epochs": "{" + outcomes.compactMap { o in o.bestEpoch.map { "\"\(o.layer)\":\($0)" } }.joined(separator: ",") + "}",
-            ].merging([("readout", meta.readout?.json), ("quantization", meta.quantization)].compactMap { k, v in v.map { (k, $0) } }) { a, _ in a }
-            let sw = try SafeTensorsWriter(path: path("probes.safetensors"), tensors: st, metadata: stMeta)
-            for o in outcomes {
-                if let w = o.bestWeight, let b = o.bestBias { try sw.write(w); try sw.write(b) }
-                try sw.write(o.finalWeight); try sw.write(o.finalBias)
-            }
-            try sw.commit()
-            for o in outcomes {
-                func tensors(_ w: [Float], _ b: [Float]) -> [TorchTensor] {
-                    [TorchTensor(name: "classifier.0.weight", shape: [classes, meta.dModel], values: w),
-                     TorchTensor(name: "classifier.0.bias", shape: [classes], values: b)]
-                }
-                if let w = o.bestWeight, let b = o.bestBias {
-                    try TorchCheckpoint.write(tensors(w, b), to: path("probe_at_layer_\(o.layer).pth"))
-                }
-                try TorchCheckpoint.write(tensors(o.finalWeight, o.finalBias), to: path("probe_at_layer_\(o.layer)_final.pth"))
-            }
-            // The readout recipe and model beside the .pth files (which record neither).
-            try writeText(ReadoutRecipe.File(readout: meta.readout, model: meta.model, quantization: meta.quantization).text,
-                          to: path(ReadoutRecipe.File.name))
-            try writeText(TrainingReport.metricsCSV(outcomes), to: path("probe_training_metrics.csv"))
-            try writeText(SplitFile(train: train.map { rowsByPosition[$0] }, val: val.map { rowsByPosition[$0] }).json, to: path("split.json"))
+            files += try ProbeSet.write(trained, metadata: probeMeta, into: tmp)
+            try writeText(TrainingReport.metricsCSV(outcomes), to: path(ProbeFiles.metrics))
+            try writeText(SplitFile(train: train.map { rowsByPosition[$0] }, val: val.map { rowsByPosition[$0] }).json, to: path(ProbeFiles.split))
             try writeText(TrainingReport.accuracySVG(layers: layerNumbers, train: outcomes.map { $0.epochs.last!.trainAccuracy },
                                                      val: hasBest ? outcomes.map(\.bestAccuracy) : finalVal, bestLayer: best.layer),
-                          to: path("accuracy_by_layer.svg"))
+                          to: path(ProbeFiles.plot))
             let ctx = TrainingReport.Context(shardDirectories: o.shardDirectories, metadata: meta, trainRows: train.count, valRows: val.count,
                                              config: config, streamed: streamed, seconds: trainSeconds, splitSource: splitSource, initSource: initSource)
             try writeText(TrainingReport.summary(ctx, outcomes: outcomes, finalVal: finalVal, bestLayer: best.layer, bestReport: report,
-                                                 bestFromCheckpoint: best.bestWeight != nil), to: path("probe_training_summary.md"))
+                                                 bestFromCheckpoint: best.bestWeight != nil), to: path(ProbeFiles.summary))
             try install(tmp, at: out, files: files)
         } catch {
             try? FileManager.default.removeItem(atPath: tmp)

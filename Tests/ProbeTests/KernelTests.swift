@@ -52,3 +52,50 @@ import Testing
         }
     }
 }
+
+/// Issue 10: prediction computes probabilities with training's kernel and summation order.
+@Suite struct PredictionKernelTests {
+    @Test("ProbeSet.probabilities equals validation's outputs bit for bit (and differs from a plain dot-product loop somewhere)")
+    func sameAsValidation() throws {
+        let classes = 7, d = 1029, n = 9
+        var rng = ProbeRNG(seed: 5, stream: 3)
+        let x = (0..<(n * d)).map { _ in Float(rng.normal()) }
+        let w = (0..<(classes * d)).map { _ in Float(rng.normal() / 8) }
+        let b = (0..<classes).map { _ in Float(rng.normal()) }
+        let dir = NSTemporaryDirectory() + "pk-\(UUID().uuidString.prefix(8))"
+        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let meta = ProbeSetMetadata(labels: (0..<classes).map { "c\($0)" }, layers: [3], bestLayer: 3, dModel: d, withEmbeddings: false,
+                                    model: nil, quantization: nil, readout: nil, bestEpochs: [:])
+        let written = try ProbeSet.write([.init(layer: 3, best: (w, b), final: (w.map { $0 * 2 }, b))], metadata: meta, into: dir)
+        #expect(Set(written) == [ProbeFiles.probes, ProbeFiles.best(layer: 3), ProbeFiles.final(layer: 3), ProbeFiles.readout])
+        let set = try ProbeSet.load(directory: dir)
+        #expect(set.bestLayer == 3 && set.probes[3]?.weight == w, "the best checkpoint is the one read")
+
+        var validation = [Float](repeating: 0, count: n * classes)
+        let probe = ProbeState(weight: w, bias: b, classes: classes, dModel: d)
+        x.withUnsafeBytes { raw in
+            let rows = (0..<n).map { raw.baseAddress! + $0 * d * 4 }
+            let labels = [Int32](repeating: 0, count: n)
+            rows.withUnsafeBufferPointer { r in
+                labels.withUnsafeBufferPointer { l in
+                    validation.withUnsafeMutableBufferPointer { o in
+                        _ = ProbeKernels.evaluate(probe, rows: r.baseAddress!, labels: l.baseAddress!, count: n, layerOffset: 0,
+                                                  type: .f32, scratch: KernelScratch(dModel: d), outputs: o.baseAddress!)
+                    }
+                }
+            }
+        }
+        var naiveDiffers = false
+        for i in 0..<n {
+            let p = x.withUnsafeBufferPointer { set.probabilities(layer: 3, residual: $0.baseAddress! + i * d) }
+            #expect(p.map(\.bitPattern) == validation[i * classes..<(i + 1) * classes].map(\.bitPattern), "row \(i)")
+            for j in 0..<classes {
+                var z = b[j]
+                for k in 0..<d { z += w[j * d + k] * x[i * d + k] }
+                if (1 / (1 + expf(-z))).bitPattern != p[j].bitPattern { naiveDiffers = true }
+            }
+        }
+        #expect(naiveDiffers, "the sequential loop predict used before rounds differently somewhere (else this test proves nothing)")
+    }
+}
