@@ -17,7 +17,7 @@ extension FuzzTargets {
 
     static let shardMetadata = ShardMetadata(model: "fuzz-model", labels: ["happy", "sad", "angry"], template: "llama2-chat",
                                              suffix: " I think the emotional state of this user is", systemPrompt: "",
-                                             layers: [0, 1], withEmbeddings: false, dtype: "F32", dModel: 4)
+                                             layers: [0, 1], withEmbeddings: false, dtype: .f32, dModel: 4)
 
     static func shardContent() throws -> [UInt8] {
         let resid = floats(2 * 2 * 4)

@@ -8,9 +8,12 @@ import Formats
 
 extension ExtractionConfig.OnError: ExpressibleByArgument {}
 
-enum ShardDType: String, ExpressibleByArgument, CaseIterable {
-    case f32, f16, bf16
-    var id: QuantType.ID { QuantType.ID(rawValue: rawValue.uppercased())! }
+/// `--dtype f32|f16|bf16`: the library's one storage-type enum, spelled in lower case on the command line.
+extension ActivationType {
+    static func argument(_ s: String) throws -> ActivationType {
+        guard let t = ActivationType(rawValue: s.uppercased()) else { throw ValidationError("'\(s)' is not f32, f16 or bf16") }
+        return t
+    }
 }
 
 /// `--worker I/N` or `auto`.
@@ -68,6 +71,9 @@ struct Extract: ParsableCommand {
 
     @OptionGroup var modelOptions: ModelOptions
 
+    /// Every default below is read from the library's ExtractionConfig.
+    static let defaults = ExtractionConfig(modelPath: "", dataPath: "", outDir: "")
+
     @Option(help: ArgumentHelp("Dataset: CSV (header row; RFC 4180; .tsv = tab-separated) or JSONL (message or messages, label: a string or an integer).", valueName: "file"))
     var data: String
 
@@ -78,10 +84,10 @@ struct Extract: ParsableCommand {
     var out: String
 
     @Option(name: .customLong("text-column"), help: "CSV column (or JSONL key) holding the message.")
-    var textColumn = "message"
+    var textColumn = Self.defaults.textColumn
 
     @Option(name: .customLong("label-column"), help: "CSV column (or JSONL key) holding the label.")
-    var labelColumn = "label"
+    var labelColumn = Self.defaults.labelColumn
 
     @Option(help: ArgumentHelp("Class order, comma-separated (ids = positions). Default: the recipe's seven emotional states when every label is among them, else the distinct labels sorted (integers numerically); printed and recorded.", valueName: "a,b,c"))
     var labels: String?
@@ -89,16 +95,17 @@ struct Extract: ParsableCommand {
     @OptionGroup var templateOptions: TemplateOptions
 
     @Option(name: .customLong("max-tokens"), help: "Longer prompts lose tokens from the start of the content (after BOS); the readout suffix is kept.")
-    var maxTokens = 2048
+    var maxTokens = Self.defaults.maxTokens
 
     @Flag(name: .customLong("with-embeddings"), help: "Also store the embedding output: layers + 1 rows per example, HF hidden_states indexing.")
     var withEmbeddings = false
 
-    @Option(help: "Storage type of the residuals: f32 (the reference precision), f16 or bf16.")
-    var dtype: ShardDType = .f32
+    @Option(help: ArgumentHelp("Storage type of the residuals: f32 (the reference precision), f16 or bf16 (default: f32).", valueName: "type"),
+            transform: ActivationType.argument)
+    var dtype: ActivationType = Self.defaults.dtype
 
     @Option(name: .customLong("rows-per-shard"), help: "Rows per shard file.")
-    var rowsPerShard = 256
+    var rowsPerShard = Self.defaults.rowsPerShard
 
     @Option(help: ArgumentHelp("This worker's share: I/N takes rows with row % N == I; auto reads SLURM_ARRAY_TASK_ID/COUNT or JOB_COMPLETION_INDEX.", valueName: "I/N|auto"))
     var worker = WorkerSpec(argument: "0/1")!
@@ -107,7 +114,7 @@ struct Extract: ParsableCommand {
     var workers: Int?
 
     @Option(name: .customLong("on-error"), help: "Bad rows (missing column, empty message, unknown label, invalid UTF-8 or JSON): fail or skip (recorded in the manifest with file line and reason).")
-    var onError: ExtractionConfig.OnError = .fail
+    var onError: ExtractionConfig.OnError = Self.defaults.onError
 
     func validate() throws {
         if rowsPerShard < 1 { throw ValidationError("--rows-per-shard must be at least 1") }
@@ -128,7 +135,7 @@ struct Extract: ParsableCommand {
         cfg.renderer = templateOptions.renderer
         cfg.maxTokens = maxTokens
         cfg.withEmbeddings = withEmbeddings
-        cfg.dtype = dtype.id
+        cfg.dtype = dtype
         cfg.rowsPerShard = rowsPerShard
         cfg.threads = modelOptions.threads
         cfg.worker = wi
@@ -215,12 +222,12 @@ struct ShardsInfo: ParsableCommand {
         let dir = try ShardDirectory(path: directory)
         let m = dir.metadata, cfg = dir.manifests[0].config
         let bytes = dir.manifests.flatMap(\.shards).reduce(0.0) { $0 + Double($1.bytes) }
-        let elem = m.dtype == "F32" ? 4 : 2
+        let elem = m.dtype.size
         let raw = Double(dir.totalRows) * Double(m.layers.count * m.dModel * elem + 20)   // counts bounded by Manifest.validate
         print("model: \(m.model)\(m.quantization.map { " (\($0))" } ?? "")")
         print("data: \(cfg["data_file"] ?? "?") (\(cfg["rows_total"] ?? "?") rows), workers: \(dir.manifests[0].workers), manifests: \(dir.manifests.count), complete: \(dir.manifests.filter(\.complete).count)")
         print("shards: \(dir.shardPaths.count), rows: \(dir.totalRows), skipped: \(dir.manifests.flatMap(\.skipped).count), truncated: \(dir.manifests.flatMap(\.shards).flatMap(\.truncated).count)")
-        print("layout: resid_post [n, \(m.layers.count), \(m.dModel)] \(m.dtype)\(m.withEmbeddings ? " (row 0 = embeddings, HF indexing)" : "")")
+        print("layout: resid_post [n, \(m.layers.count), \(m.dModel)] \(m.dtype.rawValue)\(m.withEmbeddings ? " (row 0 = embeddings, HF indexing)" : "")")
         print("labels: \(m.labels.joined(separator: ", "))")
         print("template: \(m.template), suffix: \(jsonString(m.suffix)), system prompt: \(jsonString(m.systemPrompt))")
         print("readout: \(m.readoutDescription)")

@@ -38,15 +38,15 @@ struct ShardsImport: ParsableCommand {
     var out: String
 
     @Option(name: .customLong("rows-per-shard"), help: "Rows per shard file, e.g. --rows-per-shard 256.")
-    var rowsPerShard = 256
+    var rowsPerShard = ImportOptions(activations: "", out: "").rowsPerShard
 
-    @Option(help: ArgumentHelp("Shard storage type: f32, f16 or bf16 (default: the source's), e.g. --dtype f16.", valueName: "type"))
-    var dtype: String?
+    @Option(help: ArgumentHelp("Shard storage type: f32, f16 or bf16 (default: the source's), e.g. --dtype f16.", valueName: "type"),
+            transform: ActivationType.argument)
+    var dtype: ActivationType?
 
     func validate() throws {
         if (labels == nil) == (labelKey == nil) { throw ValidationError("give exactly one of --labels FILE.npy and --label-key NAME") }
         if rowsPerShard < 1 { throw ValidationError("--rows-per-shard must be at least 1") }
-        if let d = dtype, !["f32", "f16", "bf16"].contains(d.lowercased()) { throw ValidationError("--dtype must be f32, f16 or bf16") }
     }
 
     func run() throws {
@@ -60,6 +60,6 @@ struct ShardsImport: ParsableCommand {
         let t0 = Date()
         let r = try ShardImport.run(o, log: note)
         note(String(format: "imported %d rows (%d layers, d_model %d) into %d %@ shards in %@ (%.1f s)",
-                    r.rows, r.layers, r.dModel, r.shards, r.dtype, out, Date().timeIntervalSince(t0)))
+                    r.rows, r.layers, r.dModel, r.shards, r.dtype.rawValue, out, Date().timeIntervalSince(t0)))
     }
 }

@@ -60,47 +60,50 @@ struct Train: ParsableCommand {
     @Option(help: ArgumentHelp("Output directory (must be new or empty unless --overwrite), e.g. --out probe_checkpoints/reading_probe.", valueName: "dir"))
     var out = "probe_checkpoints/reading_probe"
 
+    /// The reference recipe's hyperparameters: every default below is read from the library's TrainConfig.
+    static let defaults = TrainConfig()
+
     @Option(help: "Epochs per layer, e.g. --epochs 50.")
-    var epochs = 50
+    var epochs = Self.defaults.epochs
 
     @Option(help: ArgumentHelp("Adam learning rate, e.g. --lr 1e-3.", valueName: "lr"))
-    var lr = 1e-3
+    var lr = Self.defaults.learningRate
 
     @Option(help: "Adam beta1, e.g. --beta1 0.9.")
-    var beta1 = 0.9
+    var beta1 = Self.defaults.adam.beta1
 
     @Option(help: "Adam beta2, e.g. --beta2 0.95.")
-    var beta2 = 0.95
+    var beta2 = Self.defaults.adam.beta2
 
     @Option(name: .customLong("weight-decay"), help: "Coupled L2 weight decay added to the gradient (Adam, not AdamW), e.g. --weight-decay 0.1.")
-    var weightDecay = 0.1
+    var weightDecay = Self.defaults.adam.weightDecay
 
     @Flag(name: .customLong("no-bias-decay"), help: "Exempt the biases from weight decay (the reference decays weights and biases).")
     var noBiasDecay = false
 
     @Option(name: .customLong("batch-size"), help: "Training batch size, e.g. --batch-size 200.")
-    var batchSize = 200
+    var batchSize = Self.defaults.batchSize
 
     @Option(name: .customLong("val-batch-size"), help: "Validation batch size (matters only for the validation loss), e.g. --val-batch-size 400.")
-    var valBatchSize = 400
+    var valBatchSize = Self.defaults.valBatchSize
 
     @Option(name: .customLong("val-every"), help: "Validate every N epochs (best checkpoint on strict improvement), e.g. --val-every 10.")
-    var valEvery = 10
+    var valEvery = Self.defaults.valEvery
 
     @Option(name: .customLong("val-fraction"), help: "Validation share of the stratified split, e.g. --val-fraction 0.2.")
-    var valFraction = 0.2
+    var valFraction = Self.defaults.valFraction
 
     @Option(help: "Seed of the split (numpy RandomState), of the initial weights and of the shuffling, e.g. --seed 12345.")
-    var seed = 12345
+    var seed = Self.defaults.seed
 
     @Option(name: .customLong("plateau-factor"), help: "ReduceLROnPlateau factor, e.g. --plateau-factor 0.75.")
-    var plateauFactor = 0.75
+    var plateauFactor = Self.defaults.plateauFactor
 
     @Option(name: .customLong("plateau-patience"), help: "ReduceLROnPlateau patience in epochs, e.g. --plateau-patience 0.")
-    var plateauPatience = 0
+    var plateauPatience = Self.defaults.plateauPatience
 
     @Option(name: .customLong("plateau-on"), help: "Loss the scheduler watches: train (epoch mean training loss) or val (implies --val-every 1), e.g. --plateau-on val.")
-    var plateauOn: PlateauMetric = .train
+    var plateauOn: PlateauMetric = Self.defaults.plateauOn
 
     @Option(help: ArgumentHelp("Split file {\"train\": [rows…], \"val\": [rows…]} to use instead of computing it, e.g. --split out/split.json.", valueName: "file"))
     var split: String?
@@ -115,7 +118,7 @@ struct Train: ParsableCommand {
     var layers = LayerSelection()
 
     @Option(help: "Threads (the default is this machine's core count), e.g. --threads 2.")
-    var threads = ThreadPool.defaultThreadCount
+    var threads = Self.defaults.threads
 
     @Option(name: .customLong("max-memory"), help: ArgumentHelp("Keep the decoded data in memory up to this size, else stream the shards every epoch (default: 70% of RAM), e.g. --max-memory 8G.", valueName: "size"))
     var maxMemory: ByteSize?

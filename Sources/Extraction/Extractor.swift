@@ -26,7 +26,7 @@ public struct ExtractionConfig: Sendable {
     public var renderer = PromptRenderer()
     public var maxTokens = 2048
     public var withEmbeddings = false
-    public var dtype: QuantType.ID = .f32
+    public var dtype: ActivationType = .f32
     public var rowsPerShard = 256
     public var threads = ThreadPool.defaultThreadCount
     public var worker = 0
@@ -130,7 +130,7 @@ public enum Extractor {
 
         let layerCount = c.numHiddenLayers + (cfg.withEmbeddings ? 1 : 0)
         let metadata = ShardMetadata(model: loaded.fingerprint, quantization: loaded.quantization, labels: labels, readout: readout,
-                                     layers: Array(0..<layerCount), dtype: cfg.dtype.rawValue, dModel: c.hiddenSize)
+                                     layers: Array(0..<layerCount), dtype: cfg.dtype, dModel: c.hiddenSize)
         let writer = try ShardWriter(directory: cfg.outDir, worker: cfg.worker, workers: cfg.workers, metadata: metadata,
                                      rowsPerShard: cfg.rowsPerShard, config: try manifestConfig(cfg, data: data, compute: computeDescription(loaded.model)),
                                      lock: lock)

@@ -99,13 +99,13 @@ public struct ImportOptions: Sendable {
     public var labelNames: [String]?
     public var out: String
     public var rowsPerShard = 256
-    /// Shard dtype (F32/F16/BF16); nil = the source's float type.
-    public var dtype: String?
+    /// Shard storage type; nil = the source's float type.
+    public var dtype: ActivationType?
     public init(activations: String, out: String) { self.activations = activations; self.out = out }
 }
 
 public enum ShardImport {
-    public struct Result: Sendable { public var rows: Int; public var layers: Int; public var dModel: Int; public var shards: Int; public var dtype: String }
+    public struct Result: Sendable { public var rows: Int; public var layers: Int; public var dModel: Int; public var shards: Int; public var dtype: ActivationType }
 
     public static func run(_ o: ImportOptions, log: (String) -> Void = { _ in }) throws -> Result {
         let src = o.activations
@@ -136,7 +136,7 @@ public enum ShardImport {
             }
             let t: TensorInfo
             do { t = try f.info(name) } catch { throw fail("no tensor '\(name)' (tensors: \(f.names.joined(separator: ", ")))") }
-            guard let at = ActivationType(dtype: t.dtype.rawValue) else { throw fail("tensor '\(name)' is \(t.dtype.rawValue); activations must be F32, F16 or BF16") }
+            guard let at = ActivationType(rawValue: t.dtype.rawValue) else { throw fail("tensor '\(name)' is \(t.dtype.rawValue); activations must be F32, F16 or BF16") }
             keepAlive = f; base = f.data(t); shape = t.shape; type = at
             if let lk = o.labelKey {
                 do { labels = try f.integers(lk) } catch { throw fail("--label-key \(lk): \(error.localizedDescription)") }
@@ -164,8 +164,7 @@ public enum ShardImport {
             throw fail("row \(i): label \(labels[i]) has no name (--label-names gives \(names.count))")
         }
         guard Set(names).count == names.count else { throw fail("--label-names has duplicates") }
-        let dtype = o.dtype?.uppercased() ?? type.rawValue
-        guard ["F32", "F16", "BF16"].contains(dtype) else { throw fail("--dtype must be f32, f16 or bf16") }
+        let dtype = o.dtype ?? type
 
         log("hashing \(src)")
         let hash = try sha256(file: src)
@@ -173,7 +172,7 @@ public enum ShardImport {
                                  layers: Array(0..<layers), withEmbeddings: false, dtype: dtype, dModel: d)
         let config = ["source": (src as NSString).lastPathComponent, "source_sha256": hash, "key": o.key ?? "",
                       "labels": o.labelsPath.map { ($0 as NSString).lastPathComponent } ?? ("key:" + (o.labelKey ?? "")),
-                      "rows_per_shard": String(o.rowsPerShard), "dtype": dtype]
+                      "rows_per_shard": String(o.rowsPerShard), "dtype": dtype.rawValue]
         let writer = try ShardWriter(directory: o.out, worker: 0, workers: 1, metadata: meta, rowsPerShard: o.rowsPerShard, config: config)
         let resumeAfter = writer.lastCompletedRow ?? -1
         if resumeAfter >= 0 { log("resuming after row \(resumeAfter)") }

@@ -71,10 +71,23 @@ public struct ProbeRNG: Sendable {
 
 /// The storage type of activations held in memory (the shards' own type: f16/bf16 → f32 is exact, so
 /// keeping 16-bit data halves memory and bandwidth without changing any result).
-public enum ActivationType: String, Sendable {
+/// The one type for how activations are stored (shards, imports, `extract --dtype`): F32, F16 or BF16.
+public enum ActivationType: String, Sendable, Codable, CaseIterable {
     case f32 = "F32", f16 = "F16", bf16 = "BF16"
     public var size: Int { self == .f32 ? 4 : 2 }
-    init?(dtype: String) { self.init(rawValue: dtype) }
+    /// The safetensors dtype of the same name.
+    public var safeTensors: SafeTensorsDType {
+        switch self { case .f32: return .f32; case .f16: return .f16; case .bf16: return .bf16 }
+    }
+    public var quantType: QuantType { safeTensors.quantType! }
+    public init(from decoder: Decoder) throws {
+        let c = try decoder.singleValueContainer()
+        let s = try c.decode(String.self)
+        guard let t = ActivationType(rawValue: s) else {
+            throw DecodingError.dataCorruptedError(in: c, debugDescription: "dtype '\(s)' is not F32, F16 or BF16")
+        }
+        self = t
+    }
 
     /// Converts `n` stored values to f32.
     @inline(__always)

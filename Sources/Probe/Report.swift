@@ -124,7 +124,7 @@ public enum TrainingReport {
         func p(_ v: Double) -> String { String(format: "%.4f", v) }
         var s = "# Probe training summary\n\n"
         s += "- Data: \(ctx.trainRows + ctx.valRows) rows from \(ctx.shardDirectories.map { "`\($0)`" }.joined(separator: ", ")) "
-        s += "(model `\(ctx.metadata.model)`, d_model \(ctx.metadata.dModel), stored \(ctx.metadata.dtype)); "
+        s += "(model `\(ctx.metadata.model)`, d_model \(ctx.metadata.dModel), stored \(ctx.metadata.dtype.rawValue)); "
         s += "\(ctx.trainRows) training, \(ctx.valRows) validation rows (\(ctx.splitSource)).\n"
         s += "- Classes (\(ctx.metadata.labels.count)): \(ctx.metadata.labels.map { "`\($0)`" }.joined(separator: ", ")).\n"
         s += "- Recipe: Linear + sigmoid, BCELoss, Adam (lr \(c.learningRate), betas (\(c.adam.beta1), \(c.adam.beta2)), eps \(c.adam.eps), "

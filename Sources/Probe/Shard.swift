@@ -29,8 +29,8 @@ public struct ShardMetadata: Codable, Equatable, Sendable {
     /// L + 1 = resid_post of block L); without, 0..<L = resid_post of block L.
     public var layers: [Int]
     public var withEmbeddings: Bool
-    /// Storage type of resid_post: "F32", "F16" or "BF16".
-    public var dtype: String
+    /// Storage type of resid_post.
+    public var dtype: ActivationType
     public var dModel: Int
 
     enum CodingKeys: String, CodingKey {
@@ -39,14 +39,14 @@ public struct ShardMetadata: Codable, Equatable, Sendable {
     }
 
     public init(model: String, labels: [String], template: String, suffix: String, systemPrompt: String,
-                layers: [Int], withEmbeddings: Bool, dtype: String, dModel: Int) {
+                layers: [Int], withEmbeddings: Bool, dtype: ActivationType, dModel: Int) {
         self.model = model; self.labels = labels; self.template = template; self.suffix = suffix
         self.systemPrompt = systemPrompt; self.layers = layers; self.withEmbeddings = withEmbeddings
         self.dtype = dtype; self.dModel = dModel
     }
 
     /// Extracted shards: template, suffix, system prompt and embeddings come from the readout recipe.
-    public init(model: String, quantization: String, labels: [String], readout: ReadoutRecipe, layers: [Int], dtype: String, dModel: Int) {
+    public init(model: String, quantization: String, labels: [String], readout: ReadoutRecipe, layers: [Int], dtype: ActivationType, dModel: Int) {
         self.init(model: model, labels: labels, template: readout.template, suffix: readout.suffix,
                   systemPrompt: readout.systemPrompt ?? "", layers: layers, withEmbeddings: readout.withEmbeddings,
                   dtype: dtype, dModel: dModel)
@@ -84,19 +84,18 @@ public struct ShardMetadata: Codable, Equatable, Sendable {
         return nil
     }
 
-    var storage: SafeTensorsDType? { SafeTensorsDType(rawValue: dtype).flatMap { $0.quantType == nil ? nil : $0 } }
+    var storage: SafeTensorsDType { dtype.safeTensors }
 
     /// Bounds on what a shard directory may declare (far above any real model; they keep every product of
     /// these numbers inside Int and every allocation they size finite).
     public static let maxDModel = 1 << 20, maxLayers = 1 << 12, maxLabels = 1 << 16, maxRowElements = 1 << 28
 
     /// Bytes of one row of resid_post in the storage type (valid after `validate`).
-    var rowBytes: Int { layers.count * dModel * (dtype == "F32" ? 4 : 2) }
+    var rowBytes: Int { layers.count * dModel * dtype.size }
 
     /// Every number and name checked before anything is sized by it; throws naming `file` and the field.
     public func validate(file: String) throws {
         func fail(_ r: String) -> ShardError { ShardError(file: file, reason: "shard metadata: " + r) }
-        guard storage != nil else { throw fail("dtype '\(dtype)' is not F32, F16 or BF16") }
         guard (1...Self.maxDModel).contains(dModel) else { throw fail("'d_model' \(dModel) is not in 1...\(Self.maxDModel)") }
         guard !layers.isEmpty, layers.count <= Self.maxLayers else {
             throw fail("'layers' lists \(layers.count) layers (1...\(Self.maxLayers) expected)")
@@ -119,7 +118,7 @@ public struct ShardMetadata: Codable, Equatable, Sendable {
         return ["format": format, "version": String(version), "model": model, "labels": json(labels),
                 "template": template, "suffix": suffix, "system_prompt": systemPrompt,
                 "layers": "[" + layers.map(String.init).joined(separator: ",") + "]",
-                "with_embeddings": withEmbeddings ? "true" : "false", "dtype": dtype, "d_model": String(dModel)]
+                "with_embeddings": withEmbeddings ? "true" : "false", "dtype": dtype.rawValue, "d_model": String(dModel)]
             .merging([("readout", readout?.json), ("quantization", quantization)].compactMap { k, v in v.map { (k, $0) } }) { a, _ in a }
     }
 
@@ -140,10 +139,14 @@ public struct ShardMetadata: Codable, Equatable, Sendable {
         guard let version = Int(try need("version")), version == 1 else {
             throw ShardError(file: file, reason: "shard format version \(m["version"] ?? "?") is not supported (this build reads version 1)")
         }
+        func dtype(_ s: String) throws -> ActivationType {
+            guard let t = ActivationType(rawValue: s) else { throw ShardError(file: file, reason: "shard metadata: dtype '\(s)' is not F32, F16 or BF16") }
+            return t
+        }
         guard let d = Int(try need("d_model")) else { throw ShardError(file: file, reason: "shard metadata 'd_model' is not a number") }
         self.init(model: try need("model"), labels: try array("labels", [String].self), template: try need("template"),
                   suffix: try need("suffix"), systemPrompt: try need("system_prompt"), layers: try array("layers", [Int].self),
-                  withEmbeddings: try need("with_embeddings") == "true", dtype: try need("dtype"), dModel: d)
+                  withEmbeddings: try need("with_embeddings") == "true", dtype: try dtype(need("dtype")), dModel: d)
         self.version = version
         self.quantization = m["quantization"]
         self.readout = try m["readout"].map { try ReadoutRecipe.parse($0, file: file) }
@@ -180,7 +183,7 @@ public enum Shard {
     /// The compressed bytes of a shard whose resid_post is already in the storage type.
     public static func encode(metadata: ShardMetadata, residPost: UnsafeRawBufferPointer, labels: [Int64], rows: [Int64],
                               nTokens: [Int32]) throws -> [UInt8] {
-        guard let dt = metadata.storage else { throw ShardError(file: "<shard>", reason: "unsupported dtype \(metadata.dtype)") }
+        let dt = metadata.storage
         let n = labels.count
         let st = labels.withUnsafeBytes { l in rows.withUnsafeBytes { r in nTokens.withUnsafeBytes { t in
             SafeTensors.encode([
@@ -201,7 +204,7 @@ public enum Shard {
         var type = ActivationType.f32
         let c = try ShardStream.read(path: path, header: { m, _ in
             rowElements = m.layers.count * m.dModel
-            type = ActivationType(dtype: m.dtype) ?? .f32
+            type = m.dtype
         }, rowSink: { _, bytes in
             let start = resid.count
             resid.append(contentsOf: repeatElement(0, count: rowElements))
@@ -415,9 +418,7 @@ public final class ShardWriter {
     public init(directory: String, worker: Int, workers: Int, metadata: ShardMetadata, rowsPerShard: Int,
                 config: [String: String], lock heldLock: ProcessLock? = nil) throws {
         try metadata.validate(file: directory)
-        guard let st = metadata.storage else {
-            throw ShardError(file: directory, reason: "unsupported shard dtype \(metadata.dtype) (F32, F16 or BF16)")
-        }
+        let st = metadata.storage
         guard rowsPerShard > 0 else { throw ShardError(file: directory, reason: "rows per shard must be positive") }
         guard (1...Manifest.maxWorkers).contains(workers), (0..<workers).contains(worker) else {
             throw ShardError(file: directory, reason: "worker \(worker)/\(workers) is not valid")

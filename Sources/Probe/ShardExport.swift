@@ -13,7 +13,7 @@ public enum ShardExport {
     public static func run(directory: String, format: Format, out: String) throws -> Result {
         let dir = try ShardDirectory(path: directory)
         let meta = dir.metadata
-        guard let storage = meta.storage?.quantType else { throw ShardError(file: directory, reason: "unsupported dtype \(meta.dtype)") }
+        let storage = meta.dtype.quantType
         let width = meta.layers.count * meta.dModel   // bounded by Manifest.validate
         // Pass 1: the rows of every shard (labels only), to place each row at its rank.
         var rows: [Int64] = []

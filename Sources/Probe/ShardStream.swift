@@ -54,8 +54,8 @@ struct ShardStream {
         guard resid.shape == [n, metadata.layers.count, metadata.dModel] else {
             throw fail("resid_post has shape \(resid.shape), expected [n, \(metadata.layers.count), \(metadata.dModel)]")
         }
-        guard resid.dtype.rawValue == metadata.dtype, resid.dtype.quantType != nil else {
-            throw fail("resid_post is \(resid.dtype.rawValue) but the metadata says \(metadata.dtype)")
+        guard resid.dtype == metadata.dtype.safeTensors else {
+            throw fail("resid_post is \(resid.dtype.rawValue) but the metadata says \(metadata.dtype.rawValue)")
         }
         for name in ["label", "row", "n_tokens"] {
             let e = try entry(name)

@@ -112,7 +112,7 @@ public struct ShardInventory {
     public init(directories: [String]) throws {
         guard !directories.isEmpty else { throw TrainError("no shard directory given (--shards DIR)") }
         var meta: ShardMetadata?
-        var dtypes = Set<String>()
+        var dtypes = Set<ActivationType>()
         var unfinished: [String] = []
         var first = ""
         var refs: [ShardRef] = []
@@ -169,10 +169,7 @@ public struct ShardInventory {
         metadata = meta!
         shards = refs
         self.unfinished = unfinished
-        guard let t = ActivationType(dtype: metadata.dtype) else {
-            throw ShardError(file: directories[0], reason: "unsupported activation dtype \(metadata.dtype)")
-        }
-        storageType = dtypes.count == 1 ? t : .f32
+        storageType = dtypes.count == 1 ? metadata.dtype : .f32
     }
 
     /// What makes two shard sets untrainable together (dtype may differ: everything is exact in f32).
@@ -308,7 +305,7 @@ enum DataLoader {
                                 guard n == ref.count else {
                                     throw ShardError(file: ref.path, reason: "holds \(n) rows but its manifest says \(ref.count)")
                                 }
-                                stored = ActivationType(dtype: m.dtype) ?? .f32
+                                stored = m.dtype
                             }, labelsOnly: labelsOnly, rowTarget: { i in rowTarget(ref, stored, i) },
                             rowSink: { i, bytes in try rowSink(ref, stored, i, bytes) })
                             if let bad = c.rows.first(where: { !(0...Int64(Manifest.maxRows)).contains($0) }) {
@@ -373,7 +370,7 @@ public final class StreamingActivations: ActivationSource, @unchecked Sendable {
         if shuffle != nil { shuffle!.shuffle(&shardOrder) }
         var held = 0
         var heldLabels = [Int32]()
-        let stored = ActivationType(dtype: inventory.metadata.dtype) ?? .f32
+        let stored = inventory.metadata.dtype
         // Without shuffling the buffer is a FIFO of one batch.
         let capacity = shuffle == nil ? batchSize : bufferRows
 

@@ -146,13 +146,13 @@ func fixtureConfig(_ data: String, _ out: String) -> ExtractionConfig {
         f32.maxTokens = 40
         _ = try Extractor.run(f32)
         let ref = try Shard.read(path: try ShardDirectory(path: dir + "/f32").shardPaths[0])
-        for (dt, round) in [(QuantType.ID.f16, { (x: Float) in f16ToFloat(floatToF16(x)) }), (.bf16, { bf16ToFloat(floatToBF16($0)) })] {
+        for (dt, round) in [(ActivationType.f16, { (x: Float) in f16ToFloat(floatToF16(x)) }), (.bf16, { bf16ToFloat(floatToBF16($0)) })] {
             var c = f32
             c.dtype = dt
             c.outDir = dir + "/" + dt.rawValue
             _ = try Extractor.run(c)
             let b = try Shard.read(path: try ShardDirectory(path: c.outDir).shardPaths[0])
-            #expect(b.metadata.dtype == dt.rawValue)
+            #expect(b.metadata.dtype == dt)
             #expect(b.residPost == ref.residPost.map(round))
         }
         // Truncated rows: at most max tokens, BOS first, the suffix's tokens last, recorded in the manifest.

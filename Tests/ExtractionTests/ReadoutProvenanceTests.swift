@@ -198,7 +198,7 @@ func llamaprobe(_ args: [String]) throws -> (status: Int32, out: String, err: St
     @Test("shard metadata without a readout recipe (written before it was recorded) reads as unknown and says so")
     func olderShardsReadAsUnknown() throws {
         let meta = ShardMetadata(model: "sha256:0123456789abcdef01234567", labels: ["a", "b"], template: "llama2-chat", suffix: " x",
-                                 systemPrompt: "", layers: [0, 1], withEmbeddings: false, dtype: "F32", dModel: 4)
+                                 systemPrompt: "", layers: [0, 1], withEmbeddings: false, dtype: .f32, dModel: 4)
         let rows: [Float] = Array(repeating: 0.5, count: 2 * 2 * 4)
         let z = try rows.withUnsafeBytes { try Shard.encode(metadata: meta, residPost: $0, labels: [0, 1], rows: [0, 1], nTokens: [3, 3]) }
         let path = tempDir() + "/" + Shard.fileName(worker: 0, index: 0)

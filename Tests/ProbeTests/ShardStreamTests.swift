@@ -11,7 +11,7 @@ import Testing
     func labelsFirstAndOld() throws {
         let dir = scratchDirectory()
         let meta = ShardMetadata(model: "test", labels: ["a", "b", "c"], template: "raw", suffix: "", systemPrompt: "",
-                                 layers: [0, 1], withEmbeddings: false, dtype: "F32", dModel: 8)
+                                 layers: [0, 1], withEmbeddings: false, dtype: .f32, dModel: 8)
         let n = 5
         let resid = (0..<(n * 2 * 8)).map { Float($0) * 0.25 - 3 }
         let labels: [Int64] = [2, 0, 1, 1, 0], rows: [Int64] = [10, 11, 12, 13, 14], tokens: [Int32] = [7, 8, 9, 10, 11]

@@ -80,7 +80,7 @@ struct TrainingCase {
 
 /// Writes rows [n, layers, dModel] with ShardWriter (row indices `rowIDs`, default 0..<n).
 func writeShards(_ dir: String, values: [Float], labels: [Int], layers: Int, dModel: Int, labelNames: [String],
-                 rowsPerShard: Int = 16, dtype: String = "F32", rowIDs: [Int]? = nil, worker: Int = 0, workers: Int = 1,
+                 rowsPerShard: Int = 16, dtype: ActivationType = .f32, rowIDs: [Int]? = nil, worker: Int = 0, workers: Int = 1,
                  model: String = "test-model", suffix: String = "", config: [String: String] = ["test": "1"]) throws {
     let meta = ShardMetadata(model: model, labels: labelNames, template: "raw", suffix: suffix, systemPrompt: "",
                              layers: Array(0..<layers), withEmbeddings: false, dtype: dtype, dModel: dModel)
@@ -97,7 +97,7 @@ func writeShards(_ dir: String, values: [Float], labels: [Int], layers: Int, dMo
 
 extension TrainingCase {
     /// The case's data as a shard directory, its split as split.json and its initial weights as --init.
-    func materialize(_ dir: String, rowsPerShard: Int = 16, dtype: String = "F32") throws -> (shards: String, split: String, initPath: String) {
+    func materialize(_ dir: String, rowsPerShard: Int = 16, dtype: ActivationType = .f32) throws -> (shards: String, split: String, initPath: String) {
         let shards = dir + "/shards"
         try writeShards(shards, values: values, labels: labels, layers: layers, dModel: dModel,
                         labelNames: (0..<classes).map { "class\($0)" }, rowsPerShard: rowsPerShard, dtype: dtype)

@@ -75,7 +75,7 @@ import Testing
     func streaming() throws {
         let tc = try TrainingCase("variants")
         let dir = scratchDirectory()
-        let (shards, _, initPath) = try tc.materialize(dir, rowsPerShard: 7, dtype: "F16")
+        let (shards, _, initPath) = try tc.materialize(dir, rowsPerShard: 7, dtype: .f16)
         // Batches in row order both ways: resident follows the split's (sorted) train order, streaming the shards'.
         let split = dir + "/sorted.json"
         try SplitFile(train: tc.train.sorted(), val: tc.val.sorted()).json.write(toFile: split, atomically: true, encoding: .utf8)
