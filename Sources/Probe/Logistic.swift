@@ -209,3 +209,112 @@ public enum LogisticRecipe {
         return (grid[best], acc)
     }
 }
+
+extension LogisticRecipe {
+    /// Stratified K folds over rows with labels `y`: each class's rows in a seeded shuffle, dealt to the folds
+    /// in turn (fold sizes differ by at most one per class). Lists of row indices, each sorted.
+    public static func stratifiedFolds(labels y: [Int], k: Int, seed: Int) -> [[Int]] {
+        var folds = [[Int]](repeating: [], count: k)
+        var rng = ProbeRNG(seed: UInt64(seed), stream: 77)
+        var next = 0
+        for c in Array(Set(y)).sorted() {
+            var rows = y.indices.filter { y[$0] == c }
+            rng.shuffle(&rows)
+            for r in rows { folds[next % k].append(r); next += 1 }
+        }
+        return folds.map { $0.sorted() }
+    }
+
+    /// Mean cross-entropy and accuracy of a fit on rows `x` [n, d].
+    static func score(_ x: [Double], labels y: [Int], rows n: Int, cols d: Int, fit: Fit, classes k: Int) -> (loss: Double, correct: Int) {
+        var loss = 0.0, correct = 0
+        for i in 0..<n {
+            var z = [Double](repeating: 0, count: k)
+            for j in 0..<k {
+                var s = fit.bias[j]
+                for t in 0..<d { s += fit.weight[j * d + t] * x[i * d + t] }
+                z[j] = s
+            }
+            let m = z.max()!
+            let logS = m + Foundation.log(z.reduce(0) { $0 + Foundation.exp($1 - m) })
+            loss -= z[y[i]] - logS
+            var best = 0
+            for j in 1..<k where z[j] > z[best] { best = j }
+            if best == y[i] { correct += 1 }
+        }
+        return (loss / Double(max(n, 1)), correct)
+    }
+
+    /// `train --recipe logistic`: every layer's probe from the same split, layers fitted in parallel (one
+    /// layer per thread, each with single-threaded BLAS: the result does not depend on the thread count).
+    /// Activations are gathered in float64 a group of layers at a time (about 2 GB per group). Each layer's
+    /// outcome is one "epoch": training and validation accuracy and cross-entropy of the converged fit; its
+    /// weights are folded back to raw features, so `predict` and PyTorch apply them to unstandardized rows.
+    public static func train(source: ActivationSource, labels: [Int32], classes k: Int, layers: [Int], train: [Int], val: [Int],
+                             c fixedC: Double?, seed: Int, pool: ThreadPool, log: (String) -> Void,
+                             memoryBudget: Int = 2 << 30) throws -> [LayerOutcome] {
+        let d = source.dModel, nt = train.count, nv = val.count
+        let perLayer = max(1, (nt + nv) * d * 8)
+        let group = max(1, min(layers.count, memoryBudget / perLayer))
+        var outcomes = [LayerOutcome?](repeating: nil, count: layers.count)
+        var first = 0
+        while first < layers.count {
+            let g = Array(first..<min(layers.count, first + group))
+            // Gather rows of the group's layers: x[layer][row·d + j], labels in the order the rows arrive.
+            func gather(_ positions: [Int]) throws -> (x: [[Double]], y: [Int]) {
+                var x = g.map { _ in [Double]() }
+                for i in x.indices { x[i].reserveCapacity(positions.count * d) }
+                var y: [Int] = []
+                var none: ProbeRNG? = nil
+                var f = [Float](repeating: 0, count: d)
+                try source.forEachBatch(positions: positions, batchSize: 256, shuffle: &none) { batch in
+                    for (r, row) in batch.rows.enumerated() {
+                        y.append(Int(batch.labels[r]))
+                        for (gi, li) in g.enumerated() {
+                            f.withUnsafeMutableBufferPointer { source.type.convert(row + li * d * source.type.size, $0.baseAddress!, d) }
+                            x[gi].append(contentsOf: f.lazy.map(Double.init))
+                        }
+                    }
+                }
+                return (x, y)
+            }
+            let (xt, yt) = try gather(train)
+            let (xv, yv) = try gather(val)
+            let folds = stratifiedFolds(labels: yt, k: min(5, max(2, Set(yt).map { c in yt.filter { $0 == c }.count }.min() ?? 2)), seed: seed)
+            var results = [LayerOutcome?](repeating: nil, count: g.count)
+            var chosen = [Double](repeating: 0, count: g.count)
+            results.withUnsafeMutableBufferPointer { rp in
+                chosen.withUnsafeMutableBufferPointer { cp in
+                    pool.parallelFor(g.count) { gi in
+                        var a = xt[gi], b = xv[gi]
+                        let c = fixedC ?? chooseC(a, labels: yt, rows: nt, cols: d, classes: k, folds: folds).c
+                        let st = Standardizer(a, rows: nt, cols: d)
+                        st.apply(&a, rows: nt); st.apply(&b, rows: nv)
+                        let fit = fit(a, labels: yt, rows: nt, cols: d, classes: k, c: c)
+                        let tr = score(a, labels: yt, rows: nt, cols: d, fit: fit, classes: k)
+                        let va = nv > 0 ? score(b, labels: yv, rows: nv, cols: d, fit: fit, classes: k) : nil
+                        let folded = st.fold(weight: fit.weight, bias: fit.bias, classes: k)
+                        var o = LayerOutcome(layer: layers[g[0] + gi])
+                        let valAcc = va.map { Double($0.correct) / Double(nv) }
+                        o.epochs = [EpochRecord(epoch: 1, trainLoss: tr.loss, trainCorrect: tr.correct, trainTotal: nt, valAccuracy: valAcc,
+                                                valLoss: va?.loss, bestAccuracy: valAcc ?? 0, isBest: va != nil, lr: c)]
+                        o.finalWeight = folded.weight.map(Float.init); o.finalBias = folded.bias.map(Float.init)
+                        if let valAcc {
+                            o.bestWeight = o.finalWeight; o.bestBias = o.finalBias; o.bestEpoch = 1; o.bestAccuracy = valAcc
+                        }
+                        rp[gi] = o
+                        cp[gi] = c
+                    }
+                }
+            }
+            for (gi, li) in g.enumerated() {
+                outcomes[li] = results[gi]
+                let o = results[gi]!
+                log(String(format: "layer %d: C = %.4g, train accuracy %.4f", o.layer, chosen[gi], o.epochs[0].trainAccuracy)
+                    + (o.epochs[0].valAccuracy.map { String(format: ", validation accuracy %.4f", $0) } ?? ""))
+            }
+            first += group
+        }
+        return outcomes.map { $0! }
+    }
+}
