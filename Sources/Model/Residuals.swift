@@ -135,27 +135,3 @@ public enum ResidualsJob {
         try writer.commit()
     }
 }
-
-extension LlamaModel {
-    /// Greedy decoding (argmax, first maximum on ties), recomputing the whole sequence for each new token:
-    /// a check that a model loads and computes correctly, not a fast generator. Returns each token with the
-    /// gap between its logit and the runner-up's (a small gap means another implementation may differ).
-    public func generateGreedy(_ prompt: [Int32], count: Int, stopAt eos: Int32? = nil) throws -> [(id: Int32, margin: Float)] {
-        var ids = prompt
-        var out: [(id: Int32, margin: Float)] = []
-        for _ in 0..<count {
-            guard let logits = try forward(ids, positions: .last, logits: true, observe: { _, _ in }) else { break }
-            var best = 0, second = -1
-            for i in 1..<logits.count {
-                if logits[i] > logits[best] { second = best; best = i }
-                else if second < 0 || logits[i] > logits[second] { second = i }
-            }
-            if best == 0 && second < 0 { second = 1 }
-            let next = Int32(best)
-            if next == eos { break }
-            out.append((next, logits[best] - logits[max(second, 0)]))
-            ids.append(next)
-        }
-        return out
-    }
-}

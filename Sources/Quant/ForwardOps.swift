@@ -84,6 +84,11 @@ public enum ForwardOps {
         }
     }
 
+    /// x += delta over `count` values (the steering write point).
+    public static func addRow(_ x: UnsafeMutablePointer<Float>, _ delta: UnsafePointer<Float>, _ count: Int) {
+        for i in 0..<count { x[i] += delta[i] }
+    }
+
     /// Index of the first of `rows` rows of `width` values holding a NaN/Inf, or nil.
     public static func firstNonFinite(_ x: UnsafePointer<Float>, rows: Int, width: Int) -> Int? {
         for r in 0..<rows {

@@ -1,0 +1,109 @@
+import Foundation
+import Formats
+import Testing
+
+/// `generate` (issue 13): greedy ids as transformers', steering from a vector file or from trained probes,
+/// reproducible sampling, and its refusals.
+@Suite struct GenerateCLITests {
+    static let model = CLI.fixtures.appendingPathComponent("models/mha-f32").path
+    static let steer = CLI.fixtures.appendingPathComponent("generation/steer.safetensors").path
+
+    /// transformers' tokens for case `name` of the generation fixtures (EOS dropped), per variant.
+    static func reference(_ name: String, _ variant: String) throws -> [Int] {
+        let g = try JSONSerialization.jsonObject(with: Data(contentsOf: CLI.fixtures.appendingPathComponent("generation/generation.json"))) as! [String: Any]
+        let rows = (g["models"] as! [String: Any])["mha-f32"] as! [[String: Any]]
+        let row = rows.first { $0["case"] as? String == name }!
+        let tokens = (row[variant] as! [String: Any])["tokens"] as! [Int]
+        return tokens.last == 2 ? Array(tokens.dropLast()) : tokens
+    }
+
+    static func ids(_ args: [String]) throws -> [Int] {
+        let r = try CLI.run(["generate", "--model", model, "--template", "raw", "--max-new-tokens", "24", "--ids", "--threads", "1"] + args)
+        try #require(r.status == 0, "\(args): \(r.stderr)")
+        return r.stdout.split(whereSeparator: \.isWhitespace).map { Int($0)! }
+    }
+
+    @Test("--ids equals transformers' greedy tokens, plain and with one or two steering hooks")
+    func idsEqualTransformers() throws {
+        // Case "hello" is the raw text "Hello".
+        #expect(try Self.ids(["Hello"]) == (try Self.reference("hello", "plain")))
+        #expect(try Self.ids(["--steer-vector", Self.steer + ":a", "--steer-layer", "1", "--steer-strength", "12", "Hello"])
+                == (try Self.reference("hello", "steered")))
+        #expect(try Self.ids(["--steer-vector", Self.steer + ":b", "--steer-vector", Self.steer + ":a", "--steer-layer", "0", "--steer-layer", "1",
+                              "--steer-strength=-6", "--steer-strength", "12", "Hello"])
+                == (try Self.reference("hello", "steered2")))
+    }
+
+    @Test("the default output streams the generated text; --margins keeps the check output")
+    func outputs() throws {
+        let ids = try Self.ids(["Hello"])
+        let text = try CLI.run(["generate", "--model", Self.model, "--template", "raw", "--max-new-tokens", "24", "Hello"])
+        let check = try CLI.run(["generate", "--model", Self.model, "--template", "raw", "--count", "24", "--margins", "Hello"])
+        try #require(text.status == 0 && check.status == 0, "\(text.stderr)\(check.stderr)")
+        let lines = check.stdout.split(separator: "\n").map(String.init)
+        #expect(lines.first { $0.hasPrefix("generated: ") } == "generated: " + ids.map(String.init).joined(separator: " "))
+        #expect(lines.first { $0.hasPrefix("margins: ") }?.split(separator: " ").count == ids.count + 1)
+        #expect(!text.stdout.isEmpty && text.stdout.hasSuffix("\n") && !text.stdout.contains("generated:"), "\(text.stdout)")
+    }
+
+    @Test("--steer-probes/--steer-class steers along the class's weight row at the best layer, as --steer-vector with that row")
+    func steerProbes() throws {
+        let dir = scratch()
+        let probes = dir + "/probes"
+        try FileManager.default.createDirectory(atPath: probes, withIntermediateDirectories: true)
+        let d = 64
+        let rows: [[Float]] = (0..<3).map { l in (0..<(2 * d)).map { i in sin(Float(i * 7 + l * 13)) } }
+        var specs: [SafeTensorsWriter.Spec] = []
+        for l in 0..<3 { specs += [.init("layer\(l).weight", .f32, [2, d]), .init("layer\(l).bias", .f32, [2])] }
+        let w = try SafeTensorsWriter(path: probes + "/probes.safetensors", tensors: specs, metadata: [
+            "labels": #"["calm","upset"]"#, "layers": "[0,1,2]", "best_layer": "1", "d_model": "\(d)"])
+        for l in 0..<3 { try w.write(rows[l]); try w.write([Float](repeating: 0, count: 2)) }
+        try w.commit()
+        // The "upset" row of the layer-1 probe as a vector file.
+        let v = try SafeTensorsWriter(path: dir + "/v.safetensors", tensors: [.init("upset", .f32, [d])])
+        try v.write(Array(rows[1][d..<(2 * d)]))
+        try v.commit()
+
+        let fromProbes = try Self.ids(["--steer-probes", probes, "--steer-class", "upset", "--steer-strength", "10", "Hello"])
+        let fromVector = try Self.ids(["--steer-vector", dir + "/v.safetensors", "--steer-layer", "1", "--steer-strength", "10", "Hello"])
+        #expect(fromProbes == fromVector)
+        #expect(fromProbes != (try Self.ids(["Hello"])), "a strength of 10 along a unit direction changes these tokens")
+        let explicit = try Self.ids(["--steer-probes", probes, "--steer-class", "upset", "--steer-layer", "2", "--steer-strength", "10", "Hello"])
+        #expect(explicit != fromProbes)
+
+        let bad = try CLI.run(["generate", "--model", Self.model, "--steer-probes", probes, "--steer-class", "joy", "--steer-strength", "1", "Hi"])
+        #expect(bad.status != 0 && bad.stderr.contains("--steer-class joy: not one of the probes' classes in \(probes) (calm, upset)"), "\(bad.stderr)")
+    }
+
+    @Test("sampling is reproducible under --seed")
+    func seeded() throws {
+        let a = try Self.ids(["--temperature", "1", "--seed", "5", "Hello"])
+        #expect(a.count == 24)
+        #expect(try Self.ids(["--temperature", "1", "--seed", "5", "Hello"]) == a)
+        #expect(try Self.ids(["--temperature", "1", "--seed", "6", "Hello"]) != a)
+        #expect(try Self.ids(["--temperature", "0.8", "--top-p", "0.9", "--seed", "5", "Hello"]) == (try Self.ids(["--temperature", "0.8", "--top-p", "0.9", "--seed", "5", "Hello"])))
+    }
+
+    @Test("steering and sampling flags that do not fit are refused with a message naming the flag")
+    func refusals() throws {
+        let two = scratch() + "/two.safetensors"
+        let w = try SafeTensorsWriter(path: two, tensors: [.init("x", .f32, [64]), .init("y", .f32, [64])])
+        try w.write([Float](repeating: 1, count: 64)); try w.write([Float](repeating: 2, count: 64)); try w.commit()
+        let cases: [([String], String)] = [
+            (["--steer-vector", two, "--steer-layer", "0", "--steer-strength", "1"], "holds 2 tensors; name one as \(two):KEY"),
+            (["--steer-vector", two + ":z", "--steer-layer", "0", "--steer-strength", "1"], "has no tensor 'z' (it has: x, y)"),
+            (["--steer-vector", two + ":x", "--steer-layer", "3", "--steer-strength", "1"], "layer 3 is not a block of this model (0...2)"),
+            (["--steer-vector", two + ":x", "--steer-strength", "1"], "--steer-vector needs --steer-layer L"),
+            (["--steer-vector", two + ":x", "--steer-layer", "0"], "--steer-strength: give one per intervention (1) or one for all; got 0"),
+            (["--steer-class", "joy", "--steer-strength", "1"], "--steer-class needs --steer-probes DIR"),
+            (["--steer-layer", "1"], "need a --steer-vector or --steer-class"),
+            (["--top-p", "0.5"], "--top-p and --seed go with --temperature T > 0"),
+            (["--temperature", "1", "--top-p", "1.5"], "--top-p must be in (0, 1]"),
+            (["--ids", "--margins"], "--ids and --margins are two output formats"),
+        ]
+        for (args, message) in cases {
+            let r = try CLI.run(["generate", "--model", Self.model] + args + ["Hi"])
+            #expect(r.status != 0 && r.stderr.contains(message), "\(args): \(r.stderr)")
+        }
+    }
+}
