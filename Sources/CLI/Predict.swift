@@ -71,6 +71,9 @@ struct Predict: ParsableCommand {
         for w in try Predictor.checkModel(m, probes: set, allowOther: readoutOptions.allowOtherModel) + warnings {
             FileHandle.standardError.write(Data((w + "\n").utf8))
         }
+        if let steered = readout.steering, !steered.isEmpty {
+            note("warning: the probes were trained on steered residuals (\(steered.count) intervention(s), recorded in their readout); predict reads the model without steering")
+        }
         let layers: [Int]
         switch layer {
         case "best":

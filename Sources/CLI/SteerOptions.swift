@@ -46,7 +46,12 @@ struct SteerOptions: ParsableArguments {
 
     /// The interventions, validated against the model (nothing when no --steer flag was given).
     func steering(for m: LoadedModel) throws -> Steering {
-        guard sources > 0 else { return .none }
+        try Steering(try interventions(config: m.config), config: m.config)
+    }
+
+    /// The interventions as given (validated against a model by `Steering`); `config` also checks the probes.
+    func interventions(config: LlamaConfig?) throws -> [Intervention] {
+        guard sources > 0 else { return [] }
         func layer(_ i: Int) -> Int? { layers.isEmpty ? nil : layers[layers.count == 1 ? 0 : i] }
         func strength(_ i: Int) -> Float { strengths[strengths.count == 1 ? 0 : i] }
         var list: [Intervention] = []
@@ -56,12 +61,12 @@ struct SteerOptions: ParsableArguments {
         }
         if let probes {
             let directions = try Self.probeDirections(directory: probes, classes: classes, layers: classes.indices.map { layer(vectors.count + $0) },
-                                                      config: m.config)
+                                                      config: config)
             for (j, d) in directions.enumerated() {
                 list.append(Intervention(layer: d.layer, vector: d.vector, strength: strength(vectors.count + j), source: d.source))
             }
         }
-        return try Steering(list, config: m.config)
+        return list
     }
 
     /// `FILE[:KEY]`: the named tensor, or the file's only tensor; shape [d] or [1, d], a float dtype.
@@ -92,10 +97,10 @@ struct SteerOptions: ParsableArguments {
 
     /// The weight rows of `classes` in the probes of `directory`, at the given blocks (nil: the best layer).
     /// The one place generate/residuals read trained probes (ProbeSet, Extraction).
-    static func probeDirections(directory: String, classes: [String], layers: [Int?], config: LlamaConfig) throws
+    static func probeDirections(directory: String, classes: [String], layers: [Int?], config: LlamaConfig?) throws
         -> [(layer: Int, vector: [Float], source: String)] {
         let set = try ProbeSet.load(directory: directory)
-        try set.check(against: config)
+        if let config { try set.check(against: config) }
         // Probe layer indices follow hidden_states (0 = embeddings) when the probes read the embeddings.
         let shift = set.withEmbeddings ? 1 : 0
         return try zip(classes, layers).map { name, block in

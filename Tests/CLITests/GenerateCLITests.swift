@@ -107,3 +107,49 @@ import Testing
         }
     }
 }
+
+/// The same write point for `residuals` and `extract`: steered outputs hold the steered residuals and say so.
+@Suite struct SteeredReadoutTests {
+    @Test("residuals --steer-…: block L's output moves by A·v/‖v‖ at every position, earlier blocks do not; the readout records it")
+    func residuals() throws {
+        let dir = scratch()
+        try "Hello\nHow are you?\n".write(toFile: dir + "/p.txt", atomically: true, encoding: .utf8)
+        let base = ["residuals", "--model", GenerateCLITests.model, "--prompts", dir + "/p.txt", "--template", "raw", "--positions", "all", "--threads", "1"]
+        let plain = try CLI.run(base + ["--out", dir + "/plain.safetensors"])
+        let steered = try CLI.run(base + ["--out", dir + "/steered.safetensors", "--steer-vector", GenerateCLITests.steer + ":a",
+                                          "--steer-layer", "1", "--steer-strength", "12"])
+        try #require(plain.status == 0 && steered.status == 0, "\(plain.stderr)\(steered.stderr)")
+        let p = try SafeTensorsFile(path: dir + "/plain.safetensors"), s = try SafeTensorsFile(path: dir + "/steered.safetensors")
+        let a = try SafeTensorsFile(path: GenerateCLITests.steer).floats("a")
+        let norm = a.reduce(0) { $0 + $1 * $1 }.squareRoot()
+        let d = 64, T = try p.info("p0.tokens").shape[0]
+        let rp = try p.floats("p0.resid_post"), rs = try s.floats("p0.resid_post")   // [3, T, d]
+        #expect(Array(rp[0..<(T * d)]) == Array(rs[0..<(T * d)]), "block 0 is before the intervention")
+        var worst: Float = 0
+        for t in 0..<T { for i in 0..<d { worst = max(worst, abs(rs[T * d + t * d + i] - rp[T * d + t * d + i] - 12 * a[i] / norm)) } }
+        #expect(worst < 1e-4, "block 1 output moved by 12·a/‖a‖ at every position (max deviation \(worst))")
+        #expect(Array(rp[(2 * T * d)...]) != Array(rs[(2 * T * d)...]), "block 2 reads the steered residual")
+
+        #expect(p.metadata["readout"].map { !$0.contains("steering") } == true, "\(p.metadata["readout"] ?? "")")
+        let recorded = try #require(s.metadata["readout"])
+        let obj = try JSONSerialization.jsonObject(with: Data(recorded.utf8)) as! [String: Any]
+        let list = try #require(obj["steering"] as? [[String: Any]], "\(recorded)")
+        #expect(list.count == 1 && list[0]["layer"] as? Int == 1 && list[0]["strength"] as? Double == 12
+                && list[0]["source"] as? String == GenerateCLITests.steer + ":a"
+                && (list[0]["vector"] as? String)?.hasPrefix("sha256:") == true, "\(recorded)")
+    }
+
+    @Test("extract --steer-…: the shards' readout records the intervention; resuming without it is refused")
+    func extract() throws {
+        let dir = scratch()
+        try "message,label\nI am glad,happy\nThis is awful,sad\nFine I guess,neutral\n".write(toFile: dir + "/d.csv", atomically: true, encoding: .utf8)
+        let steer = ["--steer-vector", GenerateCLITests.steer + ":b", "--steer-layer", "0", "--steer-strength", "3"]
+        let base = ["extract", "--model", GenerateCLITests.model, "--data", dir + "/d.csv", "--out", dir + "/shards", "--threads", "1"]
+        let r = try CLI.run(base + steer)
+        try #require(r.status == 0, "\(r.stderr)")
+        let info = try CLI.run(["shards", "info", dir + "/shards"])
+        #expect(info.stdout.contains("\"steering\":[{\"layer\":0") && info.stdout.contains(GenerateCLITests.steer + ":b"), "\(info.stdout)")
+        let unsteered = try CLI.run(base)
+        #expect(unsteered.status != 0 && unsteered.stderr.contains("--steer-…"), "\(unsteered.stderr)")
+    }
+}

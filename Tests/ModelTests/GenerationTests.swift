@@ -39,7 +39,7 @@ import Testing
                      config: config)
     }
 
-    @Test("KV-cached logits equal a full recomputation at every step within 1e-5 (f32 and Q8_0, short and long prompts, with and without steering)",
+    @Test("KV-cached logits equal a full recomputation at every step within 1e-5 (f32 at 9, 200, 300 tokens; Q8_0 bit-identical below 256 tokens, within 2e-4 at 300 where the recomputation uses sgemm attention), with and without steering",
           arguments: ["mha-f32", "gqa-bf16", "gqa-f16-theta", "mha-f32:q8", "gqa-bf16:q8"])
     func cachedEqualsRecomputed(spec: String) throws {
         let parts = spec.split(separator: ":")
