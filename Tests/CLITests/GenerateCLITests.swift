@@ -153,3 +153,27 @@ import Testing
         #expect(unsteered.status != 0 && unsteered.stderr.contains("--steer-…"), "\(unsteered.stderr)")
     }
 }
+
+@Suite struct DecodeBenchTests {
+    @Test("bench --decode: tokens/s per context and layer, weights and keys/values read per token")
+    func decodeJSON() throws {
+        let r = try CLI.run(["bench", "--model", GenerateCLITests.model, "--weights", "f32", "--decode", "--contexts", "8,20",
+                             "--tokens", "4", "--repeats", "1", "--threads", "1", "--json"])
+        try #require(r.status == 0, "\(r.stderr)")
+        let o = try JSONSerialization.jsonObject(with: Data(r.stdout.utf8)) as! [String: Any]
+        // mha-f32 in f32: per layer 4·64·64 + 3·128·64 weights ·4 bytes + two norms; head 384·64; final norm; one embedding row.
+        let layer = (4 * 64 * 64 + 3 * 128 * 64) * 4 + 2 * 64 * 4
+        #expect(o["layer_weight_bytes"] as? Int == layer)
+        #expect(o["weight_bytes_per_token"] as? Int == 3 * layer + 384 * 64 * 4 + 64 * 4 + 64 * 4)
+        let contexts = try #require(o["contexts"] as? [[String: Any]])
+        #expect(contexts.map { $0["context"] as? Int } == [8, 20])
+        // Keys and values of 3 layers × 64 floats, for positions 0...p averaged over p = 8..<12.
+        #expect(contexts[0]["kv_bytes_per_token"] as? Double == 2 * 3 * 64 * 4 * (8 + 2.5))
+        for c in contexts {
+            #expect((c["model_tokens_per_second"] as? Double ?? 0) > 0 && (c["layers"] as? [Any])?.count == 3)
+        }
+        #expect((o["memory_bandwidth_gbps"] as? Double ?? 0) > 0)
+        let bad = try CLI.run(["bench", "--model", GenerateCLITests.model, "--decode", "--contexts", "8,x"])
+        #expect(bad.status != 0 && bad.stderr.contains("--contexts must be comma-separated positive integers"), "\(bad.stderr)")
+    }
+}
