@@ -46,19 +46,50 @@ import Testing
         #expect(!text.stdout.isEmpty && text.stdout.hasSuffix("\n") && !text.stdout.contains("generated:"), "\(text.stdout)")
     }
 
-    @Test("--steer-probes/--steer-class steers along the class's weight row at the best layer, as --steer-vector with that row")
-    func steerProbes() throws {
-        let dir = scratch()
+    /// A probes directory for the 64-wide fixtures: classes calm/upset at blocks 0, 1, 2 (best 1), weights [2, 64].
+    static func makeProbes(_ dir: String) throws -> (path: String, rows: [[Float]]) {
         let probes = dir + "/probes"
         try FileManager.default.createDirectory(atPath: probes, withIntermediateDirectories: true)
         let d = 64
-        let rows: [[Float]] = (0..<3).map { l in (0..<(2 * d)).map { i in sin(Float(i * 7 + l * 13)) } }
+        let rows: [[Float]] = (0..<3).map { l in (0..<(2 * d)).map { i in 0.01 * sin(Float(i * 7 + l * 13)) } }   // small: probabilities stay away from 0 and 1
         var specs: [SafeTensorsWriter.Spec] = []
         for l in 0..<3 { specs += [.init("layer\(l).weight", .f32, [2, d]), .init("layer\(l).bias", .f32, [2])] }
         let w = try SafeTensorsWriter(path: probes + "/probes.safetensors", tensors: specs, metadata: [
             "labels": #"["calm","upset"]"#, "layers": "[0,1,2]", "best_layer": "1", "d_model": "\(d)"])
         for l in 0..<3 { try w.write(rows[l]); try w.write([Float](repeating: 0, count: 2)) }
         try w.commit()
+        return (probes, rows)
+    }
+
+    @Test("predict --steer-…: at the steered block the class's logit rises by A·‖w‖; the run says it reads steered residuals")
+    func predictSteered() throws {
+        let dir = scratch()
+        let (probes, rows) = try Self.makeProbes(dir)
+        func logits(_ extra: [String]) throws -> (values: [[Double]], stderr: String) {
+            let r = try CLI.run(["predict", "--model", Self.model, "--probes", probes, "--layer", "all", "--json", "--allow-other-model"] + extra + ["Hello there"])
+            try #require(r.status == 0, "\(r.stderr)")
+            let o = try JSONSerialization.jsonObject(with: Data(r.stdout.split(separator: "\n")[0].utf8)) as! [String: Any]
+            let layers = o["layers"] as! [[String: Any]]
+            return (layers.map { l in
+                let p = l["probabilities"] as! [String: Double]
+                return ["calm", "upset"].map { log(p[$0]! / (1 - p[$0]!)) }
+            }, r.stderr)
+        }
+        let plain = try logits([])
+        let steered = try logits(["--steer-probes", probes, "--steer-class", "upset", "--steer-layer", "0", "--steer-strength", "20"])
+        let w = rows[0][64..<128]
+        let norm = Double(w.reduce(0) { $0 + $1 * $1 }.squareRoot())
+        #expect(abs((steered.values[0][1] - plain.values[0][1]) - 20 * norm) < 1e-3, "upset logit at block 0: \(plain.values[0][1]) -> \(steered.values[0][1]), expected +\(20 * norm)")
+        #expect(steered.values[1] != plain.values[1], "block 1 reads the steered residual")
+        #expect(steered.stderr.contains("the probes were trained on unsteered residuals; this run reads steered (block 0 += 20.0·v"), "\(steered.stderr)")
+        #expect(!plain.stderr.contains("steered"), "\(plain.stderr)")
+    }
+
+    @Test("--steer-probes/--steer-class steers along the class's weight row at the best layer, as --steer-vector with that row")
+    func steerProbes() throws {
+        let dir = scratch()
+        let (probes, rows) = try Self.makeProbes(dir)
+        let d = 64
         // The "upset" row of the layer-1 probe as a vector file.
         let v = try SafeTensorsWriter(path: dir + "/v.safetensors", tensors: [.init("upset", .f32, [d])])
         try v.write(Array(rows[1][d..<(2 * d)]))
