@@ -125,13 +125,14 @@ extension LlamaModel {
         guard prompt.count <= c.maxPositionEmbeddings else {
             throw ForwardError(reason: "the prompt has \(prompt.count) tokens, more than max_position_embeddings = \(c.maxPositionEmbeddings)")
         }
-        // The last generated token is never run: the cache needs prompt + maxNewTokens - 1 positions.
-        let needed = min(c.maxPositionEmbeddings, prompt.count + maxNewTokens - 1)
+        // The last generated token is never run: the cache needs prompt + maxNewTokens - 1 positions (at most
+        // the context; maxNewTokens may be anything a user typed).
+        let needed = min(c.maxPositionEmbeddings, prompt.count + min(maxNewTokens, c.maxPositionEmbeddings) - 1)
         let kv = try cache.flatMap { $0.capacity >= needed ? $0 : nil } ?? makeCache(capacity: needed)
         kv.reset()
         let picker = TokenPicker(sampling: sampling, vocabSize: c.vocabSize)
         var out: [GeneratedToken] = []
-        out.reserveCapacity(maxNewTokens)
+        out.reserveCapacity(min(maxNewTokens, needed - prompt.count + 1))
         let first = try prefill(prompt, cache: kv, steering: steering)
         var next = first.withUnsafeBufferPointer { picker.pick($0) }
         while true {

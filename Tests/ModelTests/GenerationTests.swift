@@ -217,3 +217,14 @@ import Testing
         #expect(Self.message { _ = try m.decode(999, cache: cache) } == "token id 999 at position 0 is outside the model's vocabulary (vocab_size 384)")
     }
 }
+
+extension GenerationTests {
+    @Test("generation stops when the context is full, whatever --max-new-tokens says")
+    func contextLimit() throws {
+        let m = try Fixtures.loadedModel("mha-f32").model
+        let prompt = Self.prompt(2040, vocab: m.config.vocabSize)   // max_position_embeddings is 2048
+        let out = try m.generate(prompt, maxNewTokens: Int.max)
+        // Positions 2040...2047 hold the last prompt token's successors; the 9th token is chosen but never run.
+        #expect(out.count == 9)
+    }
+}
