@@ -86,7 +86,9 @@ extension LlamaModel {
 
     /// One decoding step: runs `token` at position `cache.count` against the cached keys and values (nothing
     /// is recomputed), appends its keys and values, and returns the logits, valid until the next forward
-    /// pass or step. Allocates nothing. `observe` sees the one-row residual after each block (steered).
+    /// pass or step. Its own buffers are all preallocated (run state, cache, engine scratch); the only allocations
+    /// left are the thread pool's, one 32-byte box per parallel dispatch (`withoutActuallyEscaping` in
+    /// `ThreadPool.parallelFor`), none with one thread. `observe` sees the one-row residual after each block (steered).
     public func decode(_ token: Int32, cache: KVCache, steering: Steering = .none,
                        observe: (ObservationPoint, ResidualRows) -> Void = { _, _ in }) throws -> UnsafeBufferPointer<Float> {
         lock.lock()

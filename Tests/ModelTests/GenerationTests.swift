@@ -179,19 +179,22 @@ import Testing
         }
     }
 
-    @Test("KV-cached generation gives bit-identical logits with 1, 2 and 3 threads (f32 and Q8_0)")
+    @Test("KV-cached generation gives bit-identical logits with 1, 2 and 3 threads (f32, and Q8_0 with every kernel this CPU runs)")
     func threadIndependent() throws {
-        for q8 in [false, true] {
+        let runs: [Q8Kernel?] = [nil] + Q8Kernel.supported
+        for kernel in runs {
+            let q8 = kernel != nil
             var reference: [[Float]]?
             for threads in [1, 2, 3] {
                 let loaded = try LoadedModel.load(path: Fixtures.model("gqa-bf16"), includeHead: true, threads: threads)
                 let w = q8 ? loaded.model.weights.quantizedQ8_0(pool: loaded.model.pool) : loaded.model.weights
-                let m = LlamaModel(weights: w, pool: loaded.model.pool)
+                let m = LlamaModel(weights: w, pool: loaded.model.pool, backend: kernel == .portable ? .blas : .simd,
+                                   kernel: kernel ?? .detected)
                 let cache = try m.makeCache(capacity: 64)
                 var out = [try m.prefill(Self.prompt(37, vocab: 384), cache: cache)]
                 for t in 0..<10 { out.append(Array(try m.decode(Int32(5 + t), cache: cache))) }
                 if let reference {
-                    #expect(reference == out, "\(q8 ? "Q8_0" : "f32"): \(threads) threads differ from 1")
+                    #expect(reference == out, "\(kernel.map { "Q8_0 \($0.rawValue)" } ?? "f32"): \(threads) threads differ from 1")
                 } else {
                     reference = out
                 }
