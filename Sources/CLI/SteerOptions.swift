@@ -3,6 +3,7 @@ import Extraction
 import Foundation
 import Formats
 import Model
+import Probe
 
 /// `--steer-…`: interventions at the write point (the output of block L, TransformerLens
 /// `blocks.L.hook_resid_post`), shared by generate and residuals.
