@@ -62,7 +62,7 @@ struct Extract: ParsableCommand {
         shard; train and predict take them from there. `--worker I/N` takes the rows with row % N == I, so N machines \
         can fill one directory; `llamaprobe shards verify DIR` checks the result. A rerun checks every shard the \
         manifest lists (size and sha256) and redoes missing or corrupt ones, saying so; one process per worker \
-        and directory (a lock on DIR/.lock-WWWWW, released when the process ends; a second run names the holder).
+        and directory (a lock on DIR/.lock-WWWWW, released when the process ends; a second run names the holder).         --steer-… adds interventions as in `generate` (A·v/‖v‖ at the output of block L); they are recorded in         the readout, so steered shards say so.
 
         Examples:
           llamaprobe extract --model llama-2-13b-chat.Q8_0.gguf --data emotions.csv --out shards/
@@ -104,6 +104,8 @@ struct Extract: ParsableCommand {
             transform: ActivationType.argument)
     var dtype: ActivationType = Self.defaults.dtype
 
+    @OptionGroup var steer: SteerOptions
+
     @Option(name: .customLong("rows-per-shard"), help: "Rows per shard file.")
     var rowsPerShard = Self.defaults.rowsPerShard
 
@@ -143,6 +145,7 @@ struct Extract: ParsableCommand {
         cfg.onError = onError
         cfg.backend = modelOptions.backend
         cfg.kernel = modelOptions.kernel.resolved
+        cfg.interventions = try steer.interventions(config: nil)
         let bar = ProgressBar(label: "extract")
         let s = try Extractor.run(cfg, log: note) { p in
             bar.update(done: p.rowsDone, total: p.rowsTotal,

@@ -17,9 +17,13 @@ struct Predict: ParsableCommand {
         validation accuracy in training. Probes whose d_model or layers do not fit the model are refused, and so are \
         probes trained on another checkpoint (model fingerprint; --allow-other-model uses them with a warning).
 
+        --steer-… runs the model with interventions, as `generate` does (A·v/‖v‖ added to the output of block L \
+        at every position): how a direction written at one block moves what the probes read (docs/steering.md).
+
         Examples:
           llamaprobe predict --model model.Q8_0.gguf --probes probes/ "I just got the job!" "My cat died."
           llamaprobe predict --model model.Q8_0.gguf --probes probes/ --layer all --json --data messages.csv
+          llamaprobe predict --model model.Q8_0.gguf --probes probes/ --steer-probes probes/ --steer-class happy --steer-layer 1 --steer-strength 8 "My cat died."
         """)
 
     @OptionGroup var modelOptions: ModelOptions
@@ -31,6 +35,8 @@ struct Predict: ParsableCommand {
     var layer = "best"
 
     @OptionGroup var readoutOptions: ReadoutOptions
+
+    @OptionGroup var steer: SteerOptions
 
     @Option(help: ArgumentHelp("Read messages from a CSV (message column) or JSONL file instead of the arguments.", valueName: "file"))
     var data: String?
@@ -71,6 +77,13 @@ struct Predict: ParsableCommand {
         for w in try Predictor.checkModel(m, probes: set, allowOther: readoutOptions.allowOtherModel) + warnings {
             FileHandle.standardError.write(Data((w + "\n").utf8))
         }
+        let steering = try steer.steering(for: m)
+        if readout.steering != steering.records {
+            func describe(_ s: [ReadoutRecipe.SteeringRecord]?) -> String {
+                s.map { "steered (\($0.map { "block \($0.layer) += \($0.strength)·v, v = \($0.source)" }.joined(separator: "; ")))" } ?? "unsteered"
+            }
+            note("warning: the probes were trained on \(describe(readout.steering)) residuals; this run reads \(describe(steering.records)) ones")
+        }
         let layers: [Int]
         switch layer {
         case "best":
@@ -105,7 +118,7 @@ struct Predict: ParsableCommand {
                 truth = labelled.map(\.label)
             }
         }
-        let results = try Predictor.run(model: m, probes: set, readout: readout, messages: contents, layers: layers)
+        let results = try Predictor.run(model: m, probes: set, readout: readout, messages: contents, layers: layers, steering: steering)
         func top(_ p: [Float]) -> String { set.labels[p.indices.max { p[$0] < p[$1] }!] }   // first maximum on ties, as training
         for (i, (text, r)) in zip(texts, results).enumerated() {
             if json {

@@ -16,6 +16,8 @@ struct Residuals: ParsableCommand {
         resid_post of layer L is the residual after block L, before the final norm (TransformerLens naming; \
         Hugging Face's last hidden_states entry is normed and is not it).
 
+        --steer-… adds interventions as in `generate` (A·v/‖v‖ at the output of block L, every position); the         stored residuals are the steered ones, and the interventions are recorded in the readout (metadata         'readout', key 'steering'), so a steered file says so.
+
         Example: llamaprobe residuals --model models/tiny --prompts prompts.txt --out resid.safetensors
         """)
 
@@ -38,6 +40,8 @@ struct Residuals: ParsableCommand {
     @Flag(help: "Also store the last position's logits as p{i}.logits_last.")
     var logits = false
 
+    @OptionGroup var steer: SteerOptions
+
     func run() throws {
         let list = try PromptFile.read(path: prompts)
         guard !list.isEmpty else { throw CLIError("\(prompts) has no prompts") }
@@ -48,11 +52,16 @@ struct Residuals: ParsableCommand {
         var tokens = 0
         var lastNote = t1
         // The readout recipe of extract (no truncation: every token of the prompt is kept), recorded in the file.
-        let recipe = ReadoutRecipe(renderer: templateOptions.renderer, maxTokens: 1 << 30, withEmbeddings: withEmbeddings,
+        var recipe = ReadoutRecipe(renderer: templateOptions.renderer, maxTokens: 1 << 30, withEmbeddings: withEmbeddings,
                                    tokenizer: loaded.tokenizer)
+        // Steered residuals say so: the interventions are part of the recorded readout.
+        let steering = try steer.steering(for: loaded)
+        recipe.steering = steering.records
+        for iv in steering.interventions { note("steering: block \(iv.layer) += \(iv.strength) · v/‖v‖, v = \(iv.source)") }
         try ResidualsJob.run(model: loaded, prompts: list, renderer: templateOptions.renderer,
                              options: CaptureOptions(positions: positions, embeddings: withEmbeddings, logits: logits),
-                             outPath: out, readout: (recipe.json, { try recipe.tokens(.message($0), tokenizer: loaded.tokenizer).ids })) { done, total, t in
+                             outPath: out, readout: (recipe.json, { try recipe.tokens(.message($0), tokenizer: loaded.tokenizer).ids }),
+                             steering: steering) { done, total, t in
             tokens += t
             let dt = now() - t1
             if now() - lastNote >= 1 || done == total {

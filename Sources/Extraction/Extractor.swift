@@ -34,6 +34,8 @@ public struct ExtractionConfig: Sendable {
     public var onError = OnError.fail
     public var backend = Backend.simd
     public var kernel = Q8Kernel.detected
+    /// Interventions (`--steer-…`), validated against the model once it is loaded and recorded in the readout.
+    public var interventions: [Intervention] = []
 
     public init(modelPath: String, dataPath: String, outDir: String) {
         self.modelPath = modelPath; self.dataPath = dataPath; self.outDir = outDir
@@ -93,7 +95,7 @@ public enum Extractor {
 
         // Tokenize this worker's rows first: every row error is found before anything is written.
         let tokenizer = try cfg.tokenizerPath.map { try Tokenizer(path: $0) } ?? LoadedModel.tokenizer(forModel: cfg.modelPath)
-        let readout = ReadoutRecipe(renderer: cfg.renderer, maxTokens: cfg.maxTokens, withEmbeddings: cfg.withEmbeddings, tokenizer: tokenizer)
+        var readout = ReadoutRecipe(renderer: cfg.renderer, maxTokens: cfg.maxTokens, withEmbeddings: cfg.withEmbeddings, tokenizer: tokenizer)
         var jobs: [Job] = [], skipped: [BadRow] = []
         for (index, r) in data.rows.enumerated() where index % cfg.workers == cfg.worker {
             do {
@@ -128,6 +130,8 @@ public enum Extractor {
         }
         log(String(format: "loaded %@ in %.1f s (%@)", cfg.modelPath, Date().timeIntervalSince(t0), computeDescription(loaded.model)))
 
+        let steering = try Steering(cfg.interventions, config: c)
+        readout.steering = steering.records
         let layerCount = c.numHiddenLayers + (cfg.withEmbeddings ? 1 : 0)
         let metadata = ShardMetadata(model: loaded.fingerprint, quantization: loaded.quantization, labels: labels, readout: readout,
                                      layers: Array(0..<layerCount), dtype: cfg.dtype, dModel: c.hiddenSize)
@@ -159,7 +163,7 @@ public enum Extractor {
             let job = e.job!
             try rowBuffer.withUnsafeMutableBufferPointer { buf in
                 let base = buf.baseAddress!
-                try loaded.model.forward(job.ids, positions: .last) { point, view in
+                try loaded.model.forward(job.ids, positions: .last, steering: steering) { point, view in
                     switch point {
                     case .embedding where cfg.withEmbeddings: base.update(from: view.row(position: job.ids.count - 1), count: d)
                     case .embedding: break

@@ -24,13 +24,13 @@ public enum Predictor {
 
     /// For each message, layer -> class probabilities for the requested layers.
     public static func run(model m: LoadedModel, probes: ProbeSet, readout: ReadoutRecipe,
-                           messages: [DatasetRow.Content], layers: [Int]) throws -> [[Int: [Float]]] {
+                           messages: [DatasetRow.Content], layers: [Int], steering: Steering = .none) throws -> [[Int: [Float]]] {
         try probes.check(against: m.config)
         return try messages.map { content in
             let ids = try readout.tokens(content, tokenizer: m.tokenizer).ids
             var out: [Int: [Float]] = [:]
             let wanted = Set(layers)
-            try m.model.forward(ids, positions: .last) { point, view in
+            try m.model.forward(ids, positions: .last, steering: steering) { point, view in
                 let index: Int
                 switch point {
                 case .embedding: guard probes.withEmbeddings else { return }; index = 0

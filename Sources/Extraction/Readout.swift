@@ -42,6 +42,15 @@ extension ReadoutRecipe {
     }
 }
 
+extension Steering {
+    /// The interventions as the readout recipe records them (nil when there are none).
+    public var records: [ReadoutRecipe.SteeringRecord]? {
+        isEmpty ? nil : interventions.map {
+            ReadoutRecipe.SteeringRecord(layer: $0.layer, strength: $0.strength, source: $0.source, vector: $0.vectorFingerprint)
+        }
+    }
+}
+
 /// The readout flags of `predict` (nil = not given).
 public struct ReadoutFlags: Sendable {
     public var template: String?

@@ -108,3 +108,119 @@ public enum Bench {
         return s.isEmpty ? 0 : s[s.count / 2]
     }
 }
+
+/// Decoding speed (`llamaprobe bench --decode`): tokens/s of KV-cached generation after a prompt of each
+/// context length, per layer and for the model, with the bytes each token reads and the machine's
+/// measured memory bandwidth (decoding one token reads every weight once: it is bound by memory).
+public struct DecodeReport: Codable, Sendable {
+    public struct Context: Codable, Sendable {
+        /// Positions already in the cache when the timed tokens start.
+        public let context: Int
+        /// Tokens decoded per timed run.
+        public let tokens: Int
+        public let model_tokens_per_second: Double
+        public let ms_per_token: Double
+        public let layers: [BenchReport.Layer]
+        /// Keys and values read per token, averaged over the run (grows with the context).
+        public let kv_bytes_per_token: Double
+        /// (weights + keys/values) bytes per token × tokens/s, over the measured bandwidth.
+        public let bandwidth_fraction: Double
+        /// Full-depth estimate (truncated presets): the fixed part plus the median layer × depth.
+        public let full_depth_tokens_per_second: Double
+        public let full_depth_bandwidth_fraction: Double
+    }
+    public let contexts: [Context]
+    /// Weights read per token: every projection, norm and the output head once, one embedding row.
+    public let weight_bytes_per_token: Int
+    public let layer_weight_bytes: Int
+    public let full_depth_layers: Int
+    public let full_depth_weight_bytes_per_token: Int
+    /// Parallel read of a 1 GiB buffer with the same threads (best of 5), GB/s (1e9 bytes).
+    public let memory_bandwidth_gbps: Double
+    public let threads: Int
+    public let backend: String
+    public let kernel: String
+    public let repeats: Int
+}
+
+extension Bench {
+    /// Times `repeats` runs of `tokens` decoding steps after a prompt of each length in `contexts` (medians).
+    public static func decode(model: LlamaModel, contexts: [Int], tokens: Int, repeats: Int, fullDepth: Int? = nil,
+                              bandwidthBytes: Int = 1 << 30) throws -> DecodeReport {
+        let c = model.config, w = model.weights, L = c.numHiddenLayers
+        let layerBytes = w.layers.first.map { l in
+            [l.wq, l.wk, l.wv, l.wo, l.gate, l.up, l.down].reduce(0) { $0 + $1.byteCount } + 2 * c.hiddenSize * 4
+        } ?? 0
+        let fixedBytes = (w.head?.byteCount ?? 0) + c.hiddenSize * 4 + w.embedding.rowBytes
+        let weightBytes = fixedBytes + layerBytes * L
+        let depth = fullDepth ?? L
+        let bandwidth = memoryBandwidth(pool: model.pool, bytes: bandwidthBytes)
+        var out: [DecodeReport.Context] = []
+        for context in contexts {
+            let cache = try model.makeCache(capacity: context + tokens)
+            let prompt = (0..<max(1, context)).map { Int32(($0 * 7919 + 3) % min(c.vocabSize, 32000)) }
+            _ = try model.prefill(prompt, cache: cache)
+            let start = cache.count
+            var perLayer = [[Double]](repeating: [], count: L)
+            var totals: [Double] = []
+            var stamps = [Double](repeating: 0, count: L + 1)
+            var layerSums = [Double](repeating: 0, count: L)
+            for rep in 0...repeats {   // the first run warms up
+                cache.count = start
+                for l in 0..<L { layerSums[l] = 0 }
+                let t0 = now()
+                for i in 0..<tokens {
+                    _ = try model.decode(Int32((i * 31 + 5) % min(c.vocabSize, 32000)), cache: cache) { point, _ in
+                        switch point {
+                        case .embedding: stamps[0] = now()
+                        case .residPost(let l): stamps[l + 1] = now()
+                        }
+                    }
+                    for l in 0..<L { layerSums[l] += stamps[l + 1] - stamps[l] }
+                }
+                if rep > 0 {
+                    totals.append(now() - t0)
+                    for l in 0..<L { perLayer[l].append(layerSums[l]) }
+                }
+            }
+            let n = Double(tokens)
+            let total = median(totals), layerMedians = perLayer.map(median)
+            let layers = layerMedians.enumerated().map { l, s in
+                BenchReport.Layer(layer: l, ms_per_token: s * 1e3 / n, tokens_per_second: n / s)
+            }
+            // Keys and values of every layer at positions 0...p, for p = start ..< start + tokens.
+            let kv = Double(2 * L * c.kvDim * 4) * (Double(start) + (n + 1) / 2)
+            let tps = n / total
+            let typical = median(layerMedians)
+            let fixed = max(0, total - layerMedians.reduce(0, +))
+            let fullTPS = n / (fixed + typical * Double(depth))
+            let fullBytes = Double(fixedBytes + layerBytes * depth) + kv / Double(L) * Double(depth)
+            out.append(DecodeReport.Context(
+                context: start, tokens: tokens, model_tokens_per_second: tps, ms_per_token: total * 1e3 / n, layers: layers,
+                kv_bytes_per_token: kv, bandwidth_fraction: (Double(weightBytes) + kv) * tps / (bandwidth * 1e9),
+                full_depth_tokens_per_second: fullTPS, full_depth_bandwidth_fraction: fullBytes * fullTPS / (bandwidth * 1e9)))
+        }
+        return DecodeReport(contexts: out, weight_bytes_per_token: weightBytes, layer_weight_bytes: layerBytes,
+                            full_depth_layers: depth, full_depth_weight_bytes_per_token: fixedBytes + layerBytes * depth,
+                            memory_bandwidth_gbps: bandwidth, threads: model.pool.threadCount,
+                            backend: model.engine.backend.rawValue, kernel: model.engine.description, repeats: repeats)
+    }
+
+    /// GB/s of reading `bytes` of memory with every thread of `pool` (each sums a contiguous part), best of 5.
+    public static func memoryBandwidth(pool: ThreadPool, bytes: Int) -> Double {
+        let n = bytes / 4
+        let buf = FloatBuffer(count: n)   // zero-filled: every page is touched before timing
+        let parts = pool.threadCount * 4
+        let sums = FloatBuffer(count: parts)
+        var best = 0.0
+        for _ in 0..<6 {
+            let t0 = now()
+            pool.parallelFor(parts) { i in
+                let lo = n * i / parts, hi = n * (i + 1) / parts
+                sums[i] = ForwardOps.readSum(buf.pointer + lo, hi - lo)
+            }
+            best = max(best, Double(n * 4) / (now() - t0) / 1e9)
+        }
+        return best
+    }
+}

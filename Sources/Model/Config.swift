@@ -33,6 +33,12 @@ public enum TokenIDs: Codable, Equatable, Sendable {
         case .many(let v): return v.first
         }
     }
+    public var all: [Int] {
+        switch self {
+        case .one(let v): return [v]
+        case .many(let v): return v
+        }
+    }
 }
 
 /// Any JSON value: for keys we only need to inspect (e.g. `rope_scaling`).

@@ -89,7 +89,7 @@ public final class LlamaModel {
     public let engine: GEMMEngine
     private var state: RunState?
     /// One forward pass at a time per model (the run state is shared).
-    private let lock = NSLock()
+    let lock = NSLock()
 
     public var config: LlamaConfig { weights.config }
 
@@ -101,7 +101,7 @@ public final class LlamaModel {
 
     /// The run state for `tokens` positions: reused while large enough (allocation happens here, before a
     /// forward pass, never inside it).
-    private func runState(for tokens: Int) -> RunState {
+    func runState(for tokens: Int) -> RunState {
         if let s = state, s.capacity >= tokens { return s }
         let cap = max(tokens, min(64, config.maxPositionEmbeddings))
         let s = RunState(config: config, capacity: cap, threads: pool.threadCount)
@@ -116,11 +116,16 @@ public final class LlamaModel {
     /// for `.all`, only the last for `.last` (then the last block only computes the last row after
     /// attention, and nothing after the last block runs unless `logits` is set).
     /// Returns the logits at the last position when `logits` is set.
+    /// `steering` adds its vectors to the output of their blocks at every position (the write point, before
+    /// the observation point: observers see the steered residual). With `cache` (empty, capacity ≥ the
+    /// prompt), every layer's rotated keys and values are stored in it for `decode` (see `prefill`).
     @discardableResult
     public func forward(_ tokens: [Int32], positions: Positions = .last, logits wantLogits: Bool = false,
+                        steering: Steering = .none, cache: KVCache? = nil,
                         observe: (ObservationPoint, ResidualRows) -> Void) throws -> [Float]? {
         lock.lock()
         defer { lock.unlock() }
+        if let cache { try cache.checkPrefill(tokens.count, model: self) }
         let c = config, w = weights
         let T = tokens.count
         guard T > 0 else { throw ForwardError(reason: "empty token sequence") }
@@ -169,6 +174,7 @@ public final class LlamaModel {
             layer.wq.apply(xin.rows(rows), s.q.pointer + lo * c.qDim, engine: engine)
             rotate(s.k.pointer, heads: c.kvHeads, rows: allRows, s)
             rotate(s.q.pointer, heads: c.numAttentionHeads, rows: rows, s)
+            cache?.store(layer: l, keys: s.k.pointer, values: s.v.pointer, rows: T)
             if T >= Self.blasAttentionMinTokens && rows.count > 1 { attentionBLAS(s, queries: rows, tokens: T) }
             else { attention(s, queries: rows) }
             let ain = engine.prepare(s.att.pointer + lo * c.qDim, rows: n, cols: c.qDim)
@@ -183,6 +189,7 @@ public final class LlamaModel {
             swiglu(s.hb.pointer + lo * f, s.hb2.pointer + lo * f, count: n * f)
             let hin = engine.prepare(s.hb.pointer + lo * f, rows: n, cols: f)
             layer.down.apply(hin, x + lo * d, accumulate: true, engine: engine)
+            steering.apply(layer: l, to: x + lo * d, rows: n, width: d)
 
             if let bad = ForwardOps.firstNonFinite(x + rows.lowerBound * d, rows: rows.count, width: d) {
                 throw ForwardError(reason: "the residual after layer \(l) is not finite at position \(rows.lowerBound + bad) (NaN/Inf); check the weights of layer \(l)")
@@ -190,6 +197,7 @@ public final class LlamaModel {
             emit(.residPost(layer: l), rows)   // resid_post of layer l, before the final norm
         }
 
+        cache?.count = T
         guard wantLogits, let head = w.head else { return nil }
         // Logits at the last position: head(rmsnorm(x[T-1], final_norm)).
         rmsnorm(xb, x, w.finalNorm, rows: lastRow, width: d, eps: c.epsF32)

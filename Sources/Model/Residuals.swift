@@ -66,14 +66,14 @@ public struct PromptResiduals {
 extension LlamaModel {
     /// Runs one tokenized prompt and collects resid_post of every layer (and optionally the embedding
     /// output and the last position's logits).
-    public func capture(_ tokens: [Int32], _ options: CaptureOptions) throws -> PromptResiduals {
+    public func capture(_ tokens: [Int32], _ options: CaptureOptions, steering: Steering = .none) throws -> PromptResiduals {
         let c = config
         let rows = options.positions == .all ? tokens.count : 1
         let d = c.hiddenSize
         var resid = [Float](repeating: 0, count: c.numHiddenLayers * rows * d)
         var embed: [Float]? = options.embeddings ? [Float](repeating: 0, count: rows * d) : nil
         let logits = try resid.withUnsafeMutableBufferPointer { rp in
-            try forward(tokens, positions: options.positions, logits: options.logits) { point, view in
+            try forward(tokens, positions: options.positions, logits: options.logits, steering: steering) { point, view in
                 precondition(view.count == rows)
                 switch point {
                 case .embedding:
@@ -95,6 +95,7 @@ extension LlamaModel {
 public enum ResidualsJob {
     public static func run(model loaded: LoadedModel, prompts: [String], renderer: PromptRenderer,
                            options: CaptureOptions, outPath: String, readout: (json: String, tokens: (String) throws -> [Int32])? = nil,
+                           steering: Steering = .none,
                            progress: ((Int, Int, Int) -> Void)? = nil) throws {
         let c = loaded.config
         let tokenized = try prompts.enumerated().map { i, p -> [Int32] in
@@ -125,7 +126,7 @@ public enum ResidualsJob {
         ].merging(readout.map { [("readout", $0.json)] } ?? []) { a, _ in a }
         let writer = try SafeTensorsWriter(path: outPath, tensors: specs, metadata: metadata)
         for (i, ids) in tokenized.enumerated() {
-            let r = try loaded.model.capture(ids, options)
+            let r = try loaded.model.capture(ids, options, steering: steering)
             try writer.write(ids.map(Int64.init))
             try writer.write(r.residPost)
             if let e = r.embedding { try writer.write(e) }
@@ -133,29 +134,5 @@ public enum ResidualsJob {
             progress?(i + 1, prompts.count, ids.count)
         }
         try writer.commit()
-    }
-}
-
-extension LlamaModel {
-    /// Greedy decoding (argmax, first maximum on ties), recomputing the whole sequence for each new token:
-    /// a check that a model loads and computes correctly, not a fast generator. Returns each token with the
-    /// gap between its logit and the runner-up's (a small gap means another implementation may differ).
-    public func generateGreedy(_ prompt: [Int32], count: Int, stopAt eos: Int32? = nil) throws -> [(id: Int32, margin: Float)] {
-        var ids = prompt
-        var out: [(id: Int32, margin: Float)] = []
-        for _ in 0..<count {
-            guard let logits = try forward(ids, positions: .last, logits: true, observe: { _, _ in }) else { break }
-            var best = 0, second = -1
-            for i in 1..<logits.count {
-                if logits[i] > logits[best] { second = best; best = i }
-                else if second < 0 || logits[i] > logits[second] { second = i }
-            }
-            if best == 0 && second < 0 { second = 1 }
-            let next = Int32(best)
-            if next == eos { break }
-            out.append((next, logits[best] - logits[max(second, 0)]))
-            ids.append(next)
-        }
-        return out
     }
 }

@@ -23,12 +23,28 @@ public struct ReadoutRecipe: Codable, Equatable, Sendable {
     public var withEmbeddings: Bool
     /// "sha256:<hex>" over the tokenizer's pieces and scores (padding pieces excluded).
     public var tokenizer: String
+    /// Interventions applied while the rows were read (`--steer-…`); nil (absent from the JSON) when unsteered.
+    public var steering: [SteeringRecord]?
+
+    /// One intervention: `strength · v/‖v‖` added to the output of block `layer` at every position.
+    public struct SteeringRecord: Codable, Equatable, Sendable {
+        public var layer: Int
+        public var strength: Float
+        /// Where v came from, as the user named it.
+        public var source: String
+        /// "sha256:<hex>" of v's f32 little-endian bytes.
+        public var vector: String
+        public init(layer: Int, strength: Float, source: String, vector: String) {
+            self.layer = layer; self.strength = strength; self.source = source; self.vector = vector
+        }
+        var text: String { "block \(layer) += \(strength)·v/‖v‖ (v = \(source), \(vector))" }
+    }
 
     /// BOS, then the last `maxTokens - 1` tokens: content is dropped from the start, the suffix survives.
     public static let dropStartKeepBOS = "drop-start-keep-bos"
 
     enum CodingKeys: String, CodingKey {
-        case template, suffix, truncation, position, tokenizer
+        case template, suffix, truncation, position, tokenizer, steering
         case systemPrompt = "system_prompt", maxTokens = "max_tokens", withEmbeddings = "with_embeddings"
     }
 
@@ -60,6 +76,10 @@ public struct ReadoutRecipe: Codable, Equatable, Sendable {
         guard (2...(1 << 30)).contains(maxTokens) else { throw fail("'max_tokens' \(maxTokens) is not in 2...\(1 << 30)") }
         guard truncation == Self.dropStartKeepBOS else { throw fail("'truncation' '\(truncation)' is not '\(Self.dropStartKeepBOS)'") }
         guard position == "last" else { throw fail("'position' '\(position)' is not 'last'") }
+        for s in steering ?? [] {
+            guard (0..<(1 << 20)).contains(s.layer) else { throw fail("'steering': layer \(s.layer) is not a block number") }
+            guard s.strength.isFinite else { throw fail("'steering': strength \(s.strength) is not finite") }
+        }
     }
 
     /// The fields in which `other` differs, as (flag, this value, other value), values as a user would type them.
@@ -74,6 +94,10 @@ public struct ReadoutRecipe: Codable, Equatable, Sendable {
         if position != other.position { d.append(("position", position, other.position)) }
         if withEmbeddings != other.withEmbeddings { d.append(("--with-embeddings", String(withEmbeddings), String(other.withEmbeddings))) }
         if tokenizer != other.tokenizer { d.append(("tokenizer", tokenizer, other.tokenizer)) }
+        if steering != other.steering {
+            func s(_ r: [SteeringRecord]?) -> String { r.map { $0.map(\.text).joined(separator: "; ") } ?? "none" }
+            d.append(("--steer-…", s(steering), s(other.steering)))
+        }
         return d
     }
 

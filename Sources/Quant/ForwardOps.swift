@@ -84,6 +84,28 @@ public enum ForwardOps {
         }
     }
 
+    /// x += delta over `count` values (the steering write point).
+    public static func addRow(_ x: UnsafeMutablePointer<Float>, _ delta: UnsafePointer<Float>, _ count: Int) {
+        for i in 0..<count { x[i] += delta[i] }
+    }
+
+    /// Sum of `n` floats, 4 × 16 lanes at a time: a memory read at full speed (the bandwidth benchmark).
+    public static func readSum(_ x: UnsafePointer<Float>, _ n: Int) -> Float {
+        var a0 = SIMD16<Float>(), a1 = SIMD16<Float>(), a2 = SIMD16<Float>(), a3 = SIMD16<Float>()
+        var i = 0
+        let raw = UnsafeRawPointer(x)
+        while i + 64 <= n {
+            a0 += raw.loadUnaligned(fromByteOffset: 4 * i, as: SIMD16<Float>.self)
+            a1 += raw.loadUnaligned(fromByteOffset: 4 * (i + 16), as: SIMD16<Float>.self)
+            a2 += raw.loadUnaligned(fromByteOffset: 4 * (i + 32), as: SIMD16<Float>.self)
+            a3 += raw.loadUnaligned(fromByteOffset: 4 * (i + 48), as: SIMD16<Float>.self)
+            i += 64
+        }
+        var s = (a0 + a1 + a2 + a3).sum()
+        while i < n { s += x[i]; i += 1 }
+        return s
+    }
+
     /// Index of the first of `rows` rows of `width` values holding a NaN/Inf, or nil.
     public static func firstNonFinite(_ x: UnsafePointer<Float>, rows: Int, width: Int) -> Int? {
         for r in 0..<rows {

@@ -153,7 +153,8 @@ func scratch(_ name: String = #function) -> String {
             (["train"], ["--shards", "--out", "--epochs", "--lr", "--beta1", "--beta2", "--weight-decay", "--batch-size", "--val-batch-size",
                          "--val-every", "--val-fraction", "--seed", "--plateau-factor", "--plateau-patience", "--layers", "--threads", "--max-memory"]),
             (["predict"], ["--model", "--probes", "--layer", "--template", "--data", "--label-column", "--labels", "--json"]),
-            (["generate"], ["--model", "--count", "--template"]),
+            (["generate"], ["--model", "--max-new-tokens", "--template", "--temperature", "--top-p", "--seed", "--ids", "--margins",
+                             "--steer-vector", "--steer-layer", "--steer-strength", "--steer-probes", "--steer-class"]),
             (["bench"], ["--model", "--synthetic", "--layers", "--tokens", "--threads", "--backend", "--kernel", "--json"]),
             (["info"], ["--model"]),
         ]

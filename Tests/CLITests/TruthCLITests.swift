@@ -48,7 +48,7 @@ import Testing
     func generateSuffix() throws {
         let model = CLI.fixtures.appendingPathComponent("models/gqa-bf16").path
         func promptIDs(_ args: [String]) throws -> String {
-            let r = try CLI.run(["generate", "--model", model, "--count", "1"] + args + ["How are you?"])
+            let r = try CLI.run(["generate", "--model", model, "--count", "1", "--margins"] + args + ["How are you?"])
             try #require(r.status == 0, "\(r.stderr)")
             return String(try #require(r.stdout.split(separator: "\n").first { $0.hasPrefix("prompt: ") }).dropFirst("prompt: ".count))
         }
