@@ -47,15 +47,10 @@ enum Fixtures {
         return try! JSONDecoder().decode(T.self, from: data)
     }
 
-    /// Loaded models are cached: every test reads the same weights.
-    nonisolated(unsafe) private static var loaded: [String: LoadedModel] = [:]
-    private static let lock = NSLock()
+    /// A fresh load for every caller: tests run in parallel, and a LlamaModel's run state serves one forward
+    /// pass at a time (a shared cached model let two tests race on its buffers: logits off by 100%).
     static func loadedModel(_ name: String) throws -> LoadedModel {
-        lock.lock(); defer { lock.unlock() }
-        if let m = loaded[name] { return m }
-        let m = try LoadedModel.load(path: model(name), includeHead: true, threads: 2)
-        loaded[name] = m
-        return m
+        try LoadedModel.load(path: model(name), includeHead: true, threads: 2)
     }
 }
 

@@ -44,9 +44,11 @@ import Testing
     func cachedEqualsRecomputed(spec: String) throws {
         let parts = spec.split(separator: ":")
         let loaded = try Fixtures.loadedModel(String(parts[0]))
+        // A model of its own: the fixture's LoadedModel is shared with test cases running in parallel, and a
+        // LlamaModel's run state serves one forward pass at a time.
         let model = parts.count > 1
             ? LlamaModel(weights: loaded.model.weights.quantizedQ8_0(pool: loaded.model.pool), pool: loaded.model.pool)
-            : loaded.model
+            : LlamaModel(weights: loaded.model.weights, pool: loaded.model.pool)
         let c = model.config
         let steer = try Steering([Intervention(layer: c.numHiddenLayers - 1, vector: try Self.direction("a"), strength: 5, source: "a"),
                                   Intervention(layer: 0, vector: try Self.direction("b"), strength: -3, source: "b")], config: c)
