@@ -127,18 +127,11 @@ public enum TrainingReport {
         s += "(model `\(ctx.metadata.model)`, d_model \(ctx.metadata.dModel), stored \(ctx.metadata.dtype.rawValue)); "
         s += "\(ctx.trainRows) training, \(ctx.valRows) validation rows (\(ctx.splitSource)).\n"
         s += "- Classes (\(ctx.metadata.labels.count)): \(ctx.metadata.labels.map { "`\($0)`" }.joined(separator: ", ")).\n"
-        if c.recipe == .logistic {
-            s += "- Recipe: logistic — features standardized on the training rows (folded into the saved weights), multinomial logistic "
-            s += "regression with an L2 penalty (scikit-learn's LogisticRegression objective), L-BFGS in float64 to convergence; "
-            s += c.l2Strength.map { "C = \($0) (--l2-strength)" } ?? "C per layer chosen by stratified 5-fold cross-validation on the training rows from 10 values in 1e-4…1e4"
-            s += ". Probabilities are a softmax over the classes. In the table, \"best epoch\" 1 is the converged fit, \"final lr\" holds C and the loss is the cross-entropy.\n"
-        } else {
         s += "- Recipe: Linear + sigmoid, BCELoss, Adam (lr \(c.learningRate), betas (\(c.adam.beta1), \(c.adam.beta2)), eps \(c.adam.eps), "
         s += "weight decay \(c.adam.weightDecay) coupled\(c.adam.biasDecay ? ", biases decayed" : ", biases exempt")), "
         s += "ReduceLROnPlateau(factor \(c.plateauFactor), patience \(c.plateauPatience)) on the \(c.plateauOn == .train ? "training" : "validation") loss; "
         s += "\(c.epochs) epochs, batch \(c.batchSize), validation batch \(c.valBatchSize) every \(c.effectiveValEvery) epoch(s); "
         s += "initial weights: \(ctx.initSource); \(c.shuffle ? "shuffled every epoch (seed \(c.seed))" : "not shuffled").\n"
-        }
         s += "- \(outcomes.count) layers trained in \(String(format: "%.1f", ctx.seconds)) s"
         s += ctx.streamed ? ", data streamed from the shards every epoch (larger than --max-memory).\n\n" : ", data decoded once and kept in memory.\n\n"
         s += "![accuracy by layer](accuracy_by_layer.svg)\n\n"

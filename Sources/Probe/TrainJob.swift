@@ -144,8 +144,7 @@ public enum TrainJob {
         config.threads = pool.threadCount
         let trainer = try ProbeTrainer(config: config, source: source, labels: labels, classes: classes, layers: layerNumbers,
                                        train: train, val: val, initial: initial, pool: pool)
-        log("training \(layerNumbers.count) probes (layers \(DataLoader.rangeText(layerNumbers))) on \(train.count) rows, validating on \(val.count), "
-            + (config.recipe == .logistic ? "logistic recipe" : "\(config.epochs) epochs") + ", \(pool.threadCount) threads")
+        log("training \(layerNumbers.count) probes (layers \(DataLoader.rangeText(layerNumbers))) on \(train.count) rows, validating on \(val.count), \(config.epochs) epochs, \(pool.threadCount) threads")
         let t1 = Date()
         let outcomes: [LayerOutcome]
         switch config.recipe {
