@@ -5,7 +5,6 @@ import Quant
 import Formats
 
 extension PlateauMetric: ExpressibleByArgument {}
-extension ProbeRecipe: ExpressibleByArgument {}
 
 /// `--layers all|LIST`: layer numbers as stored in the shards, e.g. `0-9,20,30-39`.
 struct LayerSelection: ExpressibleByArgument {
@@ -106,12 +105,6 @@ struct Train: ParsableCommand {
     @Option(name: .customLong("plateau-on"), help: "Loss the scheduler watches: train (epoch mean training loss) or val (implies --val-every 1), e.g. --plateau-on val.")
     var plateauOn: PlateauMetric = Self.defaults.plateauOn
 
-    @Option(help: ArgumentHelp("Which probe: reference (the PyTorch recipe, bit for bit) or logistic (features standardized on the training rows, multinomial L2 logistic regression fitted to convergence with L-BFGS, C chosen by 5-fold CV on the training rows unless --l2-strength; equal to scikit-learn's LogisticRegression), e.g. --recipe logistic.", valueName: "recipe"))
-    var recipe: ProbeRecipe = Self.defaults.recipe
-
-    @Option(name: .customLong("l2-strength"), help: ArgumentHelp("--recipe logistic: scikit-learn's C (inverse L2 penalty) instead of choosing it by cross-validation, e.g. --l2-strength 0.01.", valueName: "C"))
-    var l2Strength: Double?
-
     @Option(help: ArgumentHelp("Split file {\"train\": [rows…], \"val\": [rows…]} to use instead of computing it, e.g. --split out/split.json.", valueName: "file"))
     var split: String?
 
@@ -142,7 +135,7 @@ struct Train: ParsableCommand {
         c.epochs = epochs; c.learningRate = lr; c.adam.beta1 = beta1; c.adam.beta2 = beta2; c.adam.weightDecay = weightDecay
         c.adam.biasDecay = !noBiasDecay; c.batchSize = batchSize; c.valBatchSize = valBatchSize; c.valEvery = valEvery
         c.valFraction = valFraction; c.seed = seed; c.plateauFactor = plateauFactor; c.plateauPatience = plateauPatience
-        c.plateauOn = plateauOn; c.shuffle = !noShuffle; c.threads = threads; c.recipe = recipe; c.l2Strength = l2Strength
+        c.plateauOn = plateauOn; c.shuffle = !noShuffle; c.threads = threads
         o.config = c
         o.layers = layers.layers
         o.splitPath = split

@@ -43,14 +43,12 @@ public struct ProbeSetMetadata: Equatable, Sendable {
     public var readout: ReadoutRecipe?
     /// Layer -> the epoch of its best checkpoint (layers validated at least once).
     public var bestEpochs: [Int: Int]
-    /// How the probes were fitted; logistic probes are read with a softmax over the classes.
-    public var recipe: ProbeRecipe
 
     public init(labels: [String], layers: [Int], bestLayer: Int, dModel: Int, withEmbeddings: Bool, model: String?,
-                quantization: String?, readout: ReadoutRecipe?, recipe: ProbeRecipe = .reference, bestEpochs: [Int: Int]) {
+                quantization: String?, readout: ReadoutRecipe?, bestEpochs: [Int: Int]) {
         self.labels = labels; self.layers = layers; self.bestLayer = bestLayer; self.dModel = dModel
         self.withEmbeddings = withEmbeddings; self.model = model; self.quantization = quantization
-        self.readout = readout; self.recipe = recipe; self.bestEpochs = bestEpochs
+        self.readout = readout; self.bestEpochs = bestEpochs
     }
 
     var strings: [String: String] {
@@ -63,7 +61,6 @@ public struct ProbeSetMetadata: Equatable, Sendable {
         m["model"] = model
         m["quantization"] = quantization
         m["readout"] = readout?.json
-        m["recipe"] = recipe.rawValue
         return m
     }
 
@@ -91,10 +88,6 @@ public struct ProbeSetMetadata: Equatable, Sendable {
         readout = try m["readout"].map { try ReadoutRecipe.parse($0, file: file) }
         let epochs = (m["best_epochs"].flatMap { try? JSONDecoder().decode([String: Int].self, from: Data($0.utf8)) }) ?? [:]
         bestEpochs = Dictionary(uniqueKeysWithValues: epochs.compactMap { k, v in Int(k).map { ($0, v) } })
-        guard let r = ProbeRecipe(rawValue: m["recipe"] ?? ProbeRecipe.reference.rawValue) else {
-            throw fail("metadata 'recipe' \(m["recipe"] ?? "") is not reference or logistic")
-        }
-        recipe = r
     }
 }
 
@@ -135,8 +128,6 @@ public struct ProbeSet: Sendable {
     public var quantization: String? = nil
     /// How the training rows were read (nil: unknown: imported activations or older probes).
     public var readout: ReadoutRecipe? = nil
-    /// Reference probes give one sigmoid per class; logistic probes a softmax over the classes.
-    public var recipe = ProbeRecipe.reference
 
     /// One layer's trained probe for `write`: the best checkpoint (when validated) and the final weights.
     public struct Trained: Sendable {
@@ -201,7 +192,7 @@ public struct ProbeSet: Sendable {
             probes[l] = try Probe(weight: f.floats(name + ".weight"), bias: f.floats(name + ".bias"), file: st, layer: l)
         }
         return ProbeSet(directory: directory, labels: labels, labelsRecorded: true, probes: probes, bestLayer: meta.bestLayer, dModel: d,
-                        withEmbeddings: meta.withEmbeddings, model: meta.model, quantization: meta.quantization, readout: meta.readout).with(recipe: meta.recipe)
+                        withEmbeddings: meta.withEmbeddings, model: meta.model, quantization: meta.quantization, readout: meta.readout)
     }
 
     /// Layer numbers must be distinct, non-negative and few (the model check compares them to its layers).
@@ -314,27 +305,8 @@ public struct ProbeSet: Sendable {
         let scratch = KernelScratch(dModel: dModel)
         for k in 0..<4 { scratch.x[k] = residual }
         ProbeKernels.logits(p.state, UnsafePointer(scratch.x), scratch: scratch)
-        if recipe == .logistic {   // softmax over the classes, in f64 like the fit
-            let z = (0..<labels.count).map { Double(scratch.z[$0] + p.state.bias[$0]) }
-            let m = z.max() ?? 0
-            let e = z.map { Foundation.exp($0 - m) }
-            let s = e.reduce(0, +)
-            return e.map { Float($0 / s) }
-        }
         return (0..<labels.count).map { j in 1 / (1 + Foundation.expf(-(scratch.z[j] + p.state.bias[j]))) }
     }
-}
-
-extension ProbeSet {
-    func with(recipe r: ProbeRecipe) -> ProbeSet { var c = self; c.recipe = r; return c }
-}
-
-/// How a probe set was fitted (`train --recipe`).
-public enum ProbeRecipe: String, Sendable, Equatable, CaseIterable {
-    /// The reference recipe: Linear + Sigmoid, BCE on one-hot targets, Adam, ReduceLROnPlateau.
-    case reference
-    /// Standardized features, multinomial L2 logistic regression (scikit-learn's LogisticRegression).
-    case logistic
 }
 
 public struct ProbeSetError: LocalizedError, Equatable {

@@ -23,10 +23,6 @@ public struct TrainConfig: Sendable, Equatable {
     /// Shuffle the training rows every epoch (false: batches follow the split's train order).
     public var shuffle = true
     public var threads = ThreadPool.defaultThreadCount
-    /// Which probe: the reference recipe (default) or standardized L2 logistic regression.
-    public var recipe = ProbeRecipe.reference
-    /// `--l2-strength C` for the logistic recipe (scikit-learn's C); nil = chosen by 5-fold CV on the training rows.
-    public var l2Strength: Double?
     public init() {}
 
     /// Validation period: every epoch when the scheduler watches the validation loss.
@@ -45,8 +41,6 @@ public struct TrainConfig: Sendable, Equatable {
         try need(plateauPatience >= 0, "--plateau-patience must be ≥ 0")
         try need(seed >= 0 && seed <= Int(UInt32.max), "--seed must be in 0…4294967295 (numpy's RandomState range)")
         try need(threads >= 1, "--threads must be at least 1")
-        if let c = l2Strength { try need(c > 0 && c.isFinite, "--l2-strength must be a positive number (scikit-learn's C)") }
-        try need(l2Strength == nil || recipe == .logistic, "--l2-strength is a parameter of --recipe logistic")
     }
 }
 

@@ -146,16 +146,7 @@ public enum TrainJob {
                                        train: train, val: val, initial: initial, pool: pool)
         log("training \(layerNumbers.count) probes (layers \(DataLoader.rangeText(layerNumbers))) on \(train.count) rows, validating on \(val.count), \(config.epochs) epochs, \(pool.threadCount) threads")
         let t1 = Date()
-        let outcomes: [LayerOutcome]
-        switch config.recipe {
-        case .reference:
-            outcomes = try trainer.run(progress: progress)
-        case .logistic:
-            log("logistic recipe: standardized features, multinomial L2 logistic regression (L-BFGS to convergence), "
-                + (config.l2Strength.map { "C = \($0)" } ?? "C chosen by stratified 5-fold CV on the training rows from 10 values in 1e-4…1e4"))
-            outcomes = try LogisticRecipe.train(source: source, labels: labels, classes: classes, layers: layerNumbers,
-                                                train: train, val: val, c: config.l2Strength, seed: config.seed, pool: pool, log: log)
-        }
+        let outcomes = try trainer.run(progress: progress)
         let trainSeconds = Date().timeIntervalSince(t1)
 
         // Final validation accuracy (from the last epoch when it was validated).
@@ -182,7 +173,6 @@ public enum TrainJob {
             let probeMeta = ProbeSetMetadata(
                 labels: meta.labels, layers: layerNumbers, bestLayer: best.layer, dModel: meta.dModel,
                 withEmbeddings: meta.withEmbeddings, model: meta.model, quantization: meta.quantization, readout: meta.readout,
-                recipe: config.recipe,
                 bestEpochs: Dictionary(uniqueKeysWithValues: outcomes.compactMap { o in o.bestEpoch.map { (o.layer, $0) } }))
             let trained = outcomes.map { o in
                 ProbeSet.Trained(layer: o.layer, best: o.bestWeight.flatMap { w in o.bestBias.map { (w, $0) } },
