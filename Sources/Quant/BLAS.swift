@@ -59,15 +59,3 @@ public enum BLAS {
                     a, Int32(lda), b, Int32(ldb), beta, c, Int32(ldc))
     }
 }
-
-extension BLAS {
-    /// C[m, n] = A[m, k]·B[k, n] (op = transpose when `transA`/`transB`: A stored [k, m], B stored [n, k]) in
-    /// float64, row-major, one single-threaded OpenBLAS call (the logistic recipe's products).
-    public static func dgemm(transA: Bool = false, transB: Bool = false, m: Int, n: Int, k: Int,
-                             _ a: UnsafePointer<Double>, lda: Int, _ b: UnsafePointer<Double>, ldb: Int,
-                             _ c: UnsafeMutablePointer<Double>, ldc: Int, beta: Double = 0) {
-        _ = singleThreaded
-        cblas_dgemm(CblasRowMajor, transA ? CblasTrans : CblasNoTrans, transB ? CblasTrans : CblasNoTrans,
-                    Int32(m), Int32(n), Int32(k), 1, a, Int32(lda), b, Int32(ldb), beta, c, Int32(ldc))
-    }
-}
