@@ -126,19 +126,32 @@ struct Train: ParsableCommand {
     @Flag(help: "Replace an existing non-empty --out directory (the new one is swapped in whole at the end).")
     var overwrite = false
 
+    @Option(name: .customLong("test-fraction"), help: ArgumentHelp("Set this share of the rows aside first as a stratified held-out test set; the best layer is chosen on validation and its test accuracy reported, e.g. --test-fraction 0.2.", valueName: "f"))
+    var testFraction: Double?
+
+    @Option(name: .customLong("cv"), help: ArgumentHelp("Stratified K-fold cross-validation (scikit-learn's StratifiedKFold(shuffle=True, random_state=--seed)); per-fold accuracies in cv.csv, mean ± sd per layer, e.g. --cv 5.", valueName: "k"))
+    var cv: Int?
+
+    @Option(help: ArgumentHelp("Train K runs with init/shuffle seeds --seed … --seed+K−1 on each split; mean ± sd per layer, e.g. --seeds 5.", valueName: "k"))
+    var seeds = 1
+
+    @Option(name: .customLong("early-stopping"), help: ArgumentHelp("Stop a layer after N validations without a new best accuracy (off by default), e.g. --early-stopping 3.", valueName: "n"))
+    var earlyStopping: Int?
+
     func run() throws {
         var o = TrainJobOptions(shardDirectories: shards, outDirectory: out, maxMemory: maxMemory?.bytes ?? TrainJob.defaultMaxMemory)
         var c = TrainConfig()
         c.epochs = epochs; c.learningRate = lr; c.adam.beta1 = beta1; c.adam.beta2 = beta2; c.adam.weightDecay = weightDecay
         c.adam.biasDecay = !noBiasDecay; c.batchSize = batchSize; c.valBatchSize = valBatchSize; c.valEvery = valEvery
         c.valFraction = valFraction; c.seed = seed; c.plateauFactor = plateauFactor; c.plateauPatience = plateauPatience
-        c.plateauOn = plateauOn; c.shuffle = !noShuffle; c.threads = threads
+        c.plateauOn = plateauOn; c.shuffle = !noShuffle; c.threads = threads; c.earlyStopping = earlyStopping
         o.config = c
         o.layers = layers.layers
         o.splitPath = split
         o.initPath = initPath
         o.overwrite = overwrite
         o.allowEmptyClasses = allowEmptyClasses
+        o.testFraction = testFraction; o.cvFolds = cv; o.seeds = seeds
         let bar = ProgressLine()
         let result = try TrainJob.run(o, log: { bar.clear(); note($0) }, progress: { bar.update($0) })
         bar.finish()

@@ -23,6 +23,8 @@ public struct TrainConfig: Sendable, Equatable {
     /// Shuffle the training rows every epoch (false: batches follow the split's train order).
     public var shuffle = true
     public var threads = ThreadPool.defaultThreadCount
+    /// Stop a layer's training after this many validations without a new best accuracy (nil: off, the reference).
+    public var earlyStopping: Int?
     public init() {}
 
     /// Validation period: every epoch when the scheduler watches the validation loss.
@@ -41,6 +43,7 @@ public struct TrainConfig: Sendable, Equatable {
         try need(plateauPatience >= 0, "--plateau-patience must be ≥ 0")
         try need(seed >= 0 && seed <= Int(UInt32.max), "--seed must be in 0…4294967295 (numpy's RandomState range)")
         try need(threads >= 1, "--threads must be at least 1")
+        try need(earlyStopping.map { $0 >= 1 } ?? true, "--early-stopping must be at least 1 (validations without improvement)")
     }
 }
 
@@ -73,6 +76,8 @@ public struct LayerOutcome: Sendable {
     public var bestAccuracy: Double = 0
     /// Share of the last epoch's training outputs that were exactly 0 or 1 in f32.
     public var saturatedShare: Double = 0
+    /// The epoch after which --early-stopping stopped this layer (nil: it ran every epoch).
+    public var stoppedEpoch: Int?
 }
 
 public struct TrainProgress: Sendable {
@@ -153,13 +158,19 @@ public final class ProbeTrainer {
         let batches = (train.count + config.batchSize - 1) / config.batchSize
         let layerBytes = source.dModel * source.type.size
         let type = source.type
+        // --early-stopping: validations since the last new best, and the layers that stopped (skipped from then on).
+        var sinceBest = [Int](repeating: 0, count: n)
+        var active = [Bool](repeating: true, count: n)
         for epoch in 1...config.epochs {
+            if !active.contains(true) { break }
             let acc = Accumulator(n)
             let lrsNow = lrs
+            let activeNow = active
             try source.forEachBatch(positions: train, batchSize: config.batchSize, shuffle: &shuffler) { batch in
                 batch.rows.withUnsafeBufferPointer { rows in
                     batch.labels.withUnsafeBufferPointer { lab in
                         pool.parallelFor(n) { li, thread in
+                            guard activeNow[li] else { return }
                             let p = probes[li]
                             let out = ProbeKernels.forwardBackward(p, rows: rows.baseAddress!, labels: lab.baseAddress!, count: batch.count,
                                                                    layerOffset: li * layerBytes, type: type, scratch: scratch[thread])
@@ -176,7 +187,7 @@ public final class ProbeTrainer {
                 acc.total += batch.count
                 acc.batches += 1
                 progress?(TrainProgress(epoch: epoch, epochs: config.epochs, batch: acc.batches, batches: batches,
-                                        meanLoss: acc.lossOfBatchMeans.reduce(0, +) / Double(n * acc.batches), phase: "train"))
+                                        meanLoss: acc.lossOfBatchMeans.reduce(0, +) / Double(max(1, activeNow.filter { $0 }.count) * acc.batches), phase: "train"))
             }
             var valAcc: [Double]? = nil, valLoss: [Double]? = nil
             if epoch % config.effectiveValEvery == 0 && !val.isEmpty {
@@ -184,7 +195,7 @@ public final class ProbeTrainer {
                 valAcc = r.accuracy
                 valLoss = r.loss
             }
-            for li in 0..<n {
+            for li in 0..<n where activeNow[li] {
                 let trainLoss = acc.lossOfBatchMeans[li] / Double(acc.batches)
                 var isBest = false
                 if let va = valAcc?[li], va > outcomes[li].bestAccuracy {
@@ -199,8 +210,15 @@ public final class ProbeTrainer {
                 outcomes[li].epochs.append(EpochRecord(epoch: epoch, trainLoss: trainLoss, trainCorrect: acc.correct[li], trainTotal: acc.total,
                                                        valAccuracy: valAcc?[li], valLoss: valLoss?[li],
                                                        bestAccuracy: outcomes[li].bestAccuracy, isBest: isBest, lr: lrs[li]))
-                if epoch == config.epochs {
+                if epoch == config.epochs || config.earlyStopping != nil {
                     outcomes[li].saturatedShare = Double(acc.saturated[li]) / Double(max(1, acc.total * classes))
+                }
+                if let patience = config.earlyStopping, valAcc != nil {
+                    sinceBest[li] = isBest ? 0 : sinceBest[li] + 1
+                    if sinceBest[li] >= patience && epoch < config.epochs {
+                        active[li] = false
+                        outcomes[li].stoppedEpoch = epoch
+                    }
                 }
             }
         }

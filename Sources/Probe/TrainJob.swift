@@ -17,6 +17,12 @@ public struct TrainJobOptions: Sendable {
     public var overwrite = false
     /// Train although a class of the label set has no rows (refused otherwise).
     public var allowEmptyClasses = false
+    /// Share of the rows set aside first as a stratified held-out test set (nil: none).
+    public var testFraction: Double?
+    /// Stratified K-fold cross-validation (scikit-learn's StratifiedKFold, shuffled with --seed); nil: one split.
+    public var cvFolds: Int?
+    /// Runs with init/shuffle seeds --seed, --seed + 1, … on each split.
+    public var seeds = 1
 
     public init(shardDirectories: [String], outDirectory: String, maxMemory: Int = TrainJob.defaultMaxMemory) {
         self.shardDirectories = shardDirectories; self.outDirectory = outDirectory; self.maxMemory = maxMemory
@@ -34,6 +40,11 @@ public struct TrainJobResult: Sendable {
     public var loadSeconds: Double
     public var trainSeconds: Double
     public var files: [String]
+    /// Every run (seeds × folds; the first is the one whose probes are written) and what they say together.
+    public var runs: [TrainRun] = []
+    public var layerTrust: [LayerTrust] = []
+    public var warnings: [Trust.Warning] = []
+    public var testRows = 0
 }
 
 /// `llamaprobe train`: shards → split → one probe per layer → checkpoints, metrics and a report, all
@@ -94,8 +105,25 @@ public enum TrainJob {
             }
             log("warning: \(what); their outputs are trained as always 0 (--allow-empty-classes)")
         }
+        if let tf = o.testFraction, !(tf > 0 && tf < 1) { throw TrainError("--test-fraction must be in (0, 1), got \(tf)") }
+        if let k = o.cvFolds, k < 2 { throw TrainError("--cv must be at least 2 folds, got \(k)") }
+        guard o.seeds >= 1 else { throw TrainError("--seeds must be at least 1, got \(o.seeds)") }
+        guard config.seed + o.seeds - 1 <= Int(UInt32.max) else { throw TrainError("--seed + --seeds − 1 must be at most 4294967295") }
+        if o.splitPath != nil && (o.testFraction != nil || o.cvFolds != nil) {
+            throw TrainError("--split gives the rows of every set: it cannot be combined with --test-fraction or --cv (put held-out rows in the file's \"test\" list)")
+        }
+        // The held-out test set comes first (--test-fraction); the validation split or the folds are made of the rest,
+        // as train_test_split / StratifiedKFold on (X_rest, y_rest) would (positions into `rest`, mapped back).
+        var test: [Int] = []
+        var rest = Array(labels.indices)
+        if let tf = o.testFraction {
+            let r = try StratifiedSplit.trainTestSplit(labels: labels.map { Int($0) }, testFraction: tf, seed: UInt32(config.seed), labelNames: meta.labels)
+            rest = r.train; test = r.test
+        }
+        let restLabels = rest.map { Int(labels[$0]) }
         let train: [Int], val: [Int]
-        let splitSource: String
+        var folds: [[Int]]? = nil
+        var splitSource: String
         if let sp = o.splitPath {
             let s = try SplitFile.read(path: sp)
             let positionOfRow = Dictionary(uniqueKeysWithValues: rowsByPosition.enumerated().map { ($1, $0) })
@@ -106,15 +134,28 @@ public enum TrainJob {
                 }
             }
             train = try map(s.train, "train"); val = try map(s.val, "val")
-            let all = train + val
-            if Set(all).count != all.count { throw SplitError("\(sp): a row is listed twice (or in both train and val)") }
+            test = try map(s.test ?? [], "test")
+            let all = train + val + test
+            if Set(all).count != all.count { throw SplitError("\(sp): a row is listed twice (or in more than one of train, val and test)") }
             if train.isEmpty { throw SplitError("\(sp): the train list is empty") }
             splitSource = "split from `\(sp)`"
+        } else if let k = o.cvFolds {
+            let f = try StratifiedKFold.folds(labels: restLabels, k: k, seed: UInt32(config.seed), labelNames: meta.labels,
+                                              warn: { log("warning: \($0)") })
+            var inFold = [Int](repeating: 0, count: rest.count)
+            for (i, fold) in f.enumerated() { for j in fold { inFold[j] = i } }
+            folds = f.map { $0.map { rest[$0] } }
+            train = rest.indices.filter { inFold[$0] != 0 }.map { rest[$0] }
+            val = folds![0]
+            splitSource = "stratified \(k)-fold cross-validation as scikit-learn's StratifiedKFold(n_splits=\(k), shuffle=True, random_state=\(config.seed)); probes and tables below: fold 0"
         } else {
-            let r = try StratifiedSplit.trainTestSplit(labels: labels.map { Int($0) }, testFraction: config.valFraction,
+            let r = try StratifiedSplit.trainTestSplit(labels: restLabels, testFraction: config.valFraction,
                                                        seed: UInt32(config.seed), labelNames: meta.labels)
-            train = r.train; val = r.test
+            train = r.train.map { rest[$0] }; val = r.test.map { rest[$0] }
             splitSource = "stratified \(Int((1 - config.valFraction) * 100))/\(Int((config.valFraction * 100).rounded())) split as scikit-learn's train_test_split(random_state=\(config.seed))"
+        }
+        if !test.isEmpty {
+            splitSource += "; \(test.count) rows held out first as a test set" + (o.testFraction.map { " (stratified, --test-fraction \($0))" } ?? " (the split file's test list)")
         }
         if val.isEmpty { log("warning: no validation rows: no best checkpoint will be written") }
 
@@ -142,28 +183,107 @@ public enum TrainJob {
         if streamed && !config.shuffle { log("note: --no-shuffle with streamed data: batches follow the shards' order") }
 
         config.threads = pool.threadCount
-        let trainer = try ProbeTrainer(config: config, source: source, labels: labels, classes: classes, layers: layerNumbers,
-                                       train: train, val: val, initial: initial, pool: pool)
-        log("training \(layerNumbers.count) probes (layers \(DataLoader.rangeText(layerNumbers))) on \(train.count) rows, validating on \(val.count), \(config.epochs) epochs, \(pool.threadCount) threads")
-        let t1 = Date()
-        let outcomes = try trainer.run(progress: progress)
-        let trainSeconds = Date().timeIntervalSince(t1)
-
-        // Final validation accuracy (from the last epoch when it was validated).
-        var finalVal = outcomes.map { $0.epochs.last?.valAccuracy ?? 0 }
-        if !val.isEmpty && outcomes.contains(where: { $0.epochs.last?.valAccuracy == nil }) {
-            finalVal = try trainer.evaluate(positions: val).accuracy
+        // The runs: every fold (or the one split) × every seed. Run 0 (fold 0, --seed) is the reference run: its
+        // probes, metrics and report are written; the others add to the statistics of layer_summary.csv.
+        var plans: [(fold: Int?, seedIndex: Int, train: [Int], val: [Int])] = []
+        if let folds {
+            var foldOf = [Int: Int]()
+            for (i, f) in folds.enumerated() { for p in f { foldOf[p] = i } }
+            for (i, f) in folds.enumerated() {
+                let tr = i == 0 ? train : rest.filter { foldOf[$0] != i }
+                for sIdx in 0..<o.seeds { plans.append((i, sIdx, tr, f)) }
+            }
+        } else {
+            for sIdx in 0..<o.seeds { plans.append((nil, sIdx, train, val)) }
         }
+        if plans.count > 1 {
+            log("\(plans.count) runs (\(folds.map { "\($0.count) folds" } ?? "one split") × \(o.seeds) seed(s)) on data \(streamed ? "streamed from the shards by each run" : "decoded once, shared by every run")")
+            if streamed { log("warning: the data is larger than --max-memory, so each of the \(plans.count) runs reads the shards every epoch; raise --max-memory to decode them once for all runs") }
+            if o.seeds > 1 && !config.shuffle && o.initPath != nil { log("warning: --seeds \(o.seeds) with --init and --no-shuffle: nothing depends on the seed, the runs are identical") }
+        }
+        var runs: [TrainRun] = []
+        var trainer: ProbeTrainer! = nil
+        var outcomes: [LayerOutcome] = []
+        var finalVal: [Double] = []
+        var trainSeconds = 0.0
+        for (ri, plan) in plans.enumerated() {
+            var c = config
+            c.seed = config.seed + plan.seedIndex
+            let start = plan.seedIndex == 0 || o.initPath != nil ? initial
+                : layerNumbers.map { ProbeTrainer.initialProbe(seed: c.seed, layer: $0, classes: classes, dModel: meta.dModel) }
+            let t = try ProbeTrainer(config: c, source: source, labels: labels, classes: classes, layers: layerNumbers,
+                                     train: plan.train, val: plan.val, initial: start, pool: pool)
+            if ri == 0 {
+                log("training \(layerNumbers.count) probes (layers \(DataLoader.rangeText(layerNumbers))) on \(plan.train.count) rows, validating on \(plan.val.count), \(config.epochs) epochs, \(pool.threadCount) threads")
+            } else {
+                log("run \(ri + 1)/\(plans.count): \(plan.fold.map { "fold \($0), " } ?? "")seed \(c.seed), \(plan.train.count) training and \(plan.val.count) validation rows")
+            }
+            let t1 = Date()
+            var oc = try t.run(progress: progress)
+            trainSeconds += Date().timeIntervalSince(t1)
+            // Final validation accuracy (from the last epoch when it was validated).
+            var fv = oc.map { $0.epochs.last?.valAccuracy ?? 0 }
+            if !plan.val.isEmpty && oc.contains(where: { $0.epochs.last?.valAccuracy == nil }) {
+                fv = try t.evaluate(positions: plan.val).accuracy
+            }
+            var testAccuracy: [Double]? = nil
+            if !test.isEmpty {
+                // Every layer's reported probe (best, else final) on the test rows, in one pass.
+                let reported = oc.map { ($0.bestWeight ?? $0.finalWeight, $0.bestBias ?? $0.finalBias) }
+                let e = try ProbeTrainer(config: c, source: source, labels: labels, classes: classes, layers: layerNumbers,
+                                         train: plan.train, val: [], initial: reported, pool: pool)
+                testAccuracy = try e.evaluate(positions: test).accuracy
+            }
+            var valCounts = [Int](repeating: 0, count: classes), trainCounts = [Int](repeating: 0, count: classes)
+            for p in plan.val { valCounts[Int(labels[p])] += 1 }
+            for p in plan.train { trainCounts[Int(labels[p])] += 1 }
+            if ri == 0 {
+                trainer = t; outcomes = oc; finalVal = fv
+            } else {
+                for i in oc.indices { oc[i].bestWeight = nil; oc[i].bestBias = nil; oc[i].finalWeight = []; oc[i].finalBias = [] }
+            }
+            runs.append(TrainRun(seedIndex: plan.seedIndex, fold: plan.fold, outcomes: oc,
+                                 valAccuracy: zip(oc, fv).map { $0.bestEpoch != nil ? $0.bestAccuracy : $1 }, finalValAccuracy: fv,
+                                 valRows: plan.val.count, testAccuracy: testAccuracy, valClassCounts: valCounts,
+                                 trainMajorityShare: Double(trainCounts.max() ?? 0) / Double(max(1, plan.train.count))))
+        }
+
         let hasBest = outcomes.contains { $0.bestEpoch != nil }
-        let bestIndex = outcomes.indices.max { a, b in
+        var bestIndex = outcomes.indices.max { a, b in
             let (x, y) = hasBest ? (outcomes[a].bestAccuracy, outcomes[b].bestAccuracy) : (finalVal[a], finalVal[b])
             return x < y || (x == y && a > b)   // ties: the lowest layer
         }!
+        let trust = Trust.layers(runs, testRows: test.count)
+        if runs.count > 1 {
+            // Several runs: the layer with the best mean validation accuracy.
+            bestIndex = trust.indices.max { a, b in trust[a].mean < trust[b].mean || (trust[a].mean == trust[b].mean && a > b) }!
+        }
         let best = outcomes[bestIndex]
         let reportWeights = (best.bestWeight ?? best.finalWeight, best.bestBias ?? best.finalBias)
         let evalPositions = val.isEmpty ? train : val
         let (outputs, outLabels) = try trainer.outputs(layerIndex: bestIndex, weight: reportWeights.0, bias: reportWeights.1, positions: evalPositions)
         let report = ClassificationReport(outputs: outputs, labels: outLabels, names: meta.labels)
+
+        // How far to trust the numbers: intervals, baselines, spread over runs, warnings (also on stderr).
+        let testMean: [Double]? = test.isEmpty ? nil : layerNumbers.indices.map { li in Trust.meanSD(runs.compactMap { $0.testAccuracy?[li] }).mean }
+        let warnings = Trust.warnings(runs, labels: meta.labels, startLR: config.learningRate, bestLayer: best.layer,
+                                      testAccuracy: testMean?[bestIndex], hasCV: folds != nil)
+        for w in warnings { log((w.kind == .optimisticBest ? "note: " : "warning: ") + w.text) }
+        let pooledVal = plans.filter { $0.seedIndex == 0 }.flatMap(\.val)
+        let majority = Trust.majorityBaseline(trainLabels: train.map { labels[$0] }, valLabels: pooledVal.map { labels[$0] }, classes: classes)
+        var trustText = "Each layer's validation accuracy is that of its reported probe (the best checkpoint, else the final weights), with its 95% Wilson score interval"
+        if let folds {
+            trustText += "; with \(folds.count)-fold cross-validation every row outside the test set is validated exactly once, so it pools the \(folds.count) folds"
+            trustText += o.seeds > 1 ? " of the first seed" : ""
+        }
+        if runs.count > 1 {
+            trustText += ". Mean ± sd (sample standard deviation) and min–max are over the \(runs.count) runs"
+            trustText += " (\(folds.map { "\($0.count) folds" } ?? "the same split")\(o.seeds > 1 ? " × \(o.seeds) init/shuffle seeds \(config.seed)…\(config.seed + o.seeds - 1)" : ""))"
+            trustText += "; the best layer is the one with the best mean"
+        }
+        trustText += "."
+        let trustSection = Trust.section(trust, warnings: warnings, runs: runs, classes: classes, majority: (meta.labels[majority.classId], majority.accuracy),
+                                         bestLayer: best.layer, testRows: test.count, testMean: testMean, description: trustText)
 
         // Write everything to a temporary directory, then rename it into place.
         let tmp = try temporaryDirectory(for: out)
@@ -204,21 +324,30 @@ public enum TrainJob {
             try writeText(ReadoutRecipe.File(readout: meta.readout, model: meta.model, quantization: meta.quantization).text,
                           to: path(ReadoutRecipe.File.name))
             try writeText(TrainingReport.metricsCSV(outcomes), to: path("probe_training_metrics.csv"))
-            try writeText(SplitFile(train: train.map { rowsByPosition[$0] }, val: val.map { rowsByPosition[$0] }).json, to: path("split.json"))
+            try writeText(SplitFile(train: train.map { rowsByPosition[$0] }, val: val.map { rowsByPosition[$0] },
+                                    test: test.isEmpty ? nil : test.map { rowsByPosition[$0] },
+                                    folds: folds?.map { $0.map { rowsByPosition[$0] } }).json, to: path("split.json"))
             try writeText(TrainingReport.accuracySVG(layers: layerNumbers, train: outcomes.map { $0.epochs.last!.trainAccuracy },
-                                                     val: hasBest ? outcomes.map(\.bestAccuracy) : finalVal, bestLayer: best.layer),
+                                                     val: runs.count > 1 ? trust.map(\.mean) : hasBest ? outcomes.map(\.bestAccuracy) : finalVal,
+                                                     bestLayer: best.layer, spread: runs.count > 1 ? trust.map(\.sd) : nil,
+                                                     valName: runs.count > 1 ? "validation (mean ± sd, \(runs.count) runs)" : "validation (best)",
+                                                     baselines: [("majority class", majority.accuracy), ("chance", 1 / Double(classes))],
+                                                     test: testMean.map { (best.layer, $0[bestIndex]) }),
                           to: path("accuracy_by_layer.svg"))
+            try writeText(Trust.layerSummaryCSV(trust, hasTest: !test.isEmpty, hasSpread: runs.count > 1), to: path("layer_summary.csv"))
+            if runs.count > 1 { try writeText(Trust.runsCSV(runs, testRows: test.count), to: path(folds != nil ? "cv.csv" : "seeds.csv")) }
             let ctx = TrainingReport.Context(shardDirectories: o.shardDirectories, metadata: meta, trainRows: train.count, valRows: val.count,
                                              config: config, streamed: streamed, seconds: trainSeconds, splitSource: splitSource, initSource: initSource)
             try writeText(TrainingReport.summary(ctx, outcomes: outcomes, finalVal: finalVal, bestLayer: best.layer, bestReport: report,
-                                                 bestFromCheckpoint: best.bestWeight != nil), to: path("probe_training_summary.md"))
+                                                 bestFromCheckpoint: best.bestWeight != nil, trust: trustSection), to: path("probe_training_summary.md"))
             try install(tmp, at: out, files: files)
         } catch {
             try? FileManager.default.removeItem(atPath: tmp)
             throw error
         }
         return TrainJobResult(outcomes: outcomes, bestLayer: best.layer, trainRows: train.count, valRows: val.count, streamed: streamed,
-                              dataBytes: dataBytes, loadSeconds: loadSeconds, trainSeconds: trainSeconds, files: files)
+                              dataBytes: dataBytes, loadSeconds: loadSeconds, trainSeconds: trainSeconds, files: files,
+                              runs: runs, layerTrust: trust, warnings: warnings, testRows: test.count)
     }
 
     static func writeText(_ s: String, to path: String) throws {
