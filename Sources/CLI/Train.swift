@@ -47,7 +47,9 @@ struct Train: ParsableCommand {
 
         Writes to --out: probe_at_layer_{L}.pth (best) and probe_at_layer_{L}_final.pth (PyTorch state_dicts, \
         torch.load(path, weights_only=True)), probes.safetensors, probe_training_metrics.csv, split.json, \
-        probe_training_summary.md and accuracy_by_layer.svg. Nothing is written until the end (a temporary \
+        layer_summary.csv (accuracy with a 95% Wilson interval per layer), probe_training_summary.md (with baselines \
+        and warnings: collapsed learning rate, underfit, overfit, small classes, optimistic best layer) and \
+        accuracy_by_layer.svg. --test-fraction, --cv and --seeds say how far the numbers can be trusted (docs/training.md). Nothing is written until the end (a temporary \
         directory is renamed into place).
 
         Example: llamaprobe train --shards shards/ --out probe_checkpoints/reading_probe

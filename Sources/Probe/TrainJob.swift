@@ -267,8 +267,8 @@ public enum TrainJob {
         // How far to trust the numbers: intervals, baselines, spread over runs, warnings (also on stderr).
         let testMean: [Double]? = test.isEmpty ? nil : layerNumbers.indices.map { li in Trust.meanSD(runs.compactMap { $0.testAccuracy?[li] }).mean }
         let warnings = Trust.warnings(runs, labels: meta.labels, startLR: config.learningRate, bestLayer: best.layer,
-                                      testAccuracy: testMean?[bestIndex], hasCV: folds != nil)
-        for w in warnings { log((w.kind == .optimisticBest ? "note: " : "warning: ") + w.text) }
+                                      testAccuracy: testMean.map { (runs[0].testAccuracy![bestIndex], $0[bestIndex]) }, hasCV: folds != nil)
+        for w in warnings { log((w.kind == .optimisticBest ? "note: " : "warning: ") + "\(w.kind.rawValue): " + w.text) }
         let pooledVal = plans.filter { $0.seedIndex == 0 }.flatMap(\.val)
         let majority = Trust.majorityBaseline(trainLabels: train.map { labels[$0] }, valLabels: pooledVal.map { labels[$0] }, classes: classes)
         var trustText = "Each layer's validation accuracy is that of its reported probe (the best checkpoint, else the final weights), with its 95% Wilson score interval"
@@ -332,7 +332,7 @@ public enum TrainJob {
                                                      bestLayer: best.layer, spread: runs.count > 1 ? trust.map(\.sd) : nil,
                                                      valName: runs.count > 1 ? "validation (mean ± sd, \(runs.count) runs)" : "validation (best)",
                                                      baselines: [("majority class", majority.accuracy), ("chance", 1 / Double(classes))],
-                                                     test: testMean.map { (best.layer, $0[bestIndex]) }),
+                                                     test: runs[0].testAccuracy.map { (best.layer, $0[bestIndex]) }),
                           to: path("accuracy_by_layer.svg"))
             try writeText(Trust.layerSummaryCSV(trust, hasTest: !test.isEmpty, hasSpread: runs.count > 1), to: path("layer_summary.csv"))
             if runs.count > 1 { try writeText(Trust.runsCSV(runs, testRows: test.count), to: path(folds != nil ? "cv.csv" : "seeds.csv")) }

@@ -161,7 +161,8 @@ public enum Trust {
     public static let minClassRows = 10
 
     /// The warnings of a run set (every layer and run; each kind once, naming the layers).
-    public static func warnings(_ runs: [TrainRun], labels: [String], startLR: Double, bestLayer: Int, testAccuracy: Double?,
+    /// `testAccuracy`: the best layer's test accuracy, first run and mean over the runs.
+    public static func warnings(_ runs: [TrainRun], labels: [String], startLR: Double, bestLayer: Int, testAccuracy: (first: Double, mean: Double)?,
                                 hasCV: Bool) -> [Warning] {
         guard let first = runs.first else { return [] }
         var out: [Warning] = []
@@ -198,12 +199,12 @@ public enum Trust {
         }
         if !under.isEmpty {
             let majority = meanSD(runs.map(\.trainMajorityShare)).mean
-            out.append(Warning(kind: .underfit, text: "underfit: the final training accuracy of \(list(under)) (lowest \(String(format: "%.3f", worstTrain))) "
+            out.append(Warning(kind: .underfit, text: "the final training accuracy of \(list(under)) (lowest \(String(format: "%.3f", worstTrain))) "
                 + "closes less than half the gap from the majority-class rate of the training rows (\(String(format: "%.3f", majority))) to 1: "
                 + "the probe has not learned its own training data, so a low validation accuracy does not show that the layer lacks the information"))
         }
         if !over.isEmpty {
-            out.append(Warning(kind: .overfit, text: "overfit: the final training accuracy of \(list(over)) exceeds the final validation accuracy by more than "
+            out.append(Warning(kind: .overfit, text: "the final training accuracy of \(list(over)) exceeds the final validation accuracy by more than "
                 + "\(overfitGap) (up to \(String(format: "%.3f", worstGap))): the probe memorises its training rows; prefer more rows or stronger weight decay, "
                 + "and read the validation (not the training) accuracy"))
         }
@@ -221,7 +222,9 @@ public enum Trust {
             var t = "the best layer (\(bestLayer)) and each layer's best epoch were picked on the same validation rows whose accuracy is reported, "
                 + "so the best accuracy is optimistic (a maximum over \(layerNumbers.count) layer(s) and the validations)"
             if let ta = testAccuracy {
-                t += "; the held-out test accuracy of layer \(bestLayer), \(String(format: "%.4f", ta)), was not used for any choice and is the number to quote"
+                t += "; the held-out test accuracy of layer \(bestLayer), \(String(format: "%.4f", ta.first))"
+                if multi { t += " (first run; mean over the \(runs.count) runs \(String(format: "%.4f", ta.mean)))" }
+                t += ", was not used for any choice and is the number to quote"
             } else {
                 t += "; set rows aside with --test-fraction for an unbiased estimate\(hasCV ? "" : ", or use --cv to average over folds")"
             }

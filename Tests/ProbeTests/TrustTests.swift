@@ -103,7 +103,7 @@ func runLogged(_ o: TrainJobOptions) throws -> (TrainJobResult, [String]) {
         #expect(test1 > 0.6 && Double(csv[2][6])! < test1 && test1 < Double(csv[2][7])!)
         let note = r.warnings.first { $0.kind == .optimisticBest }
         #expect(note?.text.contains("held-out test accuracy of layer 1") == true, "\(r.warnings)")
-        #expect(log.contains { $0.hasPrefix("note: the best layer (1)") }, "\(log)")
+        #expect(log.contains { $0.hasPrefix("note: optimistic-best: the best layer (1)") }, "\(log)")
         let summary = try String(contentsOfFile: dir + "/out/probe_training_summary.md", encoding: .utf8)
         #expect(summary.contains("test acc") && summary.contains("60 rows held out first"))
         // --split and --test-fraction together are refused.
@@ -177,6 +177,25 @@ func runLogged(_ o: TrainJobOptions) throws -> (TrainJobResult, [String]) {
         #expect(files.contains("layer_summary.csv") && !files.contains("seeds.csv") && !files.contains("cv.csv"))
     }
 
+    @Test("--seeds × --cv runs share the data decoded once: the shards can vanish once training has started")
+    func onePass() throws {
+        let labels = balancedLabels(90, classes: 3)
+        let dir = scratchDirectory()
+        let shards = try trustData(dir, labels: labels, classes: 3, layers: 2, dModel: 8, signal: [0, 2])
+        var o = TrainJobOptions(shardDirectories: [shards], outDirectory: dir + "/out")
+        o.config.epochs = 3
+        o.cvFolds = 3
+        o.seeds = 2
+        final class Flag: @unchecked Sendable { var removed = false }
+        let flag = Flag()
+        let r = try TrainJob.run(o, progress: { _ in
+            if !flag.removed { try? FileManager.default.removeItem(atPath: shards); flag.removed = true }
+        })
+        #expect(flag.removed && !FileManager.default.fileExists(atPath: shards))
+        #expect(r.runs.count == 6 && r.runs.map(\.fold) == [0, 0, 1, 1, 2, 2] && r.runs.map(\.seedIndex) == [0, 1, 0, 1, 0, 1])
+        #expect(r.layerTrust.allSatisfy { $0.n == 6 && $0.valRows == 90 })
+    }
+
     @Test("warnings: collapsed learning rate and underfit (no signal), each on stderr and in the summary")
     func lrCollapseAndUnderfit() throws {
         // All-zero activations of two balanced classes in alternating order: the loss never improves after the
@@ -194,7 +213,7 @@ func runLogged(_ o: TrainJobOptions) throws -> (TrainJobResult, [String]) {
         let kinds = Set(r.warnings.map(\.kind))
         #expect(kinds.contains(.lrCollapsed) && kinds.contains(.underfit), "\(r.warnings)")
         #expect(!kinds.contains(.overfit) && !kinds.contains(.smallClass))
-        #expect(log.contains { $0.hasPrefix("warning: the learning rate fell below 0.001 × its start (0.001) before the last validation") }, "\(log)")
+        #expect(log.contains { $0.hasPrefix("warning: lr-collapsed: the learning rate fell below 0.001 × its start (0.001) before the last validation") }, "\(log)")
         #expect(log.contains { $0.hasPrefix("warning: underfit: the final training accuracy of layer 0 (lowest 0.500)") }, "\(log)")
         let summary = try String(contentsOfFile: dir + "/out/probe_training_summary.md", encoding: .utf8)
         #expect(summary.contains("**lr-collapsed**") && summary.contains("**underfit**"))
@@ -248,7 +267,7 @@ func runLogged(_ o: TrainJobOptions) throws -> (TrainJobResult, [String]) {
         let w = r.warnings.first { $0.kind == .smallClass }
         #expect(w?.text.contains("'c2' 4") == true, "\(r.warnings)")
         #expect(!(w?.text.contains("'c0'") ?? true))
-        #expect(log.contains { $0.hasPrefix("warning: classes with fewer than 10 validation rows: 'c2' 4") }, "\(log)")
+        #expect(log.contains { $0.hasPrefix("warning: small-class: classes with fewer than 10 validation rows: 'c2' 4") }, "\(log)")
     }
 
     @Test("--early-stopping: a layer stops after N validations without improvement, the others go on; off by default")
