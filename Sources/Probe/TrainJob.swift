@@ -197,8 +197,9 @@ public enum TrainJob {
             for sIdx in 0..<o.seeds { plans.append((nil, sIdx, train, val)) }
         }
         if plans.count > 1 {
-            log("\(plans.count) runs (\(folds.map { "\($0.count) folds" } ?? "one split") × \(o.seeds) seed(s)) on data \(streamed ? "streamed from the shards by each run" : "decoded once, shared by every run")")
-            if streamed { log("warning: the data is larger than --max-memory, so each of the \(plans.count) runs reads the shards every epoch; raise --max-memory to decode them once for all runs") }
+            log("\(plans.count) runs (\(folds.map { "\($0.count) folds" } ?? "one split") × \(o.seeds) seed(s)) " + (streamed
+                ? "in one pass over the shards per epoch (streamed: shared batches, each run training on its own rows of them)"
+                : "on the data decoded once, shared by every run"))
             if o.seeds > 1 && !config.shuffle && o.initPath != nil { log("warning: --seeds \(o.seeds) with --init and --no-shuffle: nothing depends on the seed, the runs are identical") }
         }
         var runs: [TrainRun] = []
@@ -206,21 +207,39 @@ public enum TrainJob {
         var outcomes: [LayerOutcome] = []
         var finalVal: [Double] = []
         var trainSeconds = 0.0
-        for (ri, plan) in plans.enumerated() {
+        func makeTrainer(_ plan: (fold: Int?, seedIndex: Int, train: [Int], val: [Int])) throws -> ProbeTrainer {
             var c = config
             c.seed = config.seed + plan.seedIndex
             let start = plan.seedIndex == 0 || o.initPath != nil ? initial
                 : layerNumbers.map { ProbeTrainer.initialProbe(seed: c.seed, layer: $0, classes: classes, dModel: meta.dModel) }
-            let t = try ProbeTrainer(config: c, source: source, labels: labels, classes: classes, layers: layerNumbers,
-                                     train: plan.train, val: plan.val, initial: start, pool: pool)
-            if ri == 0 {
-                log("training \(layerNumbers.count) probes (layers \(DataLoader.rangeText(layerNumbers))) on \(plan.train.count) rows, validating on \(plan.val.count), \(config.epochs) epochs, \(pool.threadCount) threads")
-            } else {
-                log("run \(ri + 1)/\(plans.count): \(plan.fold.map { "fold \($0), " } ?? "")seed \(c.seed), \(plan.train.count) training and \(plan.val.count) validation rows")
-            }
+            return try ProbeTrainer(config: c, source: source, labels: labels, classes: classes, layers: layerNumbers,
+                                    train: plan.train, val: plan.val, initial: start, pool: pool)
+        }
+        // Streamed data: every run from one pass over the shards per epoch (all runs' probes live at once).
+        var shared: (trainers: [ProbeTrainer], outcomes: [[LayerOutcome]])? = nil
+        if streamed && plans.count > 1 {
+            let ts = try plans.map(makeTrainer)
+            log("training \(plans.count) × \(layerNumbers.count) probes (layers \(DataLoader.rangeText(layerNumbers))), \(config.epochs) epochs, \(pool.threadCount) threads")
             let t1 = Date()
-            var oc = try t.run(progress: progress)
-            trainSeconds += Date().timeIntervalSince(t1)
+            shared = (ts, try ProbeTrainer.runShared(ts, seed: config.seed, shuffle: config.shuffle, progress: progress))
+            trainSeconds = Date().timeIntervalSince(t1)
+        }
+        for (ri, plan) in plans.enumerated() {
+            let t: ProbeTrainer
+            var oc: [LayerOutcome]
+            if let shared {
+                t = shared.trainers[ri]; oc = shared.outcomes[ri]
+            } else {
+                t = try makeTrainer(plan)
+                if ri == 0 {
+                    log("training \(layerNumbers.count) probes (layers \(DataLoader.rangeText(layerNumbers))) on \(plan.train.count) rows, validating on \(plan.val.count), \(config.epochs) epochs, \(pool.threadCount) threads")
+                } else {
+                    log("run \(ri + 1)/\(plans.count): \(plan.fold.map { "fold \($0), " } ?? "")seed \(t.config.seed), \(plan.train.count) training and \(plan.val.count) validation rows")
+                }
+                let t1 = Date()
+                oc = try t.run(progress: progress)
+                trainSeconds += Date().timeIntervalSince(t1)
+            }
             // Final validation accuracy (from the last epoch when it was validated).
             var fv = oc.map { $0.epochs.last?.valAccuracy ?? 0 }
             if !plan.val.isEmpty && oc.contains(where: { $0.epochs.last?.valAccuracy == nil }) {
@@ -230,7 +249,7 @@ public enum TrainJob {
             if !test.isEmpty {
                 // Every layer's reported probe (best, else final) on the test rows, in one pass.
                 let reported = oc.map { ($0.bestWeight ?? $0.finalWeight, $0.bestBias ?? $0.finalBias) }
-                let e = try ProbeTrainer(config: c, source: source, labels: labels, classes: classes, layers: layerNumbers,
+                let e = try ProbeTrainer(config: t.config, source: source, labels: labels, classes: classes, layers: layerNumbers,
                                          train: plan.train, val: [], initial: reported, pool: pool)
                 testAccuracy = try e.evaluate(positions: test).accuracy
             }

@@ -312,4 +312,47 @@ func runLogged(_ o: TrainJobOptions) throws -> (TrainJobResult, [String]) {
         bad.earlyStopping = 0
         #expect(throws: TrainError("--early-stopping must be at least 1 (validations without improvement)")) { try bad.validate() }
     }
+
+    @Test("streamed data: every run from one pass over the shards per epoch; a run whose rows are the union trains as alone")
+    func streamedRuns() throws {
+        let labels = balancedLabels(90, classes: 3)
+        let dir = scratchDirectory()
+        let shards = try trustData(dir, labels: labels, classes: 3, layers: 2, dModel: 8, signal: [0, 2])
+        var o = TrainJobOptions(shardDirectories: [shards], outDirectory: dir + "/plain", maxMemory: 2_000)
+        o.config.epochs = 4
+        o.config.valEvery = 2
+        o.config.learningRate = 0.01
+        let plain = try TrainJob.run(o)
+        #expect(plain.streamed)
+        o.outDirectory = dir + "/shared"
+        o.seeds = 2
+        let (r, log) = try runLogged(o)
+        #expect(r.streamed && log.contains { $0.contains("in one pass over the shards per epoch") }, "\(log)")
+        // seeds on one split: every run's rows are the union, so run 0 gets exactly the plain run's batches
+        #expect(r.outcomes.map(\.finalWeight) == plain.outcomes.map(\.finalWeight))
+        #expect(r.runs[0].outcomes.map { $0.epochs.map(\.valLoss) } == plain.outcomes.map { $0.epochs.map(\.valLoss) })
+        #expect(r.runs[1].valAccuracy != r.runs[0].valAccuracy || r.runs[1].outcomes[1].epochs.map(\.trainLoss) != r.runs[0].outcomes[1].epochs.map(\.trainLoss))
+        // without shuffling, run 1 is the streamed run of --seed 12346 alone
+        o.config.shuffle = false
+        o.outDirectory = dir + "/shared-noshuffle"
+        let ns = try TrainJob.run(o)
+        o.seeds = 1
+        o.config.seed = 12346
+        o.splitPath = dir + "/shared-noshuffle/split.json"   // the same split (--seed also seeds the split)
+        o.outDirectory = dir + "/solo"
+        let solo = try TrainJob.run(o)
+        o.splitPath = nil
+        #expect(ns.runs[1].outcomes.map { $0.epochs.map(\.trainLoss) } == solo.outcomes.map { $0.epochs.map(\.trainLoss) })
+        #expect(ns.runs[1].outcomes.map { $0.epochs.map(\.valLoss) } == solo.outcomes.map { $0.epochs.map(\.valLoss) })
+        #expect(ns.runs[1].valAccuracy == solo.runs[0].valAccuracy)
+        // folds: each run trains on its rows of the shared batches and validates its own fold
+        o.config.seed = 12345
+        o.config.shuffle = true
+        o.cvFolds = 3
+        o.outDirectory = dir + "/cv"
+        let cv = try TrainJob.run(o)
+        #expect(cv.runs.count == 3 && cv.runs.allSatisfy { $0.valRows == 30 && $0.outcomes.allSatisfy { $0.epochs.count == 4 } })
+        #expect(cv.runs.allSatisfy { $0.outcomes.allSatisfy { $0.epochs.allSatisfy { $0.trainTotal == 60 } } })
+        #expect(cv.layerTrust.allSatisfy { $0.valRows == 90 && $0.n == 3 })
+    }
 }
