@@ -186,6 +186,8 @@ def main():
     ap.add_argument("--torch-threads", default=None,
                     help="comma-separated torch thread counts to run the reference with (default: --threads), e.g. 2,1")
     ap.add_argument("--skip-reference", action="store_true", help="only run llamaprobe")
+    ap.add_argument("--train-args", default="",
+                    help="extra flags for every llamaprobe train run, e.g. '--max-memory 512M --layers 0-9'")
     ap.add_argument("--runs", default=None,
                     help="also time llamaprobe with these extra train flags (e.g. '--seeds 5 --cv 5') against the single run")
     ap.add_argument("--reference", action="store_true", help=argparse.SUPPRESS)
@@ -205,7 +207,7 @@ def main():
     out = os.path.join(args.work, "ours")
     subprocess.run(["rm", "-rf", out])
     text, ours_wall, ours_rss = timed([args.llamaprobe, "train", "--shards", shards, "--out", out, "--threads", str(args.threads),
-                                       "--epochs", str(args.epochs)])
+                                       "--epochs", str(args.epochs)] + args.train_args.split())
     m = re.search(r"trained \d+ layers in ([\d.]+) s .*loaded in ([\d.]+) s", text)
     ours_train, ours_load = float(m.group(1)), float(m.group(2))
     print(text.split("\tCommand being timed")[0].strip())
@@ -226,7 +228,7 @@ def main():
         out_runs = os.path.join(args.work, "ours-runs")
         subprocess.run(["rm", "-rf", out_runs])
         text, runs_wall, runs_rss = timed([args.llamaprobe, "train", "--shards", shards, "--out", out_runs, "--threads", str(args.threads),
-                                           "--epochs", str(args.epochs)] + args.runs.split())
+                                           "--epochs", str(args.epochs)] + args.train_args.split() + args.runs.split())
         m = re.search(r"trained \d+ layers in ([\d.]+) s .*loaded in ([\d.]+) s", text)
         n_runs = re.search(r"(\d+) runs \(", text)
         result["llamaprobe_runs"] = {"flags": args.runs, "runs": int(n_runs.group(1)) if n_runs else 1,
