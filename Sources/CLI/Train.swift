@@ -5,6 +5,7 @@ import Quant
 import Formats
 
 extension PlateauMetric: ExpressibleByArgument {}
+extension ProbeRecipe: ExpressibleByArgument {}
 
 /// `--layers all|LIST`: layer numbers as stored in the shards, e.g. `0-9,20,30-39`.
 struct LayerSelection: ExpressibleByArgument {
@@ -137,6 +138,12 @@ struct Train: ParsableCommand {
     @Option(help: ArgumentHelp("Train K runs with init/shuffle seeds --seed … --seed+K−1 on each split; mean ± sd per layer, e.g. --seeds 5.", valueName: "k"))
     var seeds = 1
 
+    @Option(help: ArgumentHelp("Probes to fit: reference (the PyTorch recipe), logistic (standardized multinomial logistic regression with L2, as scikit-learn's LogisticRegression; its probes are written), or both (reference probes written, logistic reported beside them), e.g. --recipe both.", valueName: "reference|logistic|both"))
+    var recipe: ProbeRecipe = .reference
+
+    @Option(name: .customLong("l2-strength"), help: ArgumentHelp("The logistic regression's C (scikit-learn's, the inverse of the penalty) instead of choosing it by 5-fold cross-validation, e.g. --l2-strength 1.", valueName: "C"))
+    var l2Strength: Double?
+
     @Option(name: .customLong("early-stopping"), help: ArgumentHelp("Stop a layer after N validations without a new best accuracy (off by default), e.g. --early-stopping 3.", valueName: "n"))
     var earlyStopping: Int?
 
@@ -153,7 +160,7 @@ struct Train: ParsableCommand {
         o.initPath = initPath
         o.overwrite = overwrite
         o.allowEmptyClasses = allowEmptyClasses
-        o.testFraction = testFraction; o.cvFolds = cv; o.seeds = seeds
+        o.testFraction = testFraction; o.cvFolds = cv; o.seeds = seeds; o.recipe = recipe; o.l2Strength = l2Strength
         let bar = ProgressLine()
         let result = try TrainJob.run(o, log: { bar.clear(); note($0) }, progress: { bar.update($0) })
         bar.finish()

@@ -128,10 +128,13 @@ public enum TrainingReport {
         public var seconds: Double
         public var splitSource: String
         public var initSource: String
+        /// Replaces the reference recipe's description (--recipe logistic).
+        public var recipeText: String?
         public init(shardDirectories: [String], metadata: ShardMetadata, trainRows: Int, valRows: Int, config: TrainConfig,
-                    streamed: Bool, seconds: Double, splitSource: String, initSource: String) {
+                    streamed: Bool, seconds: Double, splitSource: String, initSource: String, recipeText: String? = nil) {
             self.shardDirectories = shardDirectories; self.metadata = metadata; self.trainRows = trainRows; self.valRows = valRows
             self.config = config; self.streamed = streamed; self.seconds = seconds; self.splitSource = splitSource; self.initSource = initSource
+            self.recipeText = recipeText
         }
     }
 
@@ -145,11 +148,13 @@ public enum TrainingReport {
         s += "(model `\(ctx.metadata.model)`, d_model \(ctx.metadata.dModel), stored \(ctx.metadata.dtype)); "
         s += "\(ctx.trainRows) training, \(ctx.valRows) validation rows (\(ctx.splitSource)).\n"
         s += "- Classes (\(ctx.metadata.labels.count)): \(ctx.metadata.labels.map { "`\($0)`" }.joined(separator: ", ")).\n"
+        if let r = ctx.recipeText { s += "- Recipe: \(r)\n" } else {
         s += "- Recipe: Linear + sigmoid, BCELoss, Adam (lr \(c.learningRate), betas (\(c.adam.beta1), \(c.adam.beta2)), eps \(c.adam.eps), "
         s += "weight decay \(c.adam.weightDecay) coupled\(c.adam.biasDecay ? ", biases decayed" : ", biases exempt")), "
         s += "ReduceLROnPlateau(factor \(c.plateauFactor), patience \(c.plateauPatience)) on the \(c.plateauOn == .train ? "training" : "validation") loss; "
         s += "\(c.epochs) epochs, batch \(c.batchSize), validation batch \(c.valBatchSize) every \(c.effectiveValEvery) epoch(s); "
         s += "initial weights: \(ctx.initSource); \(c.shuffle ? "shuffled every epoch (seed \(c.seed))" : "not shuffled").\n"
+        }
         s += "- \(outcomes.count) layers trained in \(String(format: "%.1f", ctx.seconds)) s"
         s += ctx.streamed ? ", data streamed from the shards every epoch (larger than --max-memory).\n\n" : ", data decoded once and kept in memory.\n\n"
         s += "![accuracy by layer](accuracy_by_layer.svg)\n\n"

@@ -23,6 +23,10 @@ public struct TrainJobOptions: Sendable {
     public var cvFolds: Int?
     /// Runs with init/shuffle seeds --seed, --seed + 1, … on each split.
     public var seeds = 1
+    /// The probes to fit (reference recipe, standardized logistic regression, or both side by side).
+    public var recipe = ProbeRecipe.reference
+    /// --l2-strength: the logistic regression's C (scikit-learn's); nil: chosen by internal cross-validation.
+    public var l2Strength: Double?
 
     public init(shardDirectories: [String], outDirectory: String, maxMemory: Int = TrainJob.defaultMaxMemory) {
         self.shardDirectories = shardDirectories; self.outDirectory = outDirectory; self.maxMemory = maxMemory
@@ -45,6 +49,10 @@ public struct TrainJobResult: Sendable {
     public var layerTrust: [LayerTrust] = []
     public var warnings: [Trust.Warning] = []
     public var testRows = 0
+    /// --recipe both: the logistic regression's runs (one per split), reported beside the reference runs.
+    public var logisticRuns: [TrainRun] = []
+    /// The logistic regression's strength C per layer (first split).
+    public var logisticC: [Double] = []
 }
 
 /// `llamaprobe train`: shards → split → one probe per layer → checkpoints, metrics and a report, all
@@ -186,6 +194,7 @@ public enum TrainJob {
         // The runs: every fold (or the one split) × every seed. Run 0 (fold 0, --seed) is the reference run: its
         // probes, metrics and report are written; the others add to the statistics of layer_summary.csv.
         var plans: [(fold: Int?, seedIndex: Int, train: [Int], val: [Int])] = []
+        var trainSeconds = 0.0
         if let folds {
             var foldOf = [Int: Int]()
             for (i, f) in folds.enumerated() { for p in f { foldOf[p] = i } }
@@ -202,11 +211,62 @@ public enum TrainJob {
                 : "on the data decoded once, shared by every run"))
             if o.seeds > 1 && !config.shuffle && o.initPath != nil { log("warning: --seeds \(o.seeds) with --init and --no-shuffle: nothing depends on the seed, the runs are identical") }
         }
+        if o.recipe != .reference {
+            if streamed { throw TrainError("--recipe \(o.recipe.rawValue) needs the activations in memory, but they take \(formatBytes(dataBytes)) > --max-memory \(formatBytes(o.maxMemory)); raise --max-memory or train fewer --layers") }
+            if let c = o.l2Strength, !(c > 0 && c.isFinite) { throw TrainError("--l2-strength must be a positive number (scikit-learn's C), got \(c)") }
+        }
+        // --recipe logistic|both: per split (seeds do not matter: the fit is deterministic), every layer's
+        // standardized multinomial logistic regression, as LayerOutcomes of one pseudo-epoch.
+        var logisticC = [Double](repeating: 0, count: layerNumbers.count)
+        func logisticOutcomes(_ ps: [(fold: Int?, seedIndex: Int, train: [Int], val: [Int])]) throws -> [[LayerOutcome]] {
+            guard let resident = source as? ResidentActivations else { throw TrainError("internal: logistic regression without resident data") }
+            var result = ps.map { _ in [LayerOutcome]() }
+            let y = labels.map { Int($0) }
+            let d = meta.dModel
+            var row = [Float](repeating: 0, count: d)
+            for (li, layer) in layerNumbers.enumerated() {
+                var x = [Double](repeating: 0, count: labels.count * d)
+                for p in 0..<labels.count {
+                    row.withUnsafeMutableBufferPointer { r in type.convert(resident.row(position: p) + li * d * type.size, r.baseAddress!, d) }
+                    for j in 0..<d { x[p * d + j] = Double(row[j]) }
+                }
+                for (pi, plan) in ps.enumerated() {
+                    let fit: LogisticProbe.Fit
+                    if let c = o.l2Strength {
+                        fit = LogisticProbe.fit(x: x, y: y, d: d, classes: classes, rows: plan.train, c: c).fit
+                    } else {
+                        fit = try LogisticProbe.crossValidated(x: x, y: y, d: d, classes: classes, rows: plan.train, seed: UInt32(config.seed)).fit
+                    }
+                    if pi == 0 { logisticC[li] = fit.c }
+                    if !fit.converged { log("warning: logistic regression of layer \(layer) (C \(fit.c)) did not converge in \(fit.iterations) iterations") }
+                    let trainAcc = LogisticProbe.accuracy(fit, x: x, y: y, d: d, classes: classes, rows: plan.train)
+                    let valAcc: Double? = plan.val.isEmpty ? nil : LogisticProbe.accuracy(fit, x: x, y: y, d: d, classes: classes, rows: plan.val)
+                    var oc = LayerOutcome(layer: layer)
+                    oc.finalWeight = fit.weight.map { Float($0) }
+                    oc.finalBias = fit.bias.map { Float($0) }
+                    if let v = valAcc, v > 0 { oc.bestWeight = oc.finalWeight; oc.bestBias = oc.finalBias; oc.bestEpoch = 1; oc.bestAccuracy = v }
+                    oc.epochs = [EpochRecord(epoch: 1, trainLoss: fit.objective, trainCorrect: Int((trainAcc * Double(plan.train.count)).rounded()),
+                                             trainTotal: plan.train.count, valAccuracy: valAcc, valLoss: nil, bestAccuracy: oc.bestAccuracy,
+                                             isBest: oc.bestEpoch != nil, lr: 0)]
+                    result[pi].append(oc)
+                }
+            }
+            return result
+        }
+        var logisticFirst: [[LayerOutcome]]? = nil
+        if o.recipe == .logistic {
+            if o.seeds > 1 { log("note: --seeds \(o.seeds) with --recipe logistic: the fit is deterministic, one run per split") }
+            plans = plans.filter { $0.seedIndex == 0 }
+            log("fitting \(layerNumbers.count) logistic regressions (layers \(DataLoader.rangeText(layerNumbers))) on \(train.count) rows, "
+                + (o.l2Strength.map { "C \($0)" } ?? "C by 5-fold cross-validation over 1e-4…1e4") + (plans.count > 1 ? ", \(plans.count) splits" : ""))
+            let t1 = Date()
+            logisticFirst = try logisticOutcomes(plans)
+            trainSeconds += Date().timeIntervalSince(t1)
+        }
         var runs: [TrainRun] = []
         var trainer: ProbeTrainer! = nil
         var outcomes: [LayerOutcome] = []
         var finalVal: [Double] = []
-        var trainSeconds = 0.0
         func makeTrainer(_ plan: (fold: Int?, seedIndex: Int, train: [Int], val: [Int])) throws -> ProbeTrainer {
             var c = config
             c.seed = config.seed + plan.seedIndex
@@ -217,29 +277,16 @@ public enum TrainJob {
         }
         // Streamed data: every run from one pass over the shards per epoch (all runs' probes live at once).
         var shared: (trainers: [ProbeTrainer], outcomes: [[LayerOutcome]])? = nil
-        if streamed && plans.count > 1 {
+        if streamed && plans.count > 1 && o.recipe != .logistic {
             let ts = try plans.map(makeTrainer)
             log("training \(plans.count) × \(layerNumbers.count) probes (layers \(DataLoader.rangeText(layerNumbers))), \(config.epochs) epochs, \(pool.threadCount) threads")
             let t1 = Date()
             shared = (ts, try ProbeTrainer.runShared(ts, seed: config.seed, shuffle: config.shuffle, progress: progress))
             trainSeconds = Date().timeIntervalSince(t1)
         }
-        for (ri, plan) in plans.enumerated() {
-            let t: ProbeTrainer
-            var oc: [LayerOutcome]
-            if let shared {
-                t = shared.trainers[ri]; oc = shared.outcomes[ri]
-            } else {
-                t = try makeTrainer(plan)
-                if ri == 0 {
-                    log("training \(layerNumbers.count) probes (layers \(DataLoader.rangeText(layerNumbers))) on \(plan.train.count) rows, validating on \(plan.val.count), \(config.epochs) epochs, \(pool.threadCount) threads")
-                } else {
-                    log("run \(ri + 1)/\(plans.count): \(plan.fold.map { "fold \($0), " } ?? "")seed \(t.config.seed), \(plan.train.count) training and \(plan.val.count) validation rows")
-                }
-                let t1 = Date()
-                oc = try t.run(progress: progress)
-                trainSeconds += Date().timeIntervalSince(t1)
-            }
+        /// A run's validation and test accuracies and class counts (weights dropped but for the first run's).
+        func summarize(_ plan: (fold: Int?, seedIndex: Int, train: [Int], val: [Int]), _ t: ProbeTrainer, _ outcomes: [LayerOutcome]) throws -> (run: TrainRun, finalVal: [Double]) {
+            var oc = outcomes
             // Final validation accuracy (from the last epoch when it was validated).
             var fv = oc.map { $0.epochs.last?.valAccuracy ?? 0 }
             if !plan.val.isEmpty && oc.contains(where: { $0.epochs.last?.valAccuracy == nil }) {
@@ -256,15 +303,52 @@ public enum TrainJob {
             var valCounts = [Int](repeating: 0, count: classes), trainCounts = [Int](repeating: 0, count: classes)
             for p in plan.val { valCounts[Int(labels[p])] += 1 }
             for p in plan.train { trainCounts[Int(labels[p])] += 1 }
+            let keep = runs.isEmpty
+            if !keep { for i in oc.indices { oc[i].bestWeight = nil; oc[i].bestBias = nil; oc[i].finalWeight = []; oc[i].finalBias = [] } }
+            return (TrainRun(seedIndex: plan.seedIndex, fold: plan.fold, outcomes: oc,
+                             valAccuracy: zip(oc, fv).map { $0.bestEpoch != nil ? $0.bestAccuracy : $1 }, finalValAccuracy: fv,
+                             valRows: plan.val.count, testAccuracy: testAccuracy, valClassCounts: valCounts,
+                             trainMajorityShare: Double(trainCounts.max() ?? 0) / Double(max(1, plan.train.count))), fv)
+        }
+        for (ri, plan) in plans.enumerated() {
+            let t: ProbeTrainer
+            var oc: [LayerOutcome]
+            if let lo = logisticFirst {
+                oc = lo[ri]
+                t = try ProbeTrainer(config: config, source: source, labels: labels, classes: classes, layers: layerNumbers,
+                                     train: plan.train, val: plan.val, initial: oc.map { ($0.finalWeight, $0.finalBias) }, pool: pool)
+            } else if let shared {
+                t = shared.trainers[ri]; oc = shared.outcomes[ri]
+            } else {
+                t = try makeTrainer(plan)
+                if ri == 0 {
+                    log("training \(layerNumbers.count) probes (layers \(DataLoader.rangeText(layerNumbers))) on \(plan.train.count) rows, validating on \(plan.val.count), \(config.epochs) epochs, \(pool.threadCount) threads")
+                } else {
+                    log("run \(ri + 1)/\(plans.count): \(plan.fold.map { "fold \($0), " } ?? "")seed \(t.config.seed), \(plan.train.count) training and \(plan.val.count) validation rows")
+                }
+                let t1 = Date()
+                oc = try t.run(progress: progress)
+                trainSeconds += Date().timeIntervalSince(t1)
+            }
+            let (run, fv) = try summarize(plan, t, oc)
             if ri == 0 {
                 trainer = t; outcomes = oc; finalVal = fv
-            } else {
-                for i in oc.indices { oc[i].bestWeight = nil; oc[i].bestBias = nil; oc[i].finalWeight = []; oc[i].finalBias = [] }
             }
-            runs.append(TrainRun(seedIndex: plan.seedIndex, fold: plan.fold, outcomes: oc,
-                                 valAccuracy: zip(oc, fv).map { $0.bestEpoch != nil ? $0.bestAccuracy : $1 }, finalValAccuracy: fv,
-                                 valRows: plan.val.count, testAccuracy: testAccuracy, valClassCounts: valCounts,
-                                 trainMajorityShare: Double(trainCounts.max() ?? 0) / Double(max(1, plan.train.count))))
+            runs.append(run)
+        }
+        // --recipe both: the logistic regression of every split, reported beside the reference recipe.
+        var logisticRuns: [TrainRun] = []
+        if o.recipe == .both {
+            let ps = plans.filter { $0.seedIndex == 0 }
+            log("fitting \(layerNumbers.count) logistic regressions beside the reference probes" + (o.l2Strength.map { " (C \($0))" } ?? " (C by 5-fold cross-validation over 1e-4…1e4)"))
+            let t1 = Date()
+            let lo = try logisticOutcomes(ps)
+            trainSeconds += Date().timeIntervalSince(t1)
+            for (pi, plan) in ps.enumerated() {
+                let t = try ProbeTrainer(config: config, source: source, labels: labels, classes: classes, layers: layerNumbers,
+                                         train: plan.train, val: plan.val, initial: lo[pi].map { ($0.finalWeight, $0.finalBias) }, pool: pool)
+                logisticRuns.append(try summarize(plan, t, lo[pi]).run)
+            }
         }
 
         let hasBest = outcomes.contains { $0.bestEpoch != nil }
@@ -301,8 +385,10 @@ public enum TrainJob {
             trustText += "; the best layer is the one with the best mean"
         }
         trustText += "."
+        let logisticTrust: [LayerTrust]? = logisticRuns.isEmpty ? nil : Trust.layers(logisticRuns, testRows: test.count)
         let trustSection = Trust.section(trust, warnings: warnings, runs: runs, classes: classes, majority: (meta.labels[majority.classId], majority.accuracy),
                                          bestLayer: best.layer, testRows: test.count, testMean: testMean, description: trustText)
+            + (logisticTrust.map { Trust.sideBySide(reference: trust, logistic: $0, c: logisticC, l2Given: o.l2Strength != nil) } ?? "")
 
         // Write everything to a temporary directory, then rename it into place.
         let tmp = try temporaryDirectory(for: out)
@@ -353,10 +439,13 @@ public enum TrainJob {
                                                      baselines: [("majority class", majority.accuracy), ("chance", 1 / Double(classes))],
                                                      test: runs[0].testAccuracy.map { (best.layer, $0[bestIndex]) }),
                           to: path("accuracy_by_layer.svg"))
-            try writeText(Trust.layerSummaryCSV(trust, hasTest: !test.isEmpty, hasSpread: runs.count > 1), to: path("layer_summary.csv"))
+            try writeText(Trust.layerSummaryCSV(trust, hasTest: !test.isEmpty, hasSpread: runs.count > 1,
+                                                l2Strength: o.recipe == .logistic ? logisticC : nil,
+                                                logistic: logisticTrust.map { ($0, logisticC) }), to: path("layer_summary.csv"))
             if runs.count > 1 { try writeText(Trust.runsCSV(runs, testRows: test.count), to: path(folds != nil ? "cv.csv" : "seeds.csv")) }
             let ctx = TrainingReport.Context(shardDirectories: o.shardDirectories, metadata: meta, trainRows: train.count, valRows: val.count,
-                                             config: config, streamed: streamed, seconds: trainSeconds, splitSource: splitSource, initSource: initSource)
+                                             config: config, streamed: streamed, seconds: trainSeconds, splitSource: splitSource, initSource: initSource,
+                                             recipeText: o.recipe == .logistic ? LogisticProbe.description(c: o.l2Strength, seed: config.seed) : nil)
             try writeText(TrainingReport.summary(ctx, outcomes: outcomes, finalVal: finalVal, bestLayer: best.layer, bestReport: report,
                                                  bestFromCheckpoint: best.bestWeight != nil, trust: trustSection), to: path("probe_training_summary.md"))
             try install(tmp, at: out, files: files)
@@ -366,7 +455,8 @@ public enum TrainJob {
         }
         return TrainJobResult(outcomes: outcomes, bestLayer: best.layer, trainRows: train.count, valRows: val.count, streamed: streamed,
                               dataBytes: dataBytes, loadSeconds: loadSeconds, trainSeconds: trainSeconds, files: files,
-                              runs: runs, layerTrust: trust, warnings: warnings, testRows: test.count)
+                              runs: runs, layerTrust: trust, warnings: warnings, testRows: test.count,
+                              logisticRuns: logisticRuns, logisticC: o.recipe == .reference ? [] : logisticC)
     }
 
     static func writeText(_ s: String, to path: String) throws {

@@ -110,19 +110,46 @@ public enum Trust {
 
     /// layer_summary.csv: `layer,val_accuracy,ci_low,ci_high,val_rows`, then `test_accuracy,test_ci_low,test_ci_high`
     /// with a test set, then `mean,sd,n,min,max` with more than one run.
-    public static func layerSummaryCSV(_ rows: [LayerTrust], hasTest: Bool, hasSpread: Bool) -> String {
+    /// `l2Strength` (--recipe logistic): a `l2_strength` column (C); `logistic` (--recipe both): the logistic
+    /// regression's `logistic_val_accuracy,logistic_ci_low,logistic_ci_high[,logistic_test_accuracy],logistic_l2_strength`.
+    public static func layerSummaryCSV(_ rows: [LayerTrust], hasTest: Bool, hasSpread: Bool, l2Strength: [Double]? = nil,
+                                       logistic: (rows: [LayerTrust], c: [Double])? = nil) -> String {
         func f(_ v: Double) -> String { String(format: "%.6f", v) }
         var s = "layer,val_accuracy,ci_low,ci_high,val_rows"
         if hasTest { s += ",test_accuracy,test_ci_low,test_ci_high" }
         if hasSpread { s += ",mean,sd,n,min,max" }
+        if l2Strength != nil { s += ",l2_strength" }
+        if logistic != nil { s += ",logistic_val_accuracy,logistic_ci_low,logistic_ci_high" + (hasTest ? ",logistic_test_accuracy" : "") + ",logistic_l2_strength" }
         s += "\n"
-        for r in rows {
+        for (i, r) in rows.enumerated() {
             s += "\(r.layer),\(f(r.valAccuracy)),\(f(r.ciLow)),\(f(r.ciHigh)),\(r.valRows)"
             if hasTest { s += "," + [r.testAccuracy, r.testCILow, r.testCIHigh].map { $0.map(f) ?? "" }.joined(separator: ",") }
             if hasSpread { s += ",\(f(r.mean)),\(f(r.sd)),\(r.n),\(f(r.minimum)),\(f(r.maximum))" }
+            if let c = l2Strength { s += ",\(c[i])" }
+            if let (lr, c) = logistic {
+                s += ",\(f(lr[i].valAccuracy)),\(f(lr[i].ciLow)),\(f(lr[i].ciHigh))" + (hasTest ? "," + (lr[i].testAccuracy.map(f) ?? "") : "") + ",\(c[i])"
+            }
             s += "\n"
         }
         return s
+    }
+
+    /// --recipe both: the reference recipe and the logistic regression, layer by layer.
+    public static func sideBySide(reference: [LayerTrust], logistic: [LayerTrust], c: [Double], l2Given: Bool) -> String {
+        func p(_ v: Double) -> String { String(format: "%.4f", v) }
+        let hasTest = reference.contains { $0.testAccuracy != nil }
+        var s = "### Reference recipe and logistic regression side by side\n\n"
+        s += "The logistic regression (features standardized on the training rows, multinomial, L2 strength C "
+        s += l2Given ? "given by --l2-strength" : "chosen by 5-fold cross-validation on the training rows"
+        s += ", L-BFGS to convergence) on the same split; the probes written are the reference recipe's.\n\n"
+        s += "| layer | reference val acc | 95% interval | logistic val acc | 95% interval |" + (hasTest ? " reference test | logistic test |" : "") + " C |\n"
+        s += "|---:|---:|---:|---:|---:|" + (hasTest ? "---:|---:|" : "") + "---:|\n"
+        for (i, (r, l)) in zip(reference, logistic).enumerated() {
+            s += "| \(r.layer) | \(p(r.valAccuracy)) | \(p(r.ciLow))–\(p(r.ciHigh)) | \(p(l.valAccuracy)) | \(p(l.ciLow))–\(p(l.ciHigh)) |"
+            if hasTest { s += " \(r.testAccuracy.map(p) ?? "–") | \(l.testAccuracy.map(p) ?? "–") |" }
+            s += " \(c[i]) |\n"
+        }
+        return s + "\n"
     }
 
     /// cv.csv (--cv) or seeds.csv (--seeds alone): `layer,fold,val_accuracy,seed,val_rows`, plus `test_accuracy`
