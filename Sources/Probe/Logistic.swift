@@ -1,4 +1,5 @@
 import Foundation
+import Quant
 
 /// `--recipe logistic`: what a careful researcher would fit — features standardized on the training rows,
 /// multinomial logistic regression with an L2 penalty on the weights (not the intercepts), minimised to
@@ -54,16 +55,24 @@ public enum LogisticProbe {
         // f = mean cross-entropy + ‖W‖² / (2 C n): scikit-learn's C·Σ loss + ½‖W‖², divided by C·n.
         let lambda = 1 / (c * Double(n))
         var logits = [Double](repeating: 0, count: n * k)
+        var residual = [Double](repeating: 0, count: n * k)
+        // logits = Z·Wᵀ + b and ∂W = Rᵀ·Z through OpenBLAS dgemm (single-threaded: deterministic).
         func objective(_ p: [Double], _ g: inout [Double]) -> Double {
-            for i in 0..<(g.count) { g[i] = 0 }
+            z.withUnsafeBufferPointer { zp in
+                p.withUnsafeBufferPointer { pp in
+                    logits.withUnsafeMutableBufferPointer { lp in
+                        BLAS.dgemm(transA: false, transB: true, m: n, n: k, k: d, alpha: 1, a: zp.baseAddress!, lda: d,
+                                   b: pp.baseAddress!, ldb: d, beta: 0, c: lp.baseAddress!, ldc: k)
+                    }
+                }
+            }
             var loss = 0.0
+            for a in 0..<k { g[k * d + a] = 0 }
             for i in 0..<n {
                 var mx = -Double.infinity
                 for a in 0..<k {
-                    var s = p[k * d + a]
-                    for j in 0..<d { s += p[a * d + j] * z[i * d + j] }
-                    logits[i * k + a] = s
-                    mx = max(mx, s)
+                    logits[i * k + a] += p[k * d + a]
+                    mx = max(mx, logits[i * k + a])
                 }
                 var sum = 0.0
                 for a in 0..<k { sum += exp(logits[i * k + a] - mx) }
@@ -71,8 +80,16 @@ public enum LogisticProbe {
                 loss += lse - logits[i * k + labels[i]]
                 for a in 0..<k {
                     let r = (exp(logits[i * k + a] - lse) - (a == labels[i] ? 1 : 0)) / Double(n)
+                    residual[i * k + a] = r
                     g[k * d + a] += r
-                    for j in 0..<d { g[a * d + j] += r * z[i * d + j] }
+                }
+            }
+            residual.withUnsafeBufferPointer { rp in
+                z.withUnsafeBufferPointer { zp in
+                    g.withUnsafeMutableBufferPointer { gp in
+                        BLAS.dgemm(transA: true, transB: false, m: k, n: d, k: n, alpha: 1, a: rp.baseAddress!, lda: k,
+                                   b: zp.baseAddress!, ldb: d, beta: 0, c: gp.baseAddress!, ldc: d)
+                    }
                 }
             }
             var penalty = 0.0
