@@ -186,6 +186,10 @@ def main():
     ap.add_argument("--torch-threads", default=None,
                     help="comma-separated torch thread counts to run the reference with (default: --threads), e.g. 2,1")
     ap.add_argument("--skip-reference", action="store_true", help="only run llamaprobe")
+    ap.add_argument("--train-args", default="",
+                    help="extra flags for every llamaprobe train run, e.g. '--max-memory 512M --layers 0-9'")
+    ap.add_argument("--runs", default=None,
+                    help="also time llamaprobe with these extra train flags (e.g. '--seeds 5 --cv 5') against the single run")
     ap.add_argument("--reference", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.reference:
@@ -203,7 +207,7 @@ def main():
     out = os.path.join(args.work, "ours")
     subprocess.run(["rm", "-rf", out])
     text, ours_wall, ours_rss = timed([args.llamaprobe, "train", "--shards", shards, "--out", out, "--threads", str(args.threads),
-                                       "--epochs", str(args.epochs)])
+                                       "--epochs", str(args.epochs)] + args.train_args.split())
     m = re.search(r"trained \d+ layers in ([\d.]+) s .*loaded in ([\d.]+) s", text)
     ours_train, ours_load = float(m.group(1)), float(m.group(2))
     print(text.split("\tCommand being timed")[0].strip())
@@ -220,10 +224,27 @@ def main():
             result["pytorch"].append({"torch_threads": tt, "train_seconds": ref["train_seconds"], "load_seconds": ref["load_seconds"],
                                       "wall_seconds": ref_wall, "peak_rss_bytes": ref_rss, "variant": args.variant, "torch": ref["torch"],
                                       "ratio_train": ref["train_seconds"] / max(ours_train, 1e-3), "ratio_wall": ref_wall / ours_wall})
+    if args.runs:
+        out_runs = os.path.join(args.work, "ours-runs")
+        subprocess.run(["rm", "-rf", out_runs])
+        text, runs_wall, runs_rss = timed([args.llamaprobe, "train", "--shards", shards, "--out", out_runs, "--threads", str(args.threads),
+                                           "--epochs", str(args.epochs)] + args.train_args.split() + args.runs.split())
+        m = re.search(r"trained \d+ layers in ([\d.]+) s .*loaded in ([\d.]+) s", text)
+        n_runs = re.search(r"(\d+) runs \(", text)
+        result["llamaprobe_runs"] = {"flags": args.runs, "runs": int(n_runs.group(1)) if n_runs else 1,
+                                     "train_seconds": float(m.group(1)), "load_seconds": float(m.group(2)),
+                                     "wall_seconds": runs_wall, "peak_rss_bytes": runs_rss,
+                                     "ratio_train": float(m.group(1)) / max(ours_train, 1e-3), "ratio_wall": runs_wall / ours_wall}
+        print(text.split("\tCommand being timed")[0].strip())
     print(json.dumps(result, indent=1))
     gib = 1 << 30
     print(f"\nllamaprobe: training {ours_train:.1f} s (+ {ours_load:.1f} s decoding shards), whole run {ours_wall:.1f} s, "
           f"peak RSS {ours_rss / gib:.2f} GiB = {ours_rss / data_bytes:.2f} x the f32 data ({data_bytes / gib:.2f} GiB)")
+    if "llamaprobe_runs" in result:
+        r = result["llamaprobe_runs"]
+        print(f"llamaprobe {r['flags']} ({r['runs']} runs): training {r['train_seconds']:.1f} s (+ {r['load_seconds']:.1f} s decoding shards, once), "
+              f"whole run {r['wall_seconds']:.1f} s, peak RSS {r['peak_rss_bytes'] / gib:.2f} GiB; "
+              f"{r['ratio_train']:.1f}x the single run's training, {r['ratio_wall']:.1f}x its whole run")
     for p in result.get("pytorch", []):
         print(f"PyTorch ({p['torch_threads']} thread{'s' if p['torch_threads'] > 1 else ''}): training {p['train_seconds']:.1f} s, "
               f"whole run {p['wall_seconds']:.1f} s, peak RSS {p['peak_rss_bytes'] / gib:.2f} GiB; "

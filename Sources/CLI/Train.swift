@@ -5,6 +5,7 @@ import Quant
 import Formats
 
 extension PlateauMetric: ExpressibleByArgument {}
+extension ProbeRecipe: ExpressibleByArgument {}
 
 /// `--layers all|LIST`: layer numbers as stored in the shards, e.g. `0-9,20,30-39`.
 struct LayerSelection: ExpressibleByArgument {
@@ -47,7 +48,9 @@ struct Train: ParsableCommand {
 
         Writes to --out: probe_at_layer_{L}.pth (best) and probe_at_layer_{L}_final.pth (PyTorch state_dicts, \
         torch.load(path, weights_only=True)), probes.safetensors, probe_training_metrics.csv, split.json, \
-        probe_training_summary.md and accuracy_by_layer.svg. Nothing is written until the end (a temporary \
+        layer_summary.csv (accuracy with a 95% Wilson interval per layer), probe_training_summary.md (with baselines \
+        and warnings: collapsed learning rate, underfit, overfit, small classes, optimistic best layer) and \
+        accuracy_by_layer.svg. --test-fraction, --cv and --seeds say how far the numbers can be trusted (docs/training.md). Nothing is written until the end (a temporary \
         directory is renamed into place).
 
         Example: llamaprobe train --shards shards/ --out probe_checkpoints/reading_probe
@@ -129,19 +132,38 @@ struct Train: ParsableCommand {
     @Flag(help: "Replace an existing non-empty --out directory (the new one is swapped in whole at the end).")
     var overwrite = false
 
+    @Option(name: .customLong("test-fraction"), help: ArgumentHelp("Set this share of the rows aside first as a stratified held-out test set; the best layer is chosen on validation and its test accuracy reported, e.g. --test-fraction 0.2.", valueName: "f"))
+    var testFraction: Double?
+
+    @Option(name: .customLong("cv"), help: ArgumentHelp("Stratified K-fold cross-validation (scikit-learn's StratifiedKFold(shuffle=True, random_state=--seed)); per-fold accuracies in cv.csv, mean ± sd per layer, e.g. --cv 5.", valueName: "k"))
+    var cv: Int?
+
+    @Option(help: ArgumentHelp("Train K runs with init/shuffle seeds --seed … --seed+K−1 on each split; mean ± sd per layer, e.g. --seeds 5.", valueName: "k"))
+    var seeds = 1
+
+    @Option(help: ArgumentHelp("Probes to fit: reference (the PyTorch recipe), logistic (standardized multinomial logistic regression with L2, as scikit-learn's LogisticRegression; its probes are written), or both (reference probes written, logistic reported beside them), e.g. --recipe both.", valueName: "reference|logistic|both"))
+    var recipe: ProbeRecipe = .reference
+
+    @Option(name: .customLong("l2-strength"), help: ArgumentHelp("The logistic regression's C (scikit-learn's, the inverse of the penalty) instead of choosing it by 5-fold cross-validation, e.g. --l2-strength 1.", valueName: "C"))
+    var l2Strength: Double?
+
+    @Option(name: .customLong("early-stopping"), help: ArgumentHelp("Stop a layer after N validations without a new best accuracy (off by default), e.g. --early-stopping 3.", valueName: "n"))
+    var earlyStopping: Int?
+
     func run() throws {
         var o = TrainJobOptions(shardDirectories: shards, outDirectory: out, maxMemory: maxMemory?.bytes ?? TrainJob.defaultMaxMemory)
         var c = TrainConfig()
         c.epochs = epochs; c.learningRate = lr; c.adam.beta1 = beta1; c.adam.beta2 = beta2; c.adam.weightDecay = weightDecay
         c.adam.biasDecay = !noBiasDecay; c.batchSize = batchSize; c.valBatchSize = valBatchSize; c.valEvery = valEvery
         c.valFraction = valFraction; c.seed = seed; c.plateauFactor = plateauFactor; c.plateauPatience = plateauPatience
-        c.plateauOn = plateauOn; c.shuffle = !noShuffle; c.threads = threads
+        c.plateauOn = plateauOn; c.shuffle = !noShuffle; c.threads = threads; c.earlyStopping = earlyStopping
         o.config = c
         o.layers = layers.layers
         o.splitPath = split
         o.initPath = initPath
         o.overwrite = overwrite
         o.allowEmptyClasses = allowEmptyClasses
+        o.testFraction = testFraction; o.cvFolds = cv; o.seeds = seeds; o.recipe = recipe; o.l2Strength = l2Strength
         let bar = ProgressLine()
         let result = try TrainJob.run(o, log: { bar.clear(); note($0) }, progress: { bar.update($0) })
         bar.finish()

@@ -16,6 +16,10 @@ public enum ProbeFiles {
     public static let split = "split.json"
     public static let summary = "probe_training_summary.md"
     public static let plot = "accuracy_by_layer.svg"
+    /// One row per layer: validation accuracy with its Wilson interval, test accuracy, mean ± sd over runs.
+    public static let layerSummary = "layer_summary.csv"
+    /// Per-run accuracies of `--cv K` (`layer,fold,val_accuracy`) and of `--seeds K`.
+    public static let cv = "cv.csv", seeds = "seeds.csv"
     /// The readout recipe and model beside the .pth files (which record neither).
     public static let readout = ReadoutRecipe.File.name
     /// The best checkpoint of a layer (PyTorch state_dict `classifier.0.weight/bias`).

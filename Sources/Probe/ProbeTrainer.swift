@@ -23,6 +23,8 @@ public struct TrainConfig: Sendable, Equatable {
     /// Shuffle the training rows every epoch (false: batches follow the split's train order).
     public var shuffle = true
     public var threads = ThreadPool.defaultThreadCount
+    /// Stop a layer's training after this many validations without a new best accuracy (nil: off, the reference).
+    public var earlyStopping: Int?
     public init() {}
 
     /// Validation period: every epoch when the scheduler watches the validation loss.
@@ -41,6 +43,7 @@ public struct TrainConfig: Sendable, Equatable {
         try need(plateauPatience >= 0, "--plateau-patience must be ≥ 0")
         try need(seed >= 0 && seed <= Int(UInt32.max), "--seed must be in 0…4294967295 (numpy's RandomState range)")
         try need(threads >= 1, "--threads must be at least 1")
+        try need(earlyStopping.map { $0 >= 1 } ?? true, "--early-stopping must be at least 1 (validations without improvement)")
     }
 }
 
@@ -73,6 +76,8 @@ public struct LayerOutcome: Sendable {
     public var bestAccuracy: Double = 0
     /// Share of the last epoch's training outputs that were exactly 0 or 1 in f32.
     public var saturatedShare: Double = 0
+    /// The epoch after which --early-stopping stopped this layer (nil: it ran every epoch).
+    public var stoppedEpoch: Int?
 }
 
 public struct TrainProgress: Sendable {
@@ -126,7 +131,7 @@ public final class ProbeTrainer {
 
     /// One epoch's per-layer sums. Each layer's slots are written by the one thread that runs that layer in a
     /// batch (plain memory, no shared array buffer); a divergence message may come from any thread (locked).
-    private final class Accumulator: @unchecked Sendable {
+    fileprivate final class Accumulator: @unchecked Sendable {
         let lossOfBatchMeans: UnsafeMutableBufferPointer<Double>
         let correct: UnsafeMutableBufferPointer<Int>
         let saturated: UnsafeMutableBufferPointer<Int>
@@ -144,101 +149,215 @@ public final class ProbeTrainer {
         var failure: String? { lock.lock(); defer { lock.unlock() }; return firstFailure }
     }
 
-    public func run(progress: ((TrainProgress) -> Void)? = nil) throws -> [LayerOutcome] {
+    /// A run's training state between batches: `run` drives one; `runShared` drives several from one pass.
+    public final class Session {
+        var outcomes: [LayerOutcome]
+        var lrs: [Double]
+        var schedulers: [PlateauScheduler]
+        /// --early-stopping: validations since the last new best, and the layers still training.
+        var sinceBest: [Int]
+        var active: [Bool]
+        fileprivate var acc: Accumulator
+        var epoch = 0
+        var lrsNow: [Double] = []
+        var activeNow: [Bool] = []
+        var finished: Bool { !active.contains(true) }
+        fileprivate init(_ t: ProbeTrainer) {
+            let n = t.layers.count
+            outcomes = t.layers.map { LayerOutcome(layer: $0) }
+            lrs = [Double](repeating: t.config.learningRate, count: n)
+            schedulers = [PlateauScheduler](repeating: PlateauScheduler(factor: t.config.plateauFactor, patience: t.config.plateauPatience), count: n)
+            sinceBest = [Int](repeating: 0, count: n)
+            active = [Bool](repeating: true, count: n)
+            acc = Accumulator(n)
+        }
+    }
+
+    public func makeSession() -> Session { Session(self) }
+
+    func beginEpoch(_ s: Session, _ epoch: Int) {
+        s.epoch = epoch
+        s.acc = Accumulator(layers.count)
+        s.lrsNow = s.lrs
+        s.activeNow = s.active
+    }
+
+    /// One training batch of the current epoch: a forward/backward pass and an Adam step of every active layer.
+    func trainBatch(_ s: Session, _ batch: BatchView, progress: ((TrainProgress) -> Void)?) throws {
         let n = layers.count
-        var outcomes = layers.map { LayerOutcome(layer: $0) }
-        var lrs = [Double](repeating: config.learningRate, count: n)
-        var schedulers = [PlateauScheduler](repeating: PlateauScheduler(factor: config.plateauFactor, patience: config.plateauPatience), count: n)
-        var shuffler: ProbeRNG? = config.shuffle ? ProbeRNG(seed: UInt64(config.seed), stream: 0) : nil
-        let batches = (train.count + config.batchSize - 1) / config.batchSize
+        let acc = s.acc, lrsNow = s.lrsNow, activeNow = s.activeNow, epoch = s.epoch
         let layerBytes = source.dModel * source.type.size
         let type = source.type
+        batch.rows.withUnsafeBufferPointer { rows in
+            batch.labels.withUnsafeBufferPointer { lab in
+                pool.parallelFor(n) { li, thread in
+                    guard activeNow[li] else { return }
+                    let p = probes[li]
+                    let out = ProbeKernels.forwardBackward(p, rows: rows.baseAddress!, labels: lab.baseAddress!, count: batch.count,
+                                                           layerOffset: li * layerBytes, type: type, scratch: scratch[thread])
+                    let loss = Float(out.lossSum / Double(batch.count * classes))
+                    if !loss.isFinite { acc.fail("layer \(layers[li]): the loss is \(loss) at epoch \(epoch) (diverged; lower --lr)") }
+                    p.adamStep(lr: lrsNow[li], config.adam)
+                    acc.lossOfBatchMeans[li] += Double(loss)
+                    acc.correct[li] += out.correct
+                    acc.saturated[li] += out.saturated
+                }
+            }
+        }
+        if let f = acc.failure { throw TrainError(f) }
+        acc.total += batch.count
+        acc.batches += 1
+        progress?(TrainProgress(epoch: epoch, epochs: config.epochs, batch: acc.batches, batches: (train.count + config.batchSize - 1) / config.batchSize,
+                                meanLoss: acc.lossOfBatchMeans.reduce(0, +) / Double(max(1, activeNow.filter { $0 }.count) * acc.batches), phase: "train"))
+    }
+
+    /// Whether the epoch ends with a validation.
+    func validates(_ epoch: Int) -> Bool { epoch % config.effectiveValEvery == 0 && !val.isEmpty }
+
+    /// The end of an epoch: best checkpoints, scheduler steps, metrics, early stopping.
+    func endEpoch(_ s: Session, val v: (accuracy: [Double], loss: [Double])?) {
+        let acc = s.acc, epoch = s.epoch
+        let valAcc = v?.accuracy, valLoss = v?.loss
+        for li in 0..<layers.count where s.activeNow[li] {
+            let trainLoss = acc.lossOfBatchMeans[li] / Double(max(1, acc.batches))
+            var isBest = false
+            if let va = valAcc?[li], va > s.outcomes[li].bestAccuracy {
+                s.outcomes[li].bestAccuracy = va
+                s.outcomes[li].bestEpoch = epoch
+                s.outcomes[li].bestWeight = probes[li].weight.array
+                s.outcomes[li].bestBias = probes[li].bias.array
+                isBest = true
+            }
+            let metric = config.plateauOn == .val ? (valLoss?[li] ?? trainLoss) : trainLoss
+            s.lrs[li] = s.schedulers[li].step(metric, lr: s.lrs[li])
+            s.outcomes[li].epochs.append(EpochRecord(epoch: epoch, trainLoss: trainLoss, trainCorrect: acc.correct[li], trainTotal: acc.total,
+                                                     valAccuracy: valAcc?[li], valLoss: valLoss?[li],
+                                                     bestAccuracy: s.outcomes[li].bestAccuracy, isBest: isBest, lr: s.lrs[li]))
+            if epoch == config.epochs || config.earlyStopping != nil {
+                s.outcomes[li].saturatedShare = Double(acc.saturated[li]) / Double(max(1, acc.total * classes))
+            }
+            if let patience = config.earlyStopping, valAcc != nil {
+                s.sinceBest[li] = isBest ? 0 : s.sinceBest[li] + 1
+                if s.sinceBest[li] >= patience && epoch < config.epochs {
+                    s.active[li] = false
+                    s.outcomes[li].stoppedEpoch = epoch
+                }
+            }
+        }
+    }
+
+    func finish(_ s: Session) -> [LayerOutcome] {
+        for li in 0..<layers.count {
+            s.outcomes[li].finalWeight = probes[li].weight.array
+            s.outcomes[li].finalBias = probes[li].bias.array
+        }
+        return s.outcomes
+    }
+
+    public func run(progress: ((TrainProgress) -> Void)? = nil) throws -> [LayerOutcome] {
+        let s = makeSession()
+        var shuffler: ProbeRNG? = config.shuffle ? ProbeRNG(seed: UInt64(config.seed), stream: 0) : nil
         for epoch in 1...config.epochs {
-            let acc = Accumulator(n)
-            let lrsNow = lrs
+            if s.finished { break }
+            beginEpoch(s, epoch)
             try source.forEachBatch(positions: train, batchSize: config.batchSize, shuffle: &shuffler) { batch in
+                try trainBatch(s, batch, progress: progress)
+            }
+            endEpoch(s, val: validates(epoch) ? try evaluate(positions: val) : nil)
+        }
+        return finish(s)
+    }
+
+    /// Several runs (trainers on the same source, the same epochs and validation period) in one pass over the data per
+    /// epoch, for streamed data: the batches are drawn from the union of the runs' training rows with one shuffle
+    /// (ProbeRNG stream 0 of `seed`), and each run trains on its own rows of every batch (a run whose rows are the union
+    /// gets exactly the batches it would alone); validation is one ordered pass over the union of the validation rows,
+    /// each run scoring its own rows (accuracy as alone; the validation loss is the mean over these shared batches).
+    public static func runShared(_ trainers: [ProbeTrainer], seed: Int, shuffle: Bool,
+                                 progress: ((TrainProgress) -> Void)? = nil) throws -> [[LayerOutcome]] {
+        guard let first = trainers.first else { return [] }
+        let count = first.labels.count
+        func member(_ p: [Int]) -> [Bool] { var m = [Bool](repeating: false, count: count); for i in p { m[i] = true }; return m }
+        let inTrain = trainers.map { member($0.train) }, inVal = trainers.map { member($0.val) }
+        let union = (0..<count).filter { p in inTrain.contains { $0[p] } }
+        let valUnion = (0..<count).filter { p in inVal.contains { $0[p] } }
+        func part(_ b: BatchView, _ m: [Bool]) -> BatchView {
+            let keep = b.positions.indices.filter { m[b.positions[$0]] }
+            if keep.count == b.count { return b }
+            return BatchView(rows: keep.map { b.rows[$0] }, labels: keep.map { b.labels[$0] }, positions: keep.map { b.positions[$0] })
+        }
+        let sessions = trainers.map { $0.makeSession() }
+        var shuffler: ProbeRNG? = shuffle ? ProbeRNG(seed: UInt64(seed), stream: 0) : nil
+        for epoch in 1...first.config.epochs {
+            let live = trainers.indices.filter { !sessions[$0].finished }
+            if live.isEmpty { break }
+            for r in live { trainers[r].beginEpoch(sessions[r], epoch) }
+            try first.source.forEachBatch(positions: union, batchSize: first.config.batchSize, shuffle: &shuffler) { batch in
+                for r in live {
+                    let b = part(batch, inTrain[r])
+                    if b.count > 0 { try trainers[r].trainBatch(sessions[r], b, progress: r == 0 ? progress : nil) }
+                }
+            }
+            var results = [(accuracy: [Double], loss: [Double])?](repeating: nil, count: trainers.count)
+            let validating = live.filter { trainers[$0].validates(epoch) }
+            if !validating.isEmpty {
+                var sums = trainers.map { EvalSums($0.layers.count) }
+                var none: ProbeRNG? = nil
+                try first.source.forEachBatch(positions: valUnion, batchSize: first.config.valBatchSize, shuffle: &none) { batch in
+                    for r in validating {
+                        let b = part(batch, inVal[r])
+                        if b.count > 0 { trainers[r].evaluateBatch(b, into: &sums[r]) }
+                    }
+                }
+                for r in validating { results[r] = sums[r].result }
+            }
+            for r in live { trainers[r].endEpoch(sessions[r], val: results[r]) }
+        }
+        return trainers.indices.map { trainers[$0].finish(sessions[$0]) }
+    }
+
+    /// Correct predictions and per-batch mean losses of every layer, summed over evaluation batches.
+    struct EvalSums {
+        var correct: [Int]
+        var loss: [Double]
+        var batches = 0, total = 0
+        init(_ n: Int) { correct = [Int](repeating: 0, count: n); loss = [Double](repeating: 0, count: n) }
+        var result: (accuracy: [Double], loss: [Double]) {
+            (correct.map { Double($0) / Double(max(total, 1)) }, loss.map { $0 / Double(max(batches, 1)) })
+        }
+    }
+
+    /// One evaluation batch of every layer's current probe.
+    func evaluateBatch(_ batch: BatchView, into sums: inout EvalSums) {
+        let n = layers.count
+        let layerBytes = source.dModel * source.type.size
+        sums.correct.withUnsafeMutableBufferPointer { cp in
+            sums.loss.withUnsafeMutableBufferPointer { lp in
+                let (cp, lp) = (cp, lp)
                 batch.rows.withUnsafeBufferPointer { rows in
                     batch.labels.withUnsafeBufferPointer { lab in
                         pool.parallelFor(n) { li, thread in
-                            let p = probes[li]
-                            let out = ProbeKernels.forwardBackward(p, rows: rows.baseAddress!, labels: lab.baseAddress!, count: batch.count,
-                                                                   layerOffset: li * layerBytes, type: type, scratch: scratch[thread])
-                            let loss = Float(out.lossSum / Double(batch.count * classes))
-                            if !loss.isFinite { acc.fail("layer \(layers[li]): the loss is \(loss) at epoch \(epoch) (diverged; lower --lr)") }
-                            p.adamStep(lr: lrsNow[li], config.adam)
-                            acc.lossOfBatchMeans[li] += Double(loss)
-                            acc.correct[li] += out.correct
-                            acc.saturated[li] += out.saturated
+                            let out = ProbeKernels.evaluate(probes[li], rows: rows.baseAddress!, labels: lab.baseAddress!, count: batch.count,
+                                                            layerOffset: li * layerBytes, type: source.type, scratch: scratch[thread])
+                            cp[li] += out.correct
+                            lp[li] += Double(Float(out.lossSum / Double(batch.count * classes)))
                         }
                     }
                 }
-                if let f = acc.failure { throw TrainError(f) }
-                acc.total += batch.count
-                acc.batches += 1
-                progress?(TrainProgress(epoch: epoch, epochs: config.epochs, batch: acc.batches, batches: batches,
-                                        meanLoss: acc.lossOfBatchMeans.reduce(0, +) / Double(n * acc.batches), phase: "train"))
-            }
-            var valAcc: [Double]? = nil, valLoss: [Double]? = nil
-            if epoch % config.effectiveValEvery == 0 && !val.isEmpty {
-                let r = try evaluate(positions: val)
-                valAcc = r.accuracy
-                valLoss = r.loss
-            }
-            for li in 0..<n {
-                let trainLoss = acc.lossOfBatchMeans[li] / Double(acc.batches)
-                var isBest = false
-                if let va = valAcc?[li], va > outcomes[li].bestAccuracy {
-                    outcomes[li].bestAccuracy = va
-                    outcomes[li].bestEpoch = epoch
-                    outcomes[li].bestWeight = probes[li].weight.array
-                    outcomes[li].bestBias = probes[li].bias.array
-                    isBest = true
-                }
-                let metric = config.plateauOn == .val ? (valLoss?[li] ?? trainLoss) : trainLoss
-                lrs[li] = schedulers[li].step(metric, lr: lrs[li])
-                outcomes[li].epochs.append(EpochRecord(epoch: epoch, trainLoss: trainLoss, trainCorrect: acc.correct[li], trainTotal: acc.total,
-                                                       valAccuracy: valAcc?[li], valLoss: valLoss?[li],
-                                                       bestAccuracy: outcomes[li].bestAccuracy, isBest: isBest, lr: lrs[li]))
-                if epoch == config.epochs {
-                    outcomes[li].saturatedShare = Double(acc.saturated[li]) / Double(max(1, acc.total * classes))
-                }
             }
         }
-        for li in 0..<n {
-            outcomes[li].finalWeight = probes[li].weight.array
-            outcomes[li].finalBias = probes[li].bias.array
-        }
-        return outcomes
+        sums.batches += 1
+        sums.total += batch.count
     }
 
     /// Accuracy and loss (mean of per-batch means, batches of valBatchSize) of every layer's current probe.
     public func evaluate(positions: [Int]) throws -> (accuracy: [Double], loss: [Double]) {
-        let n = layers.count
-        var correct = [Int](repeating: 0, count: n)
-        var loss = [Double](repeating: 0, count: n)
-        var batches = 0, total = 0
+        var sums = EvalSums(layers.count)
         var none: ProbeRNG? = nil
-        let layerBytes = source.dModel * source.type.size
         try source.forEachBatch(positions: positions, batchSize: config.valBatchSize, shuffle: &none) { batch in
-            correct.withUnsafeMutableBufferPointer { cp in
-                loss.withUnsafeMutableBufferPointer { lp in
-                    let (cp, lp) = (cp, lp)
-                    batch.rows.withUnsafeBufferPointer { rows in
-                        batch.labels.withUnsafeBufferPointer { lab in
-                            pool.parallelFor(n) { li, thread in
-                                let out = ProbeKernels.evaluate(probes[li], rows: rows.baseAddress!, labels: lab.baseAddress!, count: batch.count,
-                                                                layerOffset: li * layerBytes, type: source.type, scratch: scratch[thread])
-                                cp[li] += out.correct
-                                lp[li] += Double(Float(out.lossSum / Double(batch.count * classes)))
-                            }
-                        }
-                    }
-                }
-            }
-            batches += 1
-            total += batch.count
+            evaluateBatch(batch, into: &sums)
         }
-        return (correct.map { Double($0) / Double(max(total, 1)) }, loss.map { $0 / Double(max(batches, 1)) })
+        return sums.result
     }
 
     /// The sigmoid outputs [positions.count, classes] of layer index `li` with the given weights, and the

@@ -62,8 +62,11 @@ public enum TrainingReport {
         return s
     }
 
-    /// accuracy_by_layer.svg: final training accuracy and best validation accuracy per layer.
-    public static func accuracySVG(layers: [Int], train: [Double], val: [Double], bestLayer: Int?) -> String {
+    /// accuracy_by_layer.svg: final training accuracy and best validation accuracy per layer; optionally ± `spread`
+    /// bars on the validation points, dashed baseline lines, and the best layer's held-out test accuracy (a diamond).
+    public static func accuracySVG(layers: [Int], train: [Double], val: [Double], bestLayer: Int?, spread: [Double]? = nil,
+                                   valName: String = "validation (best)", baselines: [(name: String, value: Double)] = [],
+                                   test: (layer: Int, accuracy: Double)? = nil) -> String {
         let w = 720.0, h = 372.0, left = 56.0, right = 20.0, top = 52.0, bottom = 48.0
         let pw = w - left - right, ph = h - top - bottom
         let lo = Double(layers.min() ?? 0), hi = Double(max((layers.max() ?? 1), (layers.min() ?? 0) + 1))
@@ -87,7 +90,22 @@ public enum TrainingReport {
         s += "<text x=\"\(f(left + pw / 2))\" y=\"\(f(h - 10))\" text-anchor=\"middle\">layer</text>\n"
         s += "<text x=\"16\" y=\"\(f(top + ph / 2))\" text-anchor=\"middle\" transform=\"rotate(-90 16 \(f(top + ph / 2)))\">accuracy</text>\n"
         // the legend sits above the plot, where no point can hide it
-        for (values, color, name, dx) in [(train, "#1f77b4", "train (final)", -290.0), (val, "#d62728", "validation (best)", -150.0)] {
+        for (i, b) in baselines.enumerated() {
+            let color = i == 0 ? "#7f7f7f" : "#bcbd22"
+            s += "<line x1=\"\(f(left))\" y1=\"\(f(y(b.value)))\" x2=\"\(f(w - right))\" y2=\"\(f(y(b.value)))\" stroke=\"\(color)\" stroke-dasharray=\"6 4\"/>\n"
+            s += "<text x=\"\(f(w - right - 4))\" y=\"\(f(y(b.value) - 4))\" text-anchor=\"end\" fill=\"\(color)\">\(b.name) \(String(format: "%.3f", b.value))</text>\n"
+        }
+        if let sd = spread {
+            for (l, (v, d)) in zip(layers, zip(val, sd)) where d > 0 {
+                s += "<line x1=\"\(f(x(l)))\" y1=\"\(f(y(min(1, v + d))))\" x2=\"\(f(x(l)))\" y2=\"\(f(y(max(0, v - d))))\" stroke=\"#d62728\" stroke-opacity=\"0.5\" stroke-width=\"3\"/>\n"
+            }
+        }
+        if let t = test, layers.contains(t.layer) {
+            let cx = x(t.layer), cy = y(t.accuracy)
+            s += "<polygon points=\"\(f(cx)),\(f(cy - 6)) \(f(cx + 6)),\(f(cy)) \(f(cx)),\(f(cy + 6)) \(f(cx - 6)),\(f(cy))\" fill=\"#2ca02c\"/>\n"
+            s += "<text x=\"\(f(cx + 9))\" y=\"\(f(cy + 4))\" fill=\"#2ca02c\">test \(String(format: "%.3f", t.accuracy))</text>\n"
+        }
+        for (values, color, name, dx) in [(train, "#1f77b4", "train (final)", -430.0), (val, "#d62728", valName, -290.0)] {
             let pts = zip(layers, values).map { "\(f(x($0))),\(f(y($1)))" }.joined(separator: " ")
             s += "<polyline fill=\"none\" stroke=\"\(color)\" stroke-width=\"2\" points=\"\(pts)\"/>\n"
             for (l, v) in zip(layers, values) { s += "<circle cx=\"\(f(x(l)))\" cy=\"\(f(y(v)))\" r=\"2.5\" fill=\"\(color)\"/>\n" }
@@ -110,16 +128,19 @@ public enum TrainingReport {
         public var seconds: Double
         public var splitSource: String
         public var initSource: String
+        /// Replaces the reference recipe's description (--recipe logistic).
+        public var recipeText: String?
         public init(shardDirectories: [String], metadata: ShardMetadata, trainRows: Int, valRows: Int, config: TrainConfig,
-                    streamed: Bool, seconds: Double, splitSource: String, initSource: String) {
+                    streamed: Bool, seconds: Double, splitSource: String, initSource: String, recipeText: String? = nil) {
             self.shardDirectories = shardDirectories; self.metadata = metadata; self.trainRows = trainRows; self.valRows = valRows
             self.config = config; self.streamed = streamed; self.seconds = seconds; self.splitSource = splitSource; self.initSource = initSource
+            self.recipeText = recipeText
         }
     }
 
     /// probe_training_summary.md.
     public static func summary(_ ctx: Context, outcomes: [LayerOutcome], finalVal: [Double], bestLayer: Int,
-                               bestReport: ClassificationReport, bestFromCheckpoint: Bool) -> String {
+                               bestReport: ClassificationReport, bestFromCheckpoint: Bool, trust: String = "") -> String {
         let c = ctx.config
         func p(_ v: Double) -> String { String(format: "%.4f", v) }
         var s = "# Probe training summary\n\n"
@@ -127,11 +148,13 @@ public enum TrainingReport {
         s += "(model `\(ctx.metadata.model)`, d_model \(ctx.metadata.dModel), stored \(ctx.metadata.dtype.rawValue)); "
         s += "\(ctx.trainRows) training, \(ctx.valRows) validation rows (\(ctx.splitSource)).\n"
         s += "- Classes (\(ctx.metadata.labels.count)): \(ctx.metadata.labels.map { "`\($0)`" }.joined(separator: ", ")).\n"
+        if let r = ctx.recipeText { s += "- Recipe: \(r)\n" } else {
         s += "- Recipe: Linear + sigmoid, BCELoss, Adam (lr \(c.learningRate), betas (\(c.adam.beta1), \(c.adam.beta2)), eps \(c.adam.eps), "
         s += "weight decay \(c.adam.weightDecay) coupled\(c.adam.biasDecay ? ", biases decayed" : ", biases exempt")), "
         s += "ReduceLROnPlateau(factor \(c.plateauFactor), patience \(c.plateauPatience)) on the \(c.plateauOn == .train ? "training" : "validation") loss; "
         s += "\(c.epochs) epochs, batch \(c.batchSize), validation batch \(c.valBatchSize) every \(c.effectiveValEvery) epoch(s); "
         s += "initial weights: \(ctx.initSource); \(c.shuffle ? "shuffled every epoch (seed \(c.seed))" : "not shuffled").\n"
+        }
         s += "- \(outcomes.count) layers trained in \(String(format: "%.1f", ctx.seconds)) s"
         s += ctx.streamed ? ", data streamed from the shards every epoch (larger than --max-memory).\n\n" : ", data decoded once and kept in memory.\n\n"
         s += "![accuracy by layer](accuracy_by_layer.svg)\n\n"
@@ -145,6 +168,7 @@ public enum TrainingReport {
             s += "\(String(format: "%.3g", last.lr)) | \(String(format: "%.2f%%", 100 * o.saturatedShare)) |\n"
         }
         let best = outcomes.first { $0.layer == bestLayer }!
+        if !trust.isEmpty { s += "\n" + trust }
         s += "\n**Best layer: \(bestLayer)**"
         if let e = best.bestEpoch {
             s += " — validation accuracy \(p(best.bestAccuracy)) at epoch \(e) (checkpoint `\(ProbeFiles.best(layer: bestLayer))`).\n\n"

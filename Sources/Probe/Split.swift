@@ -167,11 +167,72 @@ public enum StratifiedSplit {
     }
 }
 
-/// `split.json`: `{"train": [rows…], "val": [rows…]}` (input-row indices, in scikit-learn's order).
+/// scikit-learn's `StratifiedKFold(n_splits=k, shuffle=True, random_state=seed)`, fold for fold.
+public enum StratifiedKFold {
+    /// The k validation sets (positions 0..<labels.count, each list ascending as `split` yields them).
+    /// Classes are numbered by first appearance; per class the fold numbers 0..<k are repeated by the
+    /// round-robin allocation over the sorted encoded labels and shuffled with one RandomState(seed)
+    /// (`rng.shuffle(folds_for_class)`), the classes in order of first appearance.
+    public static func folds(labels: [Int], k: Int, seed: UInt32 = 12345, labelNames: [String]? = nil,
+                             warn: (String) -> Void = { _ in }) throws -> [[Int]] {
+        let n = labels.count
+        guard k >= 2 else { throw SplitError("--cv needs at least 2 folds, got \(k)") }
+        guard k <= n else { throw SplitError("--cv \(k) folds of \(n) rows: every fold needs at least one row") }
+        var encoded = [Int](repeating: 0, count: n)
+        var classOf = [Int: Int](), firstLabel: [Int] = []
+        for (p, l) in labels.enumerated() {
+            if let c = classOf[l] { encoded[p] = c } else {
+                classOf[l] = firstLabel.count; encoded[p] = firstLabel.count; firstLabel.append(l)
+            }
+        }
+        let classes = firstLabel.count
+        var counts = [Int](repeating: 0, count: classes)
+        for c in encoded { counts[c] += 1 }
+        if counts.allSatisfy({ $0 < k }) {
+            throw SplitError("--cv \(k) is more than the rows of every class (at most \(counts.max() ?? 0)); lower --cv")
+        }
+        let name = { (l: Int) -> String in
+            if let names = labelNames, l >= 0, l < names.count { return "'\(names[l])'" }
+            return "\(l)"
+        }
+        let small = counts.indices.filter { counts[$0] < k }
+        if !small.isEmpty {
+            warn("--cv \(k): " + small.map { "class \(name(firstLabel[$0])) has \(counts[$0]) rows" }.joined(separator: ", ")
+                 + ", fewer than the folds: some folds validate none of it")
+        }
+        // allocation[i][c]: rows of class c in fold i = bincount(sorted(encoded)[i::k]).
+        var allocation = [[Int]](repeating: [Int](repeating: 0, count: classes), count: k)
+        var start = 0
+        for c in 0..<classes {
+            for j in start..<(start + counts[c]) { allocation[j % k][c] += 1 }
+            start += counts[c]
+        }
+        var testFold = [Int](repeating: 0, count: n)
+        var rng = NumpyRandomState(seed: seed)
+        for c in 0..<classes {
+            var foldsForClass: [Int] = []
+            for i in 0..<k { foldsForClass += [Int](repeating: i, count: allocation[i][c]) }
+            rng.shuffle(&foldsForClass)
+            var next = 0
+            for p in 0..<n where encoded[p] == c { testFold[p] = foldsForClass[next]; next += 1 }
+        }
+        var folds = [[Int]](repeating: [], count: k)
+        for p in 0..<n { folds[testFold[p]].append(p) }
+        return folds
+    }
+}
+
+/// `split.json`: `{"train": [rows…], "val": [rows…]}` (input-row indices, in scikit-learn's order), and when
+/// the run made them `"test": [rows…]` (the held-out set of --test-fraction) and `"folds": [[rows…]…]` (the
+/// validation rows of each --cv fold; train and val are then fold 0's).
 public struct SplitFile: Codable, Equatable, Sendable {
     public var train: [Int]
     public var val: [Int]
-    public init(train: [Int], val: [Int]) { self.train = train; self.val = val }
+    public var test: [Int]?
+    public var folds: [[Int]]?
+    public init(train: [Int], val: [Int], test: [Int]? = nil, folds: [[Int]]? = nil) {
+        self.train = train; self.val = val; self.test = test; self.folds = folds
+    }
 
     public static func read(path: String) throws -> SplitFile {
         let data: Data
@@ -185,6 +246,9 @@ public struct SplitFile: Codable, Equatable, Sendable {
 
     public var json: String {
         "{\"train\": [" + train.map(String.init).joined(separator: ", ") + "],\n \"val\": ["
-            + val.map(String.init).joined(separator: ", ") + "]}\n"
+            + val.map(String.init).joined(separator: ", ") + "]"
+            + (test.map { ",\n \"test\": [" + $0.map(String.init).joined(separator: ", ") + "]" } ?? "")
+            + (folds.map { ",\n \"folds\": [" + $0.map { "[" + $0.map(String.init).joined(separator: ", ") + "]" }.joined(separator: ",\n   ") + "]" } ?? "")
+            + "}\n"
     }
 }

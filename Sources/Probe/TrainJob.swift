@@ -17,6 +17,16 @@ public struct TrainJobOptions: Sendable {
     public var overwrite = false
     /// Train although a class of the label set has no rows (refused otherwise).
     public var allowEmptyClasses = false
+    /// Share of the rows set aside first as a stratified held-out test set (nil: none).
+    public var testFraction: Double?
+    /// Stratified K-fold cross-validation (scikit-learn's StratifiedKFold, shuffled with --seed); nil: one split.
+    public var cvFolds: Int?
+    /// Runs with init/shuffle seeds --seed, --seed + 1, … on each split.
+    public var seeds = 1
+    /// The probes to fit (reference recipe, standardized logistic regression, or both side by side).
+    public var recipe = ProbeRecipe.reference
+    /// --l2-strength: the logistic regression's C (scikit-learn's); nil: chosen by internal cross-validation.
+    public var l2Strength: Double?
 
     public init(shardDirectories: [String], outDirectory: String, maxMemory: Int = TrainJob.defaultMaxMemory) {
         self.shardDirectories = shardDirectories; self.outDirectory = outDirectory; self.maxMemory = maxMemory
@@ -34,6 +44,15 @@ public struct TrainJobResult: Sendable {
     public var loadSeconds: Double
     public var trainSeconds: Double
     public var files: [String]
+    /// Every run (seeds × folds; the first is the one whose probes are written) and what they say together.
+    public var runs: [TrainRun] = []
+    public var layerTrust: [LayerTrust] = []
+    public var warnings: [Trust.Warning] = []
+    public var testRows = 0
+    /// --recipe both: the logistic regression's runs (one per split), reported beside the reference runs.
+    public var logisticRuns: [TrainRun] = []
+    /// The logistic regression's strength C per layer (first split).
+    public var logisticC: [Double] = []
 }
 
 /// `llamaprobe train`: shards → split → one probe per layer → checkpoints, metrics and a report, all
@@ -94,8 +113,25 @@ public enum TrainJob {
             }
             log("warning: \(what); their outputs are trained as always 0 (--allow-empty-classes)")
         }
+        if let tf = o.testFraction, !(tf > 0 && tf < 1) { throw TrainError("--test-fraction must be in (0, 1), got \(tf)") }
+        if let k = o.cvFolds, k < 2 { throw TrainError("--cv must be at least 2 folds, got \(k)") }
+        guard o.seeds >= 1 else { throw TrainError("--seeds must be at least 1, got \(o.seeds)") }
+        guard config.seed + o.seeds - 1 <= Int(UInt32.max) else { throw TrainError("--seed + --seeds − 1 must be at most 4294967295") }
+        if o.splitPath != nil && (o.testFraction != nil || o.cvFolds != nil) {
+            throw TrainError("--split gives the rows of every set: it cannot be combined with --test-fraction or --cv (put held-out rows in the file's \"test\" list)")
+        }
+        // The held-out test set comes first (--test-fraction); the validation split or the folds are made of the rest,
+        // as train_test_split / StratifiedKFold on (X_rest, y_rest) would (positions into `rest`, mapped back).
+        var test: [Int] = []
+        var rest = Array(labels.indices)
+        if let tf = o.testFraction {
+            let r = try StratifiedSplit.trainTestSplit(labels: labels.map { Int($0) }, testFraction: tf, seed: UInt32(config.seed), labelNames: meta.labels)
+            rest = r.train; test = r.test
+        }
+        let restLabels = rest.map { Int(labels[$0]) }
         let train: [Int], val: [Int]
-        let splitSource: String
+        var folds: [[Int]]? = nil
+        var splitSource: String
         if let sp = o.splitPath {
             let s = try SplitFile.read(path: sp)
             let positionOfRow = Dictionary(uniqueKeysWithValues: rowsByPosition.enumerated().map { ($1, $0) })
@@ -106,15 +142,28 @@ public enum TrainJob {
                 }
             }
             train = try map(s.train, "train"); val = try map(s.val, "val")
-            let all = train + val
-            if Set(all).count != all.count { throw SplitError("\(sp): a row is listed twice (or in both train and val)") }
+            test = try map(s.test ?? [], "test")
+            let all = train + val + test
+            if Set(all).count != all.count { throw SplitError("\(sp): a row is listed twice (or in more than one of train, val and test)") }
             if train.isEmpty { throw SplitError("\(sp): the train list is empty") }
             splitSource = "split from `\(sp)`"
+        } else if let k = o.cvFolds {
+            let f = try StratifiedKFold.folds(labels: restLabels, k: k, seed: UInt32(config.seed), labelNames: meta.labels,
+                                              warn: { log("warning: \($0)") })
+            var inFold = [Int](repeating: 0, count: rest.count)
+            for (i, fold) in f.enumerated() { for j in fold { inFold[j] = i } }
+            folds = f.map { $0.map { rest[$0] } }
+            train = rest.indices.filter { inFold[$0] != 0 }.map { rest[$0] }
+            val = folds![0]
+            splitSource = "stratified \(k)-fold cross-validation as scikit-learn's StratifiedKFold(n_splits=\(k), shuffle=True, random_state=\(config.seed)); probes and tables below: fold 0"
         } else {
-            let r = try StratifiedSplit.trainTestSplit(labels: labels.map { Int($0) }, testFraction: config.valFraction,
+            let r = try StratifiedSplit.trainTestSplit(labels: restLabels, testFraction: config.valFraction,
                                                        seed: UInt32(config.seed), labelNames: meta.labels)
-            train = r.train; val = r.test
+            train = r.train.map { rest[$0] }; val = r.test.map { rest[$0] }
             splitSource = "stratified \(Int((1 - config.valFraction) * 100))/\(Int((config.valFraction * 100).rounded())) split as scikit-learn's train_test_split(random_state=\(config.seed))"
+        }
+        if !test.isEmpty {
+            splitSource += "; \(test.count) rows held out first as a test set" + (o.testFraction.map { " (stratified, --test-fraction \($0))" } ?? " (the split file's test list)")
         }
         if val.isEmpty { log("warning: no validation rows: no best checkpoint will be written") }
 
@@ -142,28 +191,204 @@ public enum TrainJob {
         if streamed && !config.shuffle { log("note: --no-shuffle with streamed data: batches follow the shards' order") }
 
         config.threads = pool.threadCount
-        let trainer = try ProbeTrainer(config: config, source: source, labels: labels, classes: classes, layers: layerNumbers,
-                                       train: train, val: val, initial: initial, pool: pool)
-        log("training \(layerNumbers.count) probes (layers \(DataLoader.rangeText(layerNumbers))) on \(train.count) rows, validating on \(val.count), \(config.epochs) epochs, \(pool.threadCount) threads")
-        let t1 = Date()
-        let outcomes = try trainer.run(progress: progress)
-        let trainSeconds = Date().timeIntervalSince(t1)
-
-        // Final validation accuracy (from the last epoch when it was validated).
-        var finalVal = outcomes.map { $0.epochs.last?.valAccuracy ?? 0 }
-        if !val.isEmpty && outcomes.contains(where: { $0.epochs.last?.valAccuracy == nil }) {
-            finalVal = try trainer.evaluate(positions: val).accuracy
+        // The runs: every fold (or the one split) × every seed. Run 0 (fold 0, --seed) is the reference run: its
+        // probes, metrics and report are written; the others add to the statistics of layer_summary.csv.
+        var plans: [(fold: Int?, seedIndex: Int, train: [Int], val: [Int])] = []
+        var trainSeconds = 0.0
+        if let folds {
+            var foldOf = [Int: Int]()
+            for (i, f) in folds.enumerated() { for p in f { foldOf[p] = i } }
+            for (i, f) in folds.enumerated() {
+                let tr = i == 0 ? train : rest.filter { foldOf[$0] != i }
+                for sIdx in 0..<o.seeds { plans.append((i, sIdx, tr, f)) }
+            }
+        } else {
+            for sIdx in 0..<o.seeds { plans.append((nil, sIdx, train, val)) }
         }
+        if plans.count > 1 {
+            log("\(plans.count) runs (\(folds.map { "\($0.count) folds" } ?? "one split") × \(o.seeds) seed(s)) " + (streamed
+                ? "in one pass over the shards per epoch (streamed: shared batches, each run training on its own rows of them)"
+                : "on the data decoded once, shared by every run"))
+            if o.seeds > 1 && !config.shuffle && o.initPath != nil { log("warning: --seeds \(o.seeds) with --init and --no-shuffle: nothing depends on the seed, the runs are identical") }
+        }
+        if o.recipe != .reference {
+            if streamed { throw TrainError("--recipe \(o.recipe.rawValue) needs the activations in memory, but they take \(formatBytes(dataBytes)) > --max-memory \(formatBytes(o.maxMemory)); raise --max-memory or train fewer --layers") }
+            if let c = o.l2Strength, !(c > 0 && c.isFinite) { throw TrainError("--l2-strength must be a positive number (scikit-learn's C), got \(c)") }
+        }
+        // --recipe logistic|both: per split (seeds do not matter: the fit is deterministic), every layer's
+        // standardized multinomial logistic regression, as LayerOutcomes of one pseudo-epoch.
+        var logisticC = [Double](repeating: 0, count: layerNumbers.count)
+        func logisticOutcomes(_ ps: [(fold: Int?, seedIndex: Int, train: [Int], val: [Int])]) throws -> [[LayerOutcome]] {
+            guard let resident = source as? ResidentActivations else { throw TrainError("internal: logistic regression without resident data") }
+            var result = ps.map { _ in [LayerOutcome]() }
+            let y = labels.map { Int($0) }
+            let d = meta.dModel
+            var row = [Float](repeating: 0, count: d)
+            for (li, layer) in layerNumbers.enumerated() {
+                var x = [Double](repeating: 0, count: labels.count * d)
+                for p in 0..<labels.count {
+                    row.withUnsafeMutableBufferPointer { r in type.convert(resident.row(position: p) + li * d * type.size, r.baseAddress!, d) }
+                    for j in 0..<d { x[p * d + j] = Double(row[j]) }
+                }
+                for (pi, plan) in ps.enumerated() {
+                    let fit: LogisticProbe.Fit
+                    if let c = o.l2Strength {
+                        fit = LogisticProbe.fit(x: x, y: y, d: d, classes: classes, rows: plan.train, c: c).fit
+                    } else {
+                        fit = try LogisticProbe.crossValidated(x: x, y: y, d: d, classes: classes, rows: plan.train, seed: UInt32(config.seed)).fit
+                    }
+                    if pi == 0 { logisticC[li] = fit.c }
+                    if !fit.converged { log("warning: logistic regression of layer \(layer) (C \(fit.c)) did not converge in \(fit.iterations) iterations") }
+                    let trainAcc = LogisticProbe.accuracy(fit, x: x, y: y, d: d, classes: classes, rows: plan.train)
+                    let valAcc: Double? = plan.val.isEmpty ? nil : LogisticProbe.accuracy(fit, x: x, y: y, d: d, classes: classes, rows: plan.val)
+                    var oc = LayerOutcome(layer: layer)
+                    oc.finalWeight = fit.weight.map { Float($0) }
+                    oc.finalBias = fit.bias.map { Float($0) }
+                    if let v = valAcc, v > 0 { oc.bestWeight = oc.finalWeight; oc.bestBias = oc.finalBias; oc.bestEpoch = 1; oc.bestAccuracy = v }
+                    oc.epochs = [EpochRecord(epoch: 1, trainLoss: fit.objective, trainCorrect: Int((trainAcc * Double(plan.train.count)).rounded()),
+                                             trainTotal: plan.train.count, valAccuracy: valAcc, valLoss: nil, bestAccuracy: oc.bestAccuracy,
+                                             isBest: oc.bestEpoch != nil, lr: 0)]
+                    result[pi].append(oc)
+                }
+            }
+            return result
+        }
+        var logisticFirst: [[LayerOutcome]]? = nil
+        if o.recipe == .logistic {
+            if o.seeds > 1 { log("note: --seeds \(o.seeds) with --recipe logistic: the fit is deterministic, one run per split") }
+            plans = plans.filter { $0.seedIndex == 0 }
+            log("fitting \(layerNumbers.count) logistic regressions (layers \(DataLoader.rangeText(layerNumbers))) on \(train.count) rows, "
+                + (o.l2Strength.map { "C \($0)" } ?? "C by 5-fold cross-validation over 1e-4…1e4") + (plans.count > 1 ? ", \(plans.count) splits" : ""))
+            let t1 = Date()
+            logisticFirst = try logisticOutcomes(plans)
+            trainSeconds += Date().timeIntervalSince(t1)
+        }
+        var runs: [TrainRun] = []
+        var trainer: ProbeTrainer! = nil
+        var outcomes: [LayerOutcome] = []
+        var finalVal: [Double] = []
+        func makeTrainer(_ plan: (fold: Int?, seedIndex: Int, train: [Int], val: [Int])) throws -> ProbeTrainer {
+            var c = config
+            c.seed = config.seed + plan.seedIndex
+            let start = plan.seedIndex == 0 || o.initPath != nil ? initial
+                : layerNumbers.map { ProbeTrainer.initialProbe(seed: c.seed, layer: $0, classes: classes, dModel: meta.dModel) }
+            return try ProbeTrainer(config: c, source: source, labels: labels, classes: classes, layers: layerNumbers,
+                                    train: plan.train, val: plan.val, initial: start, pool: pool)
+        }
+        // Streamed data: every run from one pass over the shards per epoch (all runs' probes live at once).
+        var shared: (trainers: [ProbeTrainer], outcomes: [[LayerOutcome]])? = nil
+        if streamed && plans.count > 1 && o.recipe != .logistic {
+            let ts = try plans.map(makeTrainer)
+            log("training \(plans.count) × \(layerNumbers.count) probes (layers \(DataLoader.rangeText(layerNumbers))), \(config.epochs) epochs, \(pool.threadCount) threads")
+            let t1 = Date()
+            shared = (ts, try ProbeTrainer.runShared(ts, seed: config.seed, shuffle: config.shuffle, progress: progress))
+            trainSeconds = Date().timeIntervalSince(t1)
+        }
+        /// A run's validation and test accuracies and class counts (weights dropped but for the first run's).
+        func summarize(_ plan: (fold: Int?, seedIndex: Int, train: [Int], val: [Int]), _ t: ProbeTrainer, _ outcomes: [LayerOutcome]) throws -> (run: TrainRun, finalVal: [Double]) {
+            var oc = outcomes
+            // Final validation accuracy (from the last epoch when it was validated).
+            var fv = oc.map { $0.epochs.last?.valAccuracy ?? 0 }
+            if !plan.val.isEmpty && oc.contains(where: { $0.epochs.last?.valAccuracy == nil }) {
+                fv = try t.evaluate(positions: plan.val).accuracy
+            }
+            var testAccuracy: [Double]? = nil
+            if !test.isEmpty {
+                // Every layer's reported probe (best, else final) on the test rows, in one pass.
+                let reported = oc.map { ($0.bestWeight ?? $0.finalWeight, $0.bestBias ?? $0.finalBias) }
+                let e = try ProbeTrainer(config: t.config, source: source, labels: labels, classes: classes, layers: layerNumbers,
+                                         train: plan.train, val: [], initial: reported, pool: pool)
+                testAccuracy = try e.evaluate(positions: test).accuracy
+            }
+            var valCounts = [Int](repeating: 0, count: classes), trainCounts = [Int](repeating: 0, count: classes)
+            for p in plan.val { valCounts[Int(labels[p])] += 1 }
+            for p in plan.train { trainCounts[Int(labels[p])] += 1 }
+            let keep = runs.isEmpty
+            if !keep { for i in oc.indices { oc[i].bestWeight = nil; oc[i].bestBias = nil; oc[i].finalWeight = []; oc[i].finalBias = [] } }
+            return (TrainRun(seedIndex: plan.seedIndex, fold: plan.fold, outcomes: oc,
+                             valAccuracy: zip(oc, fv).map { $0.bestEpoch != nil ? $0.bestAccuracy : $1 }, finalValAccuracy: fv,
+                             valRows: plan.val.count, testAccuracy: testAccuracy, valClassCounts: valCounts,
+                             trainMajorityShare: Double(trainCounts.max() ?? 0) / Double(max(1, plan.train.count))), fv)
+        }
+        for (ri, plan) in plans.enumerated() {
+            let t: ProbeTrainer
+            var oc: [LayerOutcome]
+            if let lo = logisticFirst {
+                oc = lo[ri]
+                t = try ProbeTrainer(config: config, source: source, labels: labels, classes: classes, layers: layerNumbers,
+                                     train: plan.train, val: plan.val, initial: oc.map { ($0.finalWeight, $0.finalBias) }, pool: pool)
+            } else if let shared {
+                t = shared.trainers[ri]; oc = shared.outcomes[ri]
+            } else {
+                t = try makeTrainer(plan)
+                if ri == 0 {
+                    log("training \(layerNumbers.count) probes (layers \(DataLoader.rangeText(layerNumbers))) on \(plan.train.count) rows, validating on \(plan.val.count), \(config.epochs) epochs, \(pool.threadCount) threads")
+                } else {
+                    log("run \(ri + 1)/\(plans.count): \(plan.fold.map { "fold \($0), " } ?? "")seed \(t.config.seed), \(plan.train.count) training and \(plan.val.count) validation rows")
+                }
+                let t1 = Date()
+                oc = try t.run(progress: progress)
+                trainSeconds += Date().timeIntervalSince(t1)
+            }
+            let (run, fv) = try summarize(plan, t, oc)
+            if ri == 0 {
+                trainer = t; outcomes = oc; finalVal = fv
+            }
+            runs.append(run)
+        }
+        // --recipe both: the logistic regression of every split, reported beside the reference recipe.
+        var logisticRuns: [TrainRun] = []
+        if o.recipe == .both {
+            let ps = plans.filter { $0.seedIndex == 0 }
+            log("fitting \(layerNumbers.count) logistic regressions beside the reference probes" + (o.l2Strength.map { " (C \($0))" } ?? " (C by 5-fold cross-validation over 1e-4…1e4)"))
+            let t1 = Date()
+            let lo = try logisticOutcomes(ps)
+            trainSeconds += Date().timeIntervalSince(t1)
+            for (pi, plan) in ps.enumerated() {
+                let t = try ProbeTrainer(config: config, source: source, labels: labels, classes: classes, layers: layerNumbers,
+                                         train: plan.train, val: plan.val, initial: lo[pi].map { ($0.finalWeight, $0.finalBias) }, pool: pool)
+                logisticRuns.append(try summarize(plan, t, lo[pi]).run)
+            }
+        }
+
         let hasBest = outcomes.contains { $0.bestEpoch != nil }
-        let bestIndex = outcomes.indices.max { a, b in
+        var bestIndex = outcomes.indices.max { a, b in
             let (x, y) = hasBest ? (outcomes[a].bestAccuracy, outcomes[b].bestAccuracy) : (finalVal[a], finalVal[b])
             return x < y || (x == y && a > b)   // ties: the lowest layer
         }!
+        let trust = Trust.layers(runs, testRows: test.count)
+        if runs.count > 1 {
+            // Several runs: the layer with the best mean validation accuracy.
+            bestIndex = trust.indices.max { a, b in trust[a].mean < trust[b].mean || (trust[a].mean == trust[b].mean && a > b) }!
+        }
         let best = outcomes[bestIndex]
         let reportWeights = (best.bestWeight ?? best.finalWeight, best.bestBias ?? best.finalBias)
         let evalPositions = val.isEmpty ? train : val
         let (outputs, outLabels) = try trainer.outputs(layerIndex: bestIndex, weight: reportWeights.0, bias: reportWeights.1, positions: evalPositions)
         let report = ClassificationReport(outputs: outputs, labels: outLabels, names: meta.labels)
+
+        // How far to trust the numbers: intervals, baselines, spread over runs, warnings (also on stderr).
+        let testMean: [Double]? = test.isEmpty ? nil : layerNumbers.indices.map { li in Trust.meanSD(runs.compactMap { $0.testAccuracy?[li] }).mean }
+        let warnings = Trust.warnings(runs, labels: meta.labels, startLR: config.learningRate, bestLayer: best.layer,
+                                      testAccuracy: testMean.map { (runs[0].testAccuracy![bestIndex], $0[bestIndex]) }, hasCV: folds != nil)
+        for w in warnings { log((w.kind == .optimisticBest ? "note: " : "warning: ") + "\(w.kind.rawValue): " + w.text) }
+        let pooledVal = plans.filter { $0.seedIndex == 0 }.flatMap(\.val)
+        let majority = Trust.majorityBaseline(trainLabels: train.map { labels[$0] }, valLabels: pooledVal.map { labels[$0] }, classes: classes)
+        var trustText = "Each layer's validation accuracy is that of its reported probe (the best checkpoint, else the final weights), with its 95% Wilson score interval"
+        if let folds {
+            trustText += "; with \(folds.count)-fold cross-validation every row outside the test set is validated exactly once, so it pools the \(folds.count) folds"
+            trustText += o.seeds > 1 ? " of the first seed" : ""
+        }
+        if runs.count > 1 {
+            trustText += ". Mean ± sd (sample standard deviation) and min–max are over the \(runs.count) runs"
+            trustText += " (\(folds.map { "\($0.count) folds" } ?? "the same split")\(o.seeds > 1 ? " × \(o.seeds) init/shuffle seeds \(config.seed)…\(config.seed + o.seeds - 1)" : ""))"
+            trustText += "; the best layer is the one with the best mean"
+        }
+        trustText += "."
+        let logisticTrust: [LayerTrust]? = logisticRuns.isEmpty ? nil : Trust.layers(logisticRuns, testRows: test.count)
+        let trustSection = Trust.section(trust, warnings: warnings, runs: runs, classes: classes, majority: (meta.labels[majority.classId], majority.accuracy),
+                                         bestLayer: best.layer, testRows: test.count, testMean: testMean, description: trustText)
+            + (logisticTrust.map { Trust.sideBySide(reference: trust, logistic: $0, c: logisticC, l2Given: o.l2Strength != nil) } ?? "")
 
         // Write everything to a temporary directory, then rename it into place.
         let tmp = try temporaryDirectory(for: out)
@@ -180,21 +405,34 @@ public enum TrainJob {
             }
             files += try ProbeSet.write(trained, metadata: probeMeta, into: tmp)
             try writeText(TrainingReport.metricsCSV(outcomes), to: path(ProbeFiles.metrics))
-            try writeText(SplitFile(train: train.map { rowsByPosition[$0] }, val: val.map { rowsByPosition[$0] }).json, to: path(ProbeFiles.split))
+            try writeText(SplitFile(train: train.map { rowsByPosition[$0] }, val: val.map { rowsByPosition[$0] },
+                                    test: test.isEmpty ? nil : test.map { rowsByPosition[$0] },
+                                    folds: folds?.map { $0.map { rowsByPosition[$0] } }).json, to: path(ProbeFiles.split))
             try writeText(TrainingReport.accuracySVG(layers: layerNumbers, train: outcomes.map { $0.epochs.last!.trainAccuracy },
-                                                     val: hasBest ? outcomes.map(\.bestAccuracy) : finalVal, bestLayer: best.layer),
+                                                     val: runs.count > 1 ? trust.map(\.mean) : hasBest ? outcomes.map(\.bestAccuracy) : finalVal,
+                                                     bestLayer: best.layer, spread: runs.count > 1 ? trust.map(\.sd) : nil,
+                                                     valName: runs.count > 1 ? "validation (mean ± sd, \(runs.count) runs)" : "validation (best)",
+                                                     baselines: [("majority class", majority.accuracy), ("chance", 1 / Double(classes))],
+                                                     test: runs[0].testAccuracy.map { (best.layer, $0[bestIndex]) }),
                           to: path(ProbeFiles.plot))
+            try writeText(Trust.layerSummaryCSV(trust, hasTest: !test.isEmpty, hasSpread: runs.count > 1,
+                                                l2Strength: o.recipe == .logistic ? logisticC : nil,
+                                                logistic: logisticTrust.map { ($0, logisticC) }), to: path(ProbeFiles.layerSummary))
+            if runs.count > 1 { try writeText(Trust.runsCSV(runs, testRows: test.count), to: path(folds != nil ? ProbeFiles.cv : ProbeFiles.seeds)) }
             let ctx = TrainingReport.Context(shardDirectories: o.shardDirectories, metadata: meta, trainRows: train.count, valRows: val.count,
-                                             config: config, streamed: streamed, seconds: trainSeconds, splitSource: splitSource, initSource: initSource)
+                                             config: config, streamed: streamed, seconds: trainSeconds, splitSource: splitSource, initSource: initSource,
+                                             recipeText: o.recipe == .logistic ? LogisticProbe.description(c: o.l2Strength, seed: config.seed) : nil)
             try writeText(TrainingReport.summary(ctx, outcomes: outcomes, finalVal: finalVal, bestLayer: best.layer, bestReport: report,
-                                                 bestFromCheckpoint: best.bestWeight != nil), to: path(ProbeFiles.summary))
+                                                 bestFromCheckpoint: best.bestWeight != nil, trust: trustSection), to: path(ProbeFiles.summary))
             try install(tmp, at: out, files: files)
         } catch {
             try? FileManager.default.removeItem(atPath: tmp)
             throw error
         }
         return TrainJobResult(outcomes: outcomes, bestLayer: best.layer, trainRows: train.count, valRows: val.count, streamed: streamed,
-                              dataBytes: dataBytes, loadSeconds: loadSeconds, trainSeconds: trainSeconds, files: files)
+                              dataBytes: dataBytes, loadSeconds: loadSeconds, trainSeconds: trainSeconds, files: files,
+                              runs: runs, layerTrust: trust, warnings: warnings, testRows: test.count,
+                              logisticRuns: logisticRuns, logisticC: o.recipe == .reference ? [] : logisticC)
     }
 
     static func writeText(_ s: String, to path: String) throws {

@@ -14,6 +14,8 @@ public struct TrainError: LocalizedError, Equatable {
 public struct BatchView {
     public var rows: [UnsafeRawPointer]
     public var labels: [Int32]
+    /// Each row's position (for routing a shared batch to several runs).
+    public var positions: [Int]
     public var count: Int { labels.count }
 }
 
@@ -72,7 +74,7 @@ public final class ResidentActivations: ActivationSource, @unchecked Sendable {
         var start = 0
         while start < order.count {
             let chunk = order[start..<min(start + batchSize, order.count)]
-            try body(BatchView(rows: chunk.map { row(position: $0) }, labels: chunk.map { labels[$0] }))
+            try body(BatchView(rows: chunk.map { row(position: $0) }, labels: chunk.map { labels[$0] }, positions: Array(chunk)))
             start += batchSize
         }
     }
@@ -369,25 +371,28 @@ public final class StreamingActivations: ActivationSource, @unchecked Sendable {
         var shardOrder = Array(inventory.shards.indices)
         if shuffle != nil { shuffle!.shuffle(&shardOrder) }
         var held = 0
-        var heldLabels = [Int32]()
+        var heldLabels = [Int32](), heldPositions = [Int]()
         let stored = inventory.metadata.dtype
         // Without shuffling the buffer is a FIFO of one batch.
         let capacity = shuffle == nil ? batchSize : bufferRows
 
         func emit(_ n: Int) throws {
             // Move n rows (random ones when shuffling) from the buffer into the batch, refill the holes.
-            var labels = [Int32](), rows = [UnsafeRawPointer]()
+            var labels = [Int32](), rows = [UnsafeRawPointer](), picked = [Int]()
             for k in 0..<n {
                 let pick = shuffle != nil ? shuffle!.below(held) : k
                 (batch + k * rowBytes).copyMemory(from: buffer + pick * rowBytes, byteCount: rowBytes)
                 labels.append(heldLabels[pick])
+                picked.append(heldPositions[pick])
                 rows.append(UnsafeRawPointer(batch + k * rowBytes))
                 if shuffle != nil {
                     if pick != held - 1 {
                         (buffer + pick * rowBytes).copyMemory(from: buffer + (held - 1) * rowBytes, byteCount: rowBytes)
                         heldLabels[pick] = heldLabels[held - 1]
+                        heldPositions[pick] = heldPositions[held - 1]
                     }
                     heldLabels.removeLast()
+                    heldPositions.removeLast()
                     held -= 1
                 }
             }
@@ -396,9 +401,10 @@ public final class StreamingActivations: ActivationSource, @unchecked Sendable {
                 let rest = held - n
                 if rest > 0 { buffer.copyMemory(from: buffer + n * rowBytes, byteCount: rest * rowBytes) }
                 heldLabels.removeFirst(n)
+                heldPositions.removeFirst(n)
                 held = rest
             }
-            try body(BatchView(rows: rows, labels: labels))
+            try body(BatchView(rows: rows, labels: labels, positions: picked))
         }
 
         for si in shardOrder {
@@ -410,6 +416,7 @@ public final class StreamingActivations: ActivationSource, @unchecked Sendable {
                 try DataLoader.copyRow(bytes, stored: stored, keep: self.keep, dModel: self.dModel, to: self.buffer + held * self.rowBytes,
                                        type: self.type, file: ref.path, row: { "row \(i) of the shard" })
                 heldLabels.append(self.labelsBySlot[slot])
+                heldPositions.append(self.positionOfSlot[slot])
                 held += 1
             })
         }

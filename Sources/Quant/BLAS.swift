@@ -50,6 +50,15 @@ public enum BLAS {
         }
     }
 
+    /// C[m, n] = alpha · op(A) · op(B) + beta · C in float64, row-major (op(A) is [m, k]: A is [k, m] when
+    /// `transA`; op(B) is [k, n]: B is [n, k] when `transB`); one single-threaded call on the calling thread.
+    public static func dgemm(transA: Bool, transB: Bool, m: Int, n: Int, k: Int, alpha: Double, a: UnsafePointer<Double>, lda: Int,
+                             b: UnsafePointer<Double>, ldb: Int, beta: Double, c: UnsafeMutablePointer<Double>, ldc: Int) {
+        _ = singleThreaded
+        cblas_dgemm(CblasRowMajor, transA ? CblasTrans : CblasNoTrans, transB ? CblasTrans : CblasNoTrans, Int32(m), Int32(n), Int32(k),
+                    alpha, a, Int32(lda), b, Int32(ldb), beta, c, Int32(ldc))
+    }
+
     /// C[m, n] = alpha · A[m, k] · B (B is [k, n], or [n, k] transposed when `transB`) + beta · C, row-major
     /// with explicit leading dimensions; one single-threaded call on the calling thread.
     public static func gemm(transB: Bool, m: Int, n: Int, k: Int, alpha: Float, a: UnsafePointer<Float>, lda: Int,

@@ -16,10 +16,11 @@ import Testing
         #expect(!result.streamed)
         let files = Set(try FileManager.default.contentsOfDirectory(atPath: out))
         for f in ["probes.safetensors", "probe_training_metrics.csv", "probe_training_summary.md", "accuracy_by_layer.svg", "split.json",
-                  "readout.json", "probe_at_layer_0.pth", "probe_at_layer_0_final.pth", "probe_at_layer_1.pth", "probe_at_layer_1_final.pth"] {
+                  "readout.json", "probe_at_layer_0.pth", "probe_at_layer_0_final.pth", "probe_at_layer_1.pth", "probe_at_layer_1_final.pth",
+                  "layer_summary.csv"] {
             #expect(files.contains(f), "missing \(f)")
         }
-        #expect(files.count == 10, "\(files)")
+        #expect(files.count == 11, "\(files)")
         // Final weights: PyTorch's, through the .pth files and probes.safetensors.
         let st = try SafeTensorsFile(path: out + "/probes.safetensors")
         for l in 0..<tc.layers {
