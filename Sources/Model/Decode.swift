@@ -17,6 +17,9 @@ public final class KVCache {
     let cos: FloatBuffer      // [capacity, head_dim/2]
     let sin: FloatBuffer      // [capacity, head_dim/2]
     let scores: FloatBuffer   // [threads, capacity] one softmax row per thread
+    /// The last step's logits [vocab]: per cache, so that another thread's forward pass on the same model
+    /// (which reuses the model's run state) cannot overwrite them before they are read.
+    let logits: FloatBuffer
     /// The model the cache was made for (a cache holds that model's keys only).
     weak var owner: LlamaModel?
 
@@ -31,6 +34,7 @@ public final class KVCache {
         cos = FloatBuffer(count: capacity * half)
         sin = FloatBuffer(count: capacity * half)
         scores = FloatBuffer(count: model.pool.threadCount * capacity)
+        logits = FloatBuffer(count: c.vocabSize)
         owner = model
         invFreq.withUnsafeBufferPointer { f in
             ForwardOps.ropeTables(cos: cos.pointer, sin: sin.pointer, invFreq: f.baseAddress!, half: half, count: capacity)
@@ -85,8 +89,8 @@ extension LlamaModel {
     }
 
     /// One decoding step: runs `token` at position `cache.count` against the cached keys and values (nothing
-    /// is recomputed), appends its keys and values, and returns the logits, valid until the next forward
-    /// pass or step. Its own buffers are all preallocated (run state, cache, engine scratch); the only allocations
+    /// is recomputed), appends its keys and values, and returns the logits, held by the cache and valid until
+    /// its next step (other threads may use the model meanwhile). Its own buffers are all preallocated (run state, cache, engine scratch); the only allocations
     /// left are the thread pool's, one 32-byte box per parallel dispatch (`withoutActuallyEscaping` in
     /// `ThreadPool.parallelFor`), none with one thread. `observe` sees the one-row residual after each block (steered).
     public func decode(_ token: Int32, cache: KVCache, steering: Steering = .none,
@@ -154,7 +158,7 @@ extension LlamaModel {
         }
         cache.count = p + 1
         w.finalNorm.withUnsafeBufferPointer { ForwardOps.rmsnormRow(xb, x, $0.baseAddress!, d, eps: eps) }
-        head.apply(engine.prepare(xb, rows: 1, cols: d), s.logits.pointer, engine: engine)
-        return UnsafeBufferPointer(start: s.logits.pointer, count: c.vocabSize)
+        head.apply(engine.prepare(xb, rows: 1, cols: d), cache.logits.pointer, engine: engine)
+        return UnsafeBufferPointer(start: cache.logits.pointer, count: c.vocabSize)
     }
 }

@@ -2,6 +2,7 @@ import Foundation
 import Model
 import Quant
 import Formats
+import Synchronization
 import Testing
 
 /// KV-cached generation and steering (issue 13): cached decoding equals a full recomputation, greedy tokens
@@ -231,5 +232,26 @@ extension GenerationTests {
         let out = try m.generate(prompt, maxNewTokens: Int.max)
         // Positions 2040...2047 hold the last prompt token's successors; the 9th token is chosen but never run.
         #expect(out.count == 9)
+    }
+}
+
+extension GenerationTests {
+    @Test("generations running at once on one model give the tokens each gives alone (the logits live in each KV cache)")
+    func concurrentGenerations() throws {
+        let loaded = try LoadedModel.load(path: Fixtures.model("mha-f32"), includeHead: true, threads: 2)
+        let m = loaded.model
+        let prompts = (0..<6).map { Self.prompt(5 + 40 * $0, vocab: m.config.vocabSize) }
+        let alone = try prompts.map { try m.generate($0, maxNewTokens: 24).map(\.id) }
+        for _ in 0..<5 {   // the race this guards against needs a step of one between two lines of another
+            let results = Mutex<[[Int32]?]>(Array(repeating: nil, count: 4 * prompts.count))
+            // Several generations at once (each step of one runs between the steps of the others), with full forward
+            // passes of other lengths in between (they reuse the model's run state and may regrow it).
+            DispatchQueue.concurrentPerform(iterations: 5 * prompts.count) { i in
+                let k = i % prompts.count
+                if i >= 4 * prompts.count { _ = try? m.forward(Self.prompt(300 + i, vocab: m.config.vocabSize), logits: true) { _, _ in } }
+                else { let out = (try? m.generate(prompts[k], maxNewTokens: 24).map(\.id)); results.withLock { $0[i] = out } }
+            }
+            #expect(results.withLock { $0 }.map { $0 ?? [] } == Array(repeating: alone, count: 4).flatMap { $0 })
+        }
     }
 }
