@@ -125,7 +125,9 @@ public enum TrainJob {
         var test: [Int] = []
         var rest = Array(labels.indices)
         if let tf = o.testFraction {
-            let r = try StratifiedSplit.trainTestSplit(labels: labels.map { Int($0) }, testFraction: tf, seed: UInt32(config.seed), labelNames: meta.labels)
+            let r: (train: [Int], test: [Int])
+            do { r = try StratifiedSplit.trainTestSplit(labels: labels.map { Int($0) }, testFraction: tf, seed: UInt32(config.seed), labelNames: meta.labels) }
+            catch let e as SplitError { throw SplitError("--test-fraction \(tf) (the held-out test set, split off first; \"validation\" below means the test set): " + e.reason) }
             rest = r.train; test = r.test
         }
         let restLabels = rest.map { Int(labels[$0]) }

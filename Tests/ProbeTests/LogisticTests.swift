@@ -75,6 +75,16 @@ import Testing
         let csv = try readCSV(dir + "/logistic/layer_summary.csv")
         #expect(csv[0].last == "l2_strength" && csv[1].last == "1.0")
 
+        // with --cv and --seeds: one deterministic fit per fold (seeds do not apply), each validating its own fold
+        var cvo = o
+        cvo.cvFolds = 3
+        cvo.seeds = 2
+        cvo.outDirectory = dir + "/logistic-cv"
+        let (cvr, cvlog) = try runLogged(cvo)
+        #expect(cvr.runs.count == 3 && cvr.runs.map(\.fold) == [0, 1, 2] && cvr.layerTrust.allSatisfy { $0.valRows == 240 && $0.n == 3 })
+        #expect(cvlog.contains { $0.contains("the fit is deterministic, one run per split") })
+        #expect(try readCSV(dir + "/logistic-cv/cv.csv").count == 1 + 3 * 3)
+
         // both: the reference probes are written (identical to a reference run), the logistic beside them; C by CV.
         o.recipe = .reference
         o.l2Strength = nil

@@ -106,6 +106,12 @@ func runLogged(_ o: TrainJobOptions) throws -> (TrainJobResult, [String]) {
         #expect(log.contains { $0.hasPrefix("note: optimistic-best: the best layer (1)") }, "\(log)")
         let summary = try String(contentsOfFile: dir + "/out/probe_training_summary.md", encoding: .utf8)
         #expect(summary.contains("test acc") && summary.contains("60 rows held out first"))
+        // A test set smaller than the classes is refused, naming --test-fraction.
+        var tiny = o
+        tiny.testFraction = 0.01
+        tiny.outDirectory = dir + "/tiny"
+        let t = #expect(throws: SplitError.self) { _ = try TrainJob.run(tiny) }
+        #expect(t?.reason.hasPrefix("--test-fraction 0.01 (the held-out test set") == true && t?.reason.contains("smaller than the 4 classes") == true, "\(t?.reason ?? "")")
         // --split and --test-fraction together are refused.
         o.splitPath = dir + "/out/split.json"
         o.outDirectory = dir + "/out2"
