@@ -47,12 +47,15 @@ public struct ProbeSetMetadata: Equatable, Sendable {
     public var readout: ReadoutRecipe?
     /// Layer -> the epoch of its best checkpoint (layers validated at least once).
     public var bestEpochs: [Int: Int]
+    /// How outputs become probabilities: one sigmoid per class (the reference recipe's BCE probes) or a softmax
+    /// over the classes (`--recipe logistic`'s multinomial logistic regression). Key `output`.
+    public var output: ProbeOutput
 
     public init(labels: [String], layers: [Int], bestLayer: Int, dModel: Int, withEmbeddings: Bool, model: String?,
-                quantization: String?, readout: ReadoutRecipe?, bestEpochs: [Int: Int]) {
+                quantization: String?, readout: ReadoutRecipe?, output: ProbeOutput = .sigmoid, bestEpochs: [Int: Int]) {
         self.labels = labels; self.layers = layers; self.bestLayer = bestLayer; self.dModel = dModel
         self.withEmbeddings = withEmbeddings; self.model = model; self.quantization = quantization
-        self.readout = readout; self.bestEpochs = bestEpochs
+        self.readout = readout; self.output = output; self.bestEpochs = bestEpochs
     }
 
     var strings: [String: String] {
@@ -65,6 +68,7 @@ public struct ProbeSetMetadata: Equatable, Sendable {
         m["model"] = model
         m["quantization"] = quantization
         m["readout"] = readout?.json
+        m["output"] = output.rawValue
         return m
     }
 
@@ -92,6 +96,10 @@ public struct ProbeSetMetadata: Equatable, Sendable {
         readout = try m["readout"].map { try ReadoutRecipe.parse($0, file: file) }
         let epochs = (m["best_epochs"].flatMap { try? JSONDecoder().decode([String: Int].self, from: Data($0.utf8)) }) ?? [:]
         bestEpochs = Dictionary(uniqueKeysWithValues: epochs.compactMap { k, v in Int(k).map { ($0, v) } })
+        guard let out = ProbeOutput(rawValue: m["output"] ?? ProbeOutput.sigmoid.rawValue) else {
+            throw fail("metadata 'output' '\(m["output"] ?? "")' is not sigmoid or softmax")
+        }
+        output = out
     }
 }
 
@@ -132,6 +140,8 @@ public struct ProbeSet: Sendable {
     public var quantization: String? = nil
     /// How the training rows were read (nil: unknown: imported activations or older probes).
     public var readout: ReadoutRecipe? = nil
+    /// Sigmoid per class (reference probes, and .pth files, which do not say) or softmax (logistic probes).
+    public var output = ProbeOutput.sigmoid
 
     /// One layer's trained probe for `write`: the best checkpoint (when validated) and the final weights.
     public struct Trained: Sendable {
@@ -196,7 +206,8 @@ public struct ProbeSet: Sendable {
             probes[l] = try Probe(weight: f.floats(name + ".weight"), bias: f.floats(name + ".bias"), file: st, layer: l)
         }
         return ProbeSet(directory: directory, labels: labels, labelsRecorded: true, probes: probes, bestLayer: meta.bestLayer, dModel: d,
-                        withEmbeddings: meta.withEmbeddings, model: meta.model, quantization: meta.quantization, readout: meta.readout)
+                        withEmbeddings: meta.withEmbeddings, model: meta.model, quantization: meta.quantization, readout: meta.readout,
+                        output: meta.output)
     }
 
     /// Layer numbers must be distinct, non-negative and few (the model check compares them to its layers).
@@ -309,8 +320,20 @@ public struct ProbeSet: Sendable {
         let scratch = KernelScratch(dModel: dModel)
         for k in 0..<4 { scratch.x[k] = residual }
         ProbeKernels.logits(p.state, UnsafePointer(scratch.x), scratch: scratch)
+        if output == .softmax {   // multinomial logistic regression: softmax over the classes (f64, as it was fitted)
+            let z = (0..<labels.count).map { Double(scratch.z[$0] + p.state.bias[$0]) }
+            let m = z.max() ?? 0
+            let e = z.map { Foundation.exp($0 - m) }
+            let s = e.reduce(0, +)
+            return e.map { Float($0 / s) }
+        }
         return (0..<labels.count).map { j in 1 / (1 + Foundation.expf(-(scratch.z[j] + p.state.bias[j]))) }
     }
+}
+
+/// How a probe's outputs become probabilities.
+public enum ProbeOutput: String, Sendable, Equatable {
+    case sigmoid, softmax
 }
 
 public struct ProbeSetError: LocalizedError, Equatable {

@@ -400,6 +400,7 @@ public enum TrainJob {
             let probeMeta = ProbeSetMetadata(
                 labels: meta.labels, layers: layerNumbers, bestLayer: best.layer, dModel: meta.dModel,
                 withEmbeddings: meta.withEmbeddings, model: meta.model, quantization: meta.quantization, readout: meta.readout,
+                output: o.recipe == .logistic ? .softmax : .sigmoid,
                 bestEpochs: Dictionary(uniqueKeysWithValues: outcomes.compactMap { o in o.bestEpoch.map { (o.layer, $0) } }))
             let trained = outcomes.map { o in
                 ProbeSet.Trained(layer: o.layer, best: o.bestWeight.flatMap { w in o.bestBias.map { (w, $0) } },

@@ -70,6 +70,16 @@ import Testing
             #expect(pth[0].values == got)
         }
         #expect(r.logisticC == [1, 1, 1])
+        // predict reads logistic probes with a softmax over the classes (recorded as output = softmax); reference
+        // probes keep one sigmoid per class.
+        let set = try ProbeSet.load(directory: dir + "/logistic")
+        #expect(set.output == .softmax && st.metadata["output"] == "softmax")
+        let row = Array(c.values[(c.d * 2)..<(c.d * 3)])   // row 0, layer 2
+        let p = row.withUnsafeBufferPointer { set.probabilities(layer: 2, residual: $0.baseAddress!) }
+        let w2 = try st.floats("layer2.weight"), b2 = try st.floats("layer2.bias")
+        let z = (0..<c.classes).map { k in Double(b2[k]) + (0..<c.d).reduce(0.0) { $0 + Double(w2[k * c.d + $1]) * Double(row[$1]) } }
+        let ez = z.map { exp($0 - z.max()!) }
+        #expect(zip(p, ez).allSatisfy { abs(Double($0) - $1 / ez.reduce(0, +)) < 1e-5 }, "softmax(W·x + b): \(p)")
         let summary = try String(contentsOfFile: dir + "/logistic/probe_training_summary.md", encoding: .utf8)
         #expect(summary.contains("- Recipe: multinomial logistic regression") && summary.contains("C = 1.0 (--l2-strength)"))
         let csv = try readCSV(dir + "/logistic/layer_summary.csv")
@@ -91,6 +101,7 @@ import Testing
         o.config.epochs = 5
         o.outDirectory = dir + "/reference"
         let ref = try TrainJob.run(o)
+        #expect(try ProbeSet.load(directory: dir + "/reference").output == .sigmoid)
         o.recipe = .both
         o.outDirectory = dir + "/both"
         let both = try TrainJob.run(o)
