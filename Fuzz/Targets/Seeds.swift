@@ -63,6 +63,8 @@ extension FuzzTargets {
             }
         case "tokenizer-model":
             return [try fixture("tokenizer/fixture.model")]
+        case "tokenizer-json":
+            return [try fixture("bpe/llama3/tokenizer.json"), try fixture("bpe/qwen2/tokenizer.json")]
         case "dataset-csv":
             return [utf8("message,label\n\"I passed, finally!\",happy\nno one came,sad\r\n\"she said \"\"no\"\"\",angry\n")]
         case "dataset-jsonl":

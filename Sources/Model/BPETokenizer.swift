@@ -130,7 +130,6 @@ public struct BPETokenizer: Sendable {
             throw TokenizerError(source: source, reason: "is not valid JSON (a Hugging Face tokenizer.json): \(error.localizedDescription)")
         }
         let j = JSONFields(fail: fail)
-        self.source = source
 
         // Model.
         let model = try j.object(root["model"], "model")
@@ -145,9 +144,9 @@ public struct BPETokenizer: Sendable {
                 throw fail("model.\(key)", "'\(s)' is not supported (byte-level BPE has none)")
             }
         }
-        ignoreMerges = try j.bool(model["ignore_merges"], "model.ignore_merges", default: false)
-        fuseUnk = try j.bool(model["fuse_unk"], "model.fuse_unk", default: false)
-        byteFallback = try j.bool(model["byte_fallback"], "model.byte_fallback", default: false)
+        let ignoreMerges = try j.bool(model["ignore_merges"], "model.ignore_merges", default: false)
+        let fuseUnk = try j.bool(model["fuse_unk"], "model.fuse_unk", default: false)
+        let byteFallback = try j.bool(model["byte_fallback"], "model.byte_fallback", default: false)
         let vocabObject = try j.object(model["vocab"], "model.vocab")
         guard !vocabObject.isEmpty else { throw fail("model.vocab", "is empty") }
 
@@ -182,10 +181,10 @@ public struct BPETokenizer: Sendable {
             if let v = vocab[Array(content.utf8)], v != id {
                 throw fail(field + ".id", "is \(id) but model.vocab gives '\(content)' the id \(v)")
             }
-            if let other = byID[id], other != content {
+            if let other = byID[id], !other.utf8.elementsEqual(content.utf8) {
                 throw fail(field + ".id", "\(id) is already the id of '\(other)'")
             }
-            if added.contains(where: { $0.content == content && $0.id != id }) {
+            if added.contains(where: { $0.content.utf8.elementsEqual(content.utf8) && $0.id != id }) {
                 throw fail(field + ".content", "'\(content)' is listed twice with different ids")
             }
             byID[id] = content
@@ -200,9 +199,6 @@ public struct BPETokenizer: Sendable {
             }
             tokens[Int(id)] = token
         }
-        self.tokens = tokens
-        self.vocab = vocab
-        self.addedTokens = added
 
         // Merges: "a b" strings (the older format) or [a, b] pairs.
         let mergesArray = try j.array(model["merges"] ?? [Any](), "model.merges")
@@ -233,17 +229,12 @@ public struct BPETokenizer: Sendable {
             merges[UInt64(UInt32(l)) << 32 | UInt64(UInt32(r))] = (Int32(rank), merged)   // a repeated pair: the later rank, as HF
             mergeList.append((l, r))
         }
-        self.merges = merges
-        self.mergeList = mergeList
 
+        var unkID: Int32? = nil
         if let u = try j.optionalString(model["unk_token"], "model.unk_token") {
             guard let id = vocab[Array(u.utf8)] else { throw fail("model.unk_token", "'\(u)' is not in model.vocab") }
             unkID = id
-        } else {
-            unkID = nil
         }
-        byteIDs = Self.byteCharUTF8.map { vocab[$0] }
-        byteFallbackIDs = (0..<256).map { vocab[Array(String(format: "<0x%02X>", $0).utf8)] }
 
         // Normalizer: none or NFC (alone or in a Sequence).
         var nfc = false
@@ -264,7 +255,6 @@ public struct BPETokenizer: Sendable {
             default: throw fail("normalizer.type", "'\(t)' is not supported (only NFC or no normalizer)")
             }
         }
-        self.nfc = nfc
 
         // Pre-tokenizer: Sequence[Split(known regex, Isolated, invert false), ByteLevel(use_regex false)].
         let pre = try j.object(root["pre_tokenizer"], "pre_tokenizer")
@@ -285,7 +275,6 @@ public struct BPETokenizer: Sendable {
         guard let p = PreTokenizerPattern.regexes[regex] else {
             throw fail("pre_tokenizer.pretokenizers[0].pattern.Regex", "'\(regex)' is not one this implementation knows (Llama-3's or Qwen2's)")
         }
-        pattern = p
         let behavior = try j.string(split["behavior"], "pre_tokenizer.pretokenizers[0].behavior")
         guard behavior == "Isolated" else { throw fail("pre_tokenizer.pretokenizers[0].behavior", "'\(behavior)' is not supported (only 'Isolated')") }
         guard try !j.bool(split["invert"], "pre_tokenizer.pretokenizers[0].invert", default: false) else {
@@ -298,7 +287,7 @@ public struct BPETokenizer: Sendable {
         guard try !j.bool(bl["use_regex"], "pre_tokenizer.pretokenizers[1].use_regex", default: true) else {
             throw fail("pre_tokenizer.pretokenizers[1].use_regex", "true (GPT-2's own split after the Split) is not supported")
         }
-        addPrefixSpace = try j.bool(bl["add_prefix_space"], "pre_tokenizer.pretokenizers[1].add_prefix_space", default: true)
+        let addPrefixSpace = try j.bool(bl["add_prefix_space"], "pre_tokenizer.pretokenizers[1].add_prefix_space", default: true)
 
         // Post-processor: none, ByteLevel (ids unchanged), TemplateProcessing, or a Sequence of them.
         var prefix: [Int32] = [], suffix: [Int32] = []
@@ -344,24 +333,48 @@ public struct BPETokenizer: Sendable {
             }
         }
         if let pp = root["post_processor"], !(pp is NSNull) { try postProcessor(pp, "post_processor", depth: 0) }
-        prefixIDs = prefix
-        suffixIDs = suffix
 
         // Decoder: ByteLevel (or none: tokens joined with spaces, as HF).
+        var decodes = false
         if let d = root["decoder"], !(d is NSNull) {
             let t = try j.string(try j.object(d, "decoder")["type"], "decoder.type")
             guard t == "ByteLevel" else { throw fail("decoder.type", "'\(t)' is not supported (only ByteLevel)") }
             decodes = true
-        } else {
-            decodes = false
         }
+        self.init(source: source, tokens: tokens, vocab: vocab, addedTokens: added, mergeList: mergeList, merges: merges,
+                  ignoreMerges: ignoreMerges, fuseUnk: fuseUnk, byteFallback: byteFallback, unkID: unkID, nfc: nfc,
+                  pattern: p, addPrefixSpace: addPrefixSpace, prefixIDs: prefix, suffixIDs: suffix, decodes: decodes)
+    }
+
+    /// A tokenizer from its parts, validated by the caller (ids in range, merges' tokens in the vocabulary).
+    init(source: String, tokens: [String], vocab: [[UInt8]: Int32], addedTokens added: [AddedToken], mergeList: [(Int32, Int32)],
+         merges: [UInt64: (rank: Int32, id: Int32)], ignoreMerges: Bool, fuseUnk: Bool, byteFallback: Bool, unkID: Int32?,
+         nfc: Bool, pattern: PreTokenizerPattern, addPrefixSpace: Bool, prefixIDs: [Int32], suffixIDs: [Int32], decodes: Bool) {
+        self.source = source
+        self.tokens = tokens
+        self.vocab = vocab
+        self.addedTokens = added
+        self.mergeList = mergeList
+        self.merges = merges
+        self.ignoreMerges = ignoreMerges
+        self.fuseUnk = fuseUnk
+        self.byteFallback = byteFallback
+        self.unkID = unkID
+        self.nfc = nfc
+        self.pattern = pattern
+        self.addPrefixSpace = addPrefixSpace
+        self.prefixIDs = prefixIDs
+        self.suffixIDs = suffixIDs
+        self.decodes = decodes
+        byteIDs = Self.byteCharUTF8.map { vocab[$0] }
+        byteFallbackIDs = (0..<256).map { vocab[Array(String(format: "<0x%02X>", $0).utf8)] }
 
         // The added-token matchers: the non-normalized ones on the raw text, the others on normalized text
         // (their content normalized), special tokens first as HF orders them.
         var raw: [(scalars: [Unicode.Scalar], index: Int)] = [], norm: [(scalars: [Unicode.Scalar], index: Int)] = []
         let order = added.indices.filter { added[$0].special } + added.indices.filter { !added[$0].special }
-        var seen = Set<String>()
-        for i in order where seen.insert(added[i].content).inserted {
+        var seen = Set<[UInt8]>()   // bytes: String equality is canonical equivalence
+        for i in order where seen.insert(Array(added[i].content.utf8)).inserted {
             if added[i].normalized {
                 let c = nfc ? added[i].content.precomposedStringWithCanonicalMapping : added[i].content
                 if !c.isEmpty { norm.append((Array(c.unicodeScalars), i)) }
@@ -699,5 +712,117 @@ private struct JSONFields {
             throw fail(field, "\(d) is not a token id (an integer from 0 to \(Int32.max - 1))")
         }
         return i
+    }
+}
+
+// MARK: - GGUF
+
+extension BPETokenizer {
+    /// llama.cpp's `tokenizer.ggml.pre` names of the split regexes (its converter writes "llama-bpe" for
+    /// Llama-3 and "qwen2" for Qwen2; "llama3" is an older spelling).
+    static let ggufPreNames: [String: PreTokenizerPattern] = ["llama-bpe": .llama3, "llama3": .llama3, "qwen2": .qwen2]
+    public var ggufPre: String { pattern == .llama3 ? "llama-bpe" : "qwen2" }
+
+    /// The `tokenizer.ggml.*` metadata llama.cpp's converter writes for a byte-level BPE ("gpt2") tokenizer:
+    /// tokens padded to `rows` with `[PADn]` (type UNUSED) as it pads, token types (special added tokens
+    /// CONTROL, other added tokens USER_DEFINED), the merges as "a b" strings, the pre-tokenizer name, and BOS
+    /// as the post-processor adds it.
+    public func ggufMetadata(rows: Int, eosID: Int32) -> [(String, GGUFValue)] {
+        typealias K = SentencePieceModel.Key
+        var kinds = [Int32](repeating: SentencePieceModel.PieceType.normal.rawValue, count: tokens.count)
+        for t in addedTokens { kinds[Int(t.id)] = t.special ? SentencePieceModel.PieceType.control.rawValue : SentencePieceModel.PieceType.userDefined.rawValue }
+        var names = tokens
+        if rows > tokens.count {
+            for i in 1...(rows - tokens.count) {
+                names.append("[PAD\(i)]")
+                kinds.append(SentencePieceModel.PieceType.unused.rawValue)
+            }
+        }
+        var m: [(String, GGUFValue)] = [
+            (K.model, .string("gpt2")),
+            (K.pre, .string(ggufPre)),
+            (K.tokens, .array(.string, names.map { .string($0) })),
+            (K.tokenType, .array(.int32, kinds.map { .int32($0) })),
+            (K.merges, .array(.string, mergeList.map { .string(tokens[Int($0.0)] + " " + tokens[Int($0.1)]) })),
+        ]
+        if let bos = prefixIDs.first { m.append((K.bos, .uint32(UInt32(bos)))) }
+        if eosID >= 0 && Int(eosID) < tokens.count { m.append((K.eos, .uint32(UInt32(eosID)))) }
+        m += [(K.addBOS, .bool(!prefixIDs.isEmpty)), (K.addEOS, .bool(false))]
+        return m
+    }
+
+    /// The tokenizer of a GGUF file whose `tokenizer.ggml.model` is "gpt2", as Hugging Face would run the
+    /// tokenizer.json it was converted from: the pre-tokenizer from `tokenizer.ggml.pre` (Qwen2's with NFC,
+    /// Llama-3's with ignore_merges, as both llama.cpp and HF do), CONTROL and USER_DEFINED tokens matched
+    /// before BPE (as special / added tokens, without strip flags: GGUF does not record them), BOS when
+    /// `add_bos_token` is true. Trailing `[PADn]` UNUSED tokens (embedding rows past the tokenizer) are left
+    /// out. Returns the tokenizer and the EOS id (-1 when absent).
+    public static func fromGGUF(_ g: GGUFFile) throws -> (BPETokenizer, eosID: Int32) {
+        typealias K = SentencePieceModel.Key
+        func fail(_ key: String, _ reason: String) -> GGUFError { GGUFError(file: g.path, key: key, reason: reason) }
+        let source = g.path + " (GGUF vocabulary)"
+        var tokens = try g.stringArray(K.tokens)
+        guard !tokens.isEmpty else { throw fail(K.tokens, "the vocabulary is empty") }
+        guard tokens.count < Int(Int32.max) else { throw fail(K.tokens, "has too many tokens") }
+        let types = try g.intArray(K.tokenType)
+        guard types.count == tokens.count else {
+            throw fail(K.tokenType, "has \(types.count) entries but \(K.tokens) has \(tokens.count)")
+        }
+        if let bad = types.firstIndex(where: { SentencePieceModel.PieceType(rawValue: Int32(clamping: $0)) == nil }) {
+            throw fail(K.tokenType, "token \(bad) ('\(tokens[bad])') has type \(types[bad]), not one of 1...6")
+        }
+        let preName = try g.stringIfPresent(K.pre) ?? "default"
+        guard let pattern = ggufPreNames[preName] else {
+            throw fail(K.pre, "pre-tokenizer '\(preName)' is not supported (only 'llama-bpe' and 'qwen2')")
+        }
+        var n = tokens.count
+        while n > 1 && types[n - 1] == Int(SentencePieceModel.PieceType.unused.rawValue) && tokens[n - 1].hasPrefix("[PAD") { n -= 1 }
+        tokens.removeLast(tokens.count - n)
+        var vocab: [[UInt8]: Int32] = [:]
+        vocab.reserveCapacity(n)
+        for (i, t) in tokens.enumerated() where vocab[Array(t.utf8)] == nil { vocab[Array(t.utf8)] = Int32(i) }
+        let mergeStrings = try g.stringArrayIfPresent(K.merges) ?? []
+        guard mergeStrings.count < Int(Int32.max) else { throw fail(K.merges, "has too many merges") }
+        var merges: [UInt64: (rank: Int32, id: Int32)] = [:]
+        merges.reserveCapacity(mergeStrings.count)
+        var mergeList: [(Int32, Int32)] = []
+        mergeList.reserveCapacity(mergeStrings.count)
+        for (rank, s) in mergeStrings.enumerated() {
+            let parts = s.split(separator: " ", omittingEmptySubsequences: false).map(String.init)
+            guard parts.count == 2 else { throw fail(K.merges, "entry \(rank) '\(s)' is not two tokens separated by one space") }
+            guard let l = vocab[Array(parts[0].utf8)], let r = vocab[Array(parts[1].utf8)] else {
+                throw fail(K.merges, "entry \(rank) '\(s)' names a token that is not in \(K.tokens)")
+            }
+            guard let merged = vocab[Array((parts[0] + parts[1]).utf8)] else {
+                throw fail(K.merges, "entry \(rank) '\(s)': the merged token '\(parts[0] + parts[1])' is not in \(K.tokens)")
+            }
+            merges[UInt64(UInt32(l)) << 32 | UInt64(UInt32(r))] = (Int32(rank), merged)
+            mergeList.append((l, r))
+        }
+        var added: [AddedToken] = []
+        for i in 0..<n {
+            let t = types[i]
+            guard t == Int(SentencePieceModel.PieceType.control.rawValue) || t == Int(SentencePieceModel.PieceType.userDefined.rawValue),
+                  !tokens[i].isEmpty else { continue }
+            added.append(AddedToken(id: Int32(i), content: tokens[i], special: t == Int(SentencePieceModel.PieceType.control.rawValue),
+                                    lstrip: false, rstrip: false, singleWord: false, normalized: false))
+        }
+        func id(_ key: String) throws -> Int32? {
+            guard let i = try g.uintIfPresent(key) else { return nil }
+            guard i < n else { throw fail(key, "id \(i) is outside the vocabulary of \(n) tokens") }
+            return Int32(i)
+        }
+        let bos = try id(K.bos)
+        let eos = try id(K.eos) ?? -1
+        var prefix: [Int32] = []
+        if try g.boolIfPresent(K.addBOS) ?? false {
+            guard let bos else { throw fail(K.bos, "missing, but \(K.addBOS) is true") }
+            prefix = [bos]
+        }
+        let tok = BPETokenizer(source: source, tokens: tokens, vocab: vocab, addedTokens: added, mergeList: mergeList, merges: merges,
+                               ignoreMerges: pattern == .llama3, fuseUnk: false, byteFallback: false, unkID: nil,
+                               nfc: pattern == .qwen2, pattern: pattern, addPrefixSpace: false, prefixIDs: prefix, suffixIDs: [],
+                               decodes: true)
+        return (tok, eos)
     }
 }

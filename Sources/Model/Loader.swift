@@ -71,7 +71,7 @@ public final class LoadedModel {
         let g = try GGUFFile(path: path)
         let config = try GGUFModel.config(g)
         let tokenizer = try tokenizerPath.map { try Tokenizer(path: $0) }
-            ?? Tokenizer(serialized: try SentencePieceModel.fromGGUF(g), source: path + " (GGUF vocabulary)")
+            ?? Tokenizer.fromGGUF(g)
         guard tokenizer.vocabSize <= config.vocabSize else {
             throw TokenizerError(source: tokenizer.source, reason: "has \(tokenizer.vocabSize) pieces but the model's vocabulary has \(config.vocabSize) rows")
         }
@@ -94,7 +94,7 @@ public final class LoadedModel {
         try checkModelPath(path)
         if !Files.isDirectory(path) {
             let g = try GGUFFile(path: path)
-            return try Tokenizer(serialized: try SentencePieceModel.fromGGUF(g), source: path + " (GGUF vocabulary)")
+            return try Tokenizer.fromGGUF(g)
         }
         return try Tokenizer(path: try tokenizerFile(inDirectory: path))
     }

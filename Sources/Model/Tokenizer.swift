@@ -34,8 +34,10 @@ public final class Tokenizer: @unchecked Sendable {
     /// The file's bytes (a `tokenizer.model`, or a `tokenizer.json` for BPE).
     public let serialized: Data
 
-    /// Whether `encode` puts a BOS first (then a prompt cut to a budget keeps it first).
-    public var addsBOS: Bool { bosID >= 0 }
+    /// Whether `encode` puts a BOS first (then a prompt cut to a budget keeps it first): SentencePiece unless
+    /// the GGUF says `add_bos_token = false`; BPE when its post-processor adds one.
+    public var addsBOS: Bool { bpe == nil ? addBOSToken : bosID >= 0 }
+    private let addBOSToken: Bool
 
     /// A `tokenizer.json` (name ending in .json) as BPE, any other file as a SentencePiece `tokenizer.model`.
     public convenience init(path: String) throws {
@@ -47,20 +49,22 @@ public final class Tokenizer: @unchecked Sendable {
         }
     }
 
-    public init(bpe: BPETokenizer, serialized: Data) throws {
+    public init(bpe: BPETokenizer, serialized: Data, eosID: Int32 = -1) throws {
         handle = nil
+        addBOSToken = true
         self.bpe = bpe
         source = bpe.source
         self.serialized = serialized
         vocabSize = bpe.vocabSize
         bosID = bpe.prefixIDs.first ?? -1
-        eosID = -1
+        self.eosID = eosID
         unkID = bpe.unkID ?? -1
         padID = -1
         specials = []
     }
 
-    public init(serialized: Data, source: String) throws {
+    /// A SentencePiece model; `addBOS` false for a GGUF whose `tokenizer.ggml.add_bos_token` is false.
+    public init(serialized: Data, source: String, addBOS: Bool = true) throws {
         var err = [CChar](repeating: 0, count: 512)
         let h = serialized.withUnsafeBytes { raw in
             spm_load_from_bytes(raw.baseAddress?.assumingMemoryBound(to: CChar.self), raw.count, &err, err.count)
@@ -70,6 +74,7 @@ public final class Tokenizer: @unchecked Sendable {
         }
         handle = h
         bpe = nil
+        addBOSToken = addBOS
         self.source = source
         self.serialized = serialized
         vocabSize = Int(spm_piece_size(h))
@@ -87,11 +92,28 @@ public final class Tokenizer: @unchecked Sendable {
 
     deinit { if let handle { spm_free(handle) } }
 
+    /// The tokenizer of a GGUF file: `tokenizer.ggml.model` "llama" (SentencePiece, with `add_space_prefix`,
+    /// `remove_extra_whitespaces` and `add_bos_token` honoured) or "gpt2" (byte-level BPE).
+    public static func fromGGUF(_ g: GGUFFile) throws -> Tokenizer {
+        let key = SentencePieceModel.Key.model
+        let model = try g.string(key)
+        switch model {
+        case "llama":
+            return try Tokenizer(serialized: try SentencePieceModel.fromGGUF(g), source: g.path + " (GGUF vocabulary)",
+                                 addBOS: try g.boolIfPresent(SentencePieceModel.Key.addBOS) ?? true)
+        case "gpt2":
+            let (bpe, eos) = try BPETokenizer.fromGGUF(g)
+            return try Tokenizer(bpe: bpe, serialized: Data(), eosID: eos)
+        default:
+            throw GGUFError(file: g.path, key: key, reason: "tokenizer model '\(model)' is not supported ('llama': SentencePiece, 'gpt2': byte-level BPE); pass the model's tokenizer with --tokenizer FILE")
+        }
+    }
+
     /// Ids as HF's `LlamaTokenizer(legacy=True)(text)` gives them (BOS added unless `addBOS` is false); for
     /// BPE as `tokenizer.encode(text, add_special_tokens=addBOS)` (the post-processor adds BOS or not).
     public func encode(_ text: String, addBOS: Bool = true) throws -> [Int32] {
         if let bpe { return bpe.encode(text, addSpecialTokens: addBOS) }
-        var ids: [Int32] = addBOS ? [bosID] : []
+        var ids: [Int32] = addBOS && addBOSToken ? [bosID] : []
         let bytes = Array(text.utf8)
         var chunkStart = 0
         var i = 0
