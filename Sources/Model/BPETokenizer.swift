@@ -74,6 +74,11 @@ public struct BPETokenizer: Sendable {
 
     public var vocabSize: Int { tokens.count }
 
+    /// The id of a token string (an added token's content or a vocabulary entry).
+    public func id(of token: String) -> Int32? {
+        addedTokens.first { $0.content.utf8.elementsEqual(token.utf8) }?.id ?? vocab[Array(token.utf8)]
+    }
+
     // MARK: Byte-level characters (GPT-2's bytes_to_unicode)
 
     /// The character standing for each byte: printable Latin-1 bytes are themselves, the others 256 + n in order.
@@ -824,5 +829,67 @@ extension BPETokenizer {
                                nfc: pattern == .qwen2, pattern: pattern, addPrefixSpace: false, prefixIDs: prefix, suffixIDs: [],
                                decodes: true)
         return (tok, eos)
+    }
+}
+
+// MARK: - tokenizer_config.json
+
+/// What a checkpoint directory's `tokenizer_config.json` says that the tokenizer files do not: the EOS and BOS
+/// token names (a tokenizer.json does not mark them), and the chat template (a string, or the
+/// `[{"name", "template"}]` list whose "default" entry is the template; `chat_template.jinja` when present
+/// takes precedence, as transformers does).
+public struct TokenizerConfig: Sendable, Equatable {
+    public var bosToken: String?
+    public var eosToken: String?
+    public var chatTemplate: String?
+
+    public init(bosToken: String? = nil, eosToken: String? = nil, chatTemplate: String? = nil) {
+        self.bosToken = bosToken; self.eosToken = eosToken; self.chatTemplate = chatTemplate
+    }
+
+    /// nil when the directory has neither tokenizer_config.json nor chat_template.jinja.
+    public static func read(directory dir: String) throws -> TokenizerConfig? {
+        let path = dir + "/tokenizer_config.json"
+        let jinja = dir + "/chat_template.jinja"
+        let hasConfig = HFCheckpoint.exists(path), hasJinja = HFCheckpoint.exists(jinja)
+        guard hasConfig || hasJinja else { return nil }
+        var c = TokenizerConfig()
+        if hasConfig {
+            func fail(_ field: String, _ reason: String) -> TokenizerError { TokenizerError(source: path, reason: "\(field): \(reason)") }
+            let root: [String: Any]
+            do {
+                guard let r = try JSONSerialization.jsonObject(with: try Files.readData(path, limit: 64 << 20)) as? [String: Any] else {
+                    throw fail("tokenizer_config.json", "is not a JSON object")
+                }
+                root = r
+            } catch let e as TokenizerError { throw e } catch let e as FileError { throw e } catch {
+                throw TokenizerError(source: path, reason: "is not valid JSON: \(error.localizedDescription)")
+            }
+            /// A special token is a string or an AddedToken object {"content": ...}; null means none.
+            func token(_ key: String) throws -> String? {
+                guard let v = root[key], !(v is NSNull) else { return nil }
+                if let s = v as? String { return s }
+                if let o = v as? [String: Any], let s = o["content"] as? String { return s }
+                throw fail(key, "is neither a string nor an object with a \"content\" string")
+            }
+            c.bosToken = try token("bos_token")
+            c.eosToken = try token("eos_token")
+            if let t = root["chat_template"], !(t is NSNull) {
+                if let s = t as? String {
+                    c.chatTemplate = s
+                } else if let list = t as? [Any] {
+                    for (i, e) in list.enumerated() {
+                        guard let o = e as? [String: Any], let name = o["name"] as? String, let tpl = o["template"] as? String else {
+                            throw fail("chat_template[\(i)]", "is not an object with \"name\" and \"template\" strings")
+                        }
+                        if name == "default" { c.chatTemplate = tpl }
+                    }
+                } else {
+                    throw fail("chat_template", "is neither a string nor a list of named templates")
+                }
+            }
+        }
+        if hasJinja { c.chatTemplate = try Files.readText(jinja, limit: 16 << 20) }
+        return c
     }
 }

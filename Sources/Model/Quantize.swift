@@ -144,6 +144,10 @@ public enum Quantizer {
         let plans = plan(c, type: type)
         let name = URL(fileURLWithPath: ck.directory).standardizedFileURL.lastPathComponent
         var meta = try metadata(c, name: name, type: type, tokenizer: tok, configFile: ck.directory + "/config.json")
+        // The chat template, as llama.cpp's converter writes it (tokenizer_config.json or chat_template.jinja).
+        if let template = try TokenizerConfig.read(directory: ck.directory)?.chatTemplate {
+            meta.append((SentencePieceModel.Key.chatTemplate, .string(template)))
+        }
         // The source's identity: the fingerprint (which the GGUF's own weights reproduce: the norms stay
         // exact f32) and the storage type it was quantized from.
         meta += [("llamaprobe.fingerprint", .string(try ck.fingerprint())),

@@ -43,6 +43,7 @@ public enum SentencePieceModel {
         /// Byte-level BPE ("gpt2"): the merges ("a b") and the pre-tokenizer's name.
         public static let merges = "tokenizer.ggml.merges"
         public static let pre = "tokenizer.ggml.pre"
+        public static let chatTemplate = "tokenizer.chat_template"
     }
 
     // MARK: Writing

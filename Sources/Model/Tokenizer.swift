@@ -40,10 +40,20 @@ public final class Tokenizer: @unchecked Sendable {
     private let addBOSToken: Bool
 
     /// A `tokenizer.json` (name ending in .json) as BPE, any other file as a SentencePiece `tokenizer.model`.
+    /// For BPE the EOS is the `eos_token` of a `tokenizer_config.json` beside it (tokenizer.json does not say).
     public convenience init(path: String) throws {
         if path.hasSuffix(".json") {
             let data = try Files.readData(path, limit: 256 << 20)
-            try self.init(bpe: try BPETokenizer(json: data, source: path), serialized: data)
+            let bpe = try BPETokenizer(json: data, source: path)
+            var eos: Int32 = -1
+            let dir = (path as NSString).deletingLastPathComponent
+            if let name = try TokenizerConfig.read(directory: dir.isEmpty ? "." : dir)?.eosToken {
+                guard let id = bpe.id(of: name) else {
+                    throw TokenizerError(source: dir + "/tokenizer_config.json", reason: "eos_token: '\(name)' is not a token of \(path)")
+                }
+                eos = id
+            }
+            try self.init(bpe: bpe, serialized: data, eosID: eos)
         } else {
             try self.init(serialized: try Files.readData(path, limit: 256 << 20), source: path)
         }

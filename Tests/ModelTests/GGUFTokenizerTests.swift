@@ -43,7 +43,13 @@ import Testing
             let dir = try checkpoint(family)
             defer { try? FileManager.default.removeItem(atPath: dir) }
             let out = dir + "/model.gguf"
+            let eos = family == "llama3" ? "<|eot_id|>" : "<|im_end|>"
+            let template = "{% for m in messages %}\(family){{ m['content'] }}{% endfor %}"
+            try JSONSerialization.data(withJSONObject: ["eos_token": ["content": eos, "special": true], "bos_token": NSNull(),
+                                                        "chat_template": template])
+                .write(to: URL(fileURLWithPath: dir + "/tokenizer_config.json"))
             let json = try Tokenizer(path: dir + "/tokenizer.json")
+            #expect(json.eosID == json.bpe!.id(of: eos) && json.eosID > 0)
             try Quantizer.run(checkpoint: try HFCheckpoint(directory: dir), tokenizer: json, outPath: out, type: .q8_0,
                               pool: ThreadPool(threads: 1))
             let g = try GGUFFile(path: out)
@@ -55,10 +61,12 @@ import Testing
             let types = try g.intArray("tokenizer.ggml.token_type")
             for t in json.bpe!.addedTokens { #expect(types[Int(t.id)] == (t.special ? 3 : 4), "\(t.content)") }
             #expect(try g.boolIfPresent("tokenizer.ggml.add_bos_token") == (family == "llama3"))
+            #expect(try g.uintIfPresent("tokenizer.ggml.eos_token_id") == Int(json.eosID))
+            #expect(try g.stringIfPresent("tokenizer.chat_template") == template)
 
             let m = try LoadedModel.loadGGUF(path: out, threads: 1)
             let back = m.tokenizer
-            #expect(back.bpe != nil && back.vocabSize == json.vocabSize && back.bosID == json.bosID)
+            #expect(back.bpe != nil && back.vocabSize == json.vocabSize && back.bosID == json.bosID && back.eosID == json.eosID)
             #expect((0..<json.vocabSize).allSatisfy { back.pieceBytes(Int32($0)) == json.pieceBytes(Int32($0)) })
             let texts = BPETokenizerTests.cases.texts
             let compared = Self.flagFree(texts)
@@ -158,5 +166,33 @@ import Testing
         try refused({ set(&$0, "tokenizer.ggml.bos_token_id", nil) }, "missing, but tokenizer.ggml.add_bos_token is true", "bos")
         try refused({ set(&$0, "tokenizer.ggml.eos_token_id", .uint32(5000)) }, "id 5000 is outside the vocabulary of 909 tokens", "eos")
         try refused({ set(&$0, "tokenizer.ggml.tokens", .array(.string, [])) }, "the vocabulary is empty", "empty")
+    }
+
+    @Test("tokenizer_config.json: eos_token and chat_template read (string, named list, chat_template.jinja); bad ones refused naming the field")
+    func tokenizerConfig() throws {
+        let dir = temporaryDirectory()
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        #expect(try TokenizerConfig.read(directory: dir) == nil)
+        func write(_ o: Any) throws {
+            try JSONSerialization.data(withJSONObject: o).write(to: URL(fileURLWithPath: dir + "/tokenizer_config.json"))
+        }
+        try write(["eos_token": "<|im_end|>", "bos_token": NSNull(),
+                   "chat_template": [["name": "tool_use", "template": "T"], ["name": "default", "template": "D"]]])
+        #expect(try TokenizerConfig.read(directory: dir) == TokenizerConfig(bosToken: nil, eosToken: "<|im_end|>", chatTemplate: "D"))
+        try Data("J".utf8).write(to: URL(fileURLWithPath: dir + "/chat_template.jinja"))
+        #expect(try TokenizerConfig.read(directory: dir)?.chatTemplate == "J")
+        try FileManager.default.copyItem(atPath: BPETokenizerTests.path("qwen2"), toPath: dir + "/tokenizer.json")
+        #expect(try Tokenizer(path: dir + "/tokenizer.json").eosID == 902)
+        for (o, expected) in [(["eos_token": 7] as [String: Any], "tokenizer_config.json: eos_token: is neither a string nor an object"),
+                              (["chat_template": [["name": "default"]]], "tokenizer_config.json: chat_template[0]: is not an object with \"name\" and \"template\" strings"),
+                              (["chat_template": 3], "chat_template: is neither a string nor a list"),
+                              (["eos_token": "<|nope|>"], "tokenizer_config.json: eos_token: '<|nope|>' is not a token of")] {
+            try write(o)
+            #expect { try Tokenizer(path: dir + "/tokenizer.json") } throws: { e in
+                let ok = e.localizedDescription.contains(expected)
+                if !ok { Issue.record("got: \(e.localizedDescription)") }
+                return ok
+            }
+        }
     }
 }
