@@ -68,8 +68,8 @@ public struct BPETokenizer: Sendable {
     private let byteFallback: Bool
     private let byteFallbackIDs: [Int32?]
     /// Added tokens matched on the raw text / on normalized text, as scalars with their index in `addedTokens`.
-    private let rawPatterns: [(scalars: [Unicode.Scalar], index: Int)]
-    private let normalizedPatterns: [(scalars: [Unicode.Scalar], index: Int)]
+    private let rawPatterns: AddedMatcher
+    private let normalizedPatterns: AddedMatcher
     private let decodes: Bool
 
     public var vocabSize: Int { tokens.count }
@@ -387,8 +387,8 @@ public struct BPETokenizer: Sendable {
                 raw.append((Array(added[i].content.unicodeScalars), i))
             }
         }
-        rawPatterns = raw
-        normalizedPatterns = norm
+        rawPatterns = AddedMatcher(raw)
+        normalizedPatterns = AddedMatcher(norm)
     }
 
     // MARK: Encoding
@@ -435,15 +435,17 @@ public struct BPETokenizer: Sendable {
     /// from each match's end), `single_word` matches between word characters dropped, `lstrip` / `rstrip`
     /// widening a match over the whitespace beside it. Returns (index into addedTokens or nil, range) covering
     /// the text (ranges are indices of `s`).
-    private func findMatches(_ s: ArraySlice<Unicode.Scalar>, _ patterns: [(scalars: [Unicode.Scalar], index: Int)]) -> [(Int?, Range<Int>)] {
+    private func findMatches(_ s: ArraySlice<Unicode.Scalar>, _ matcher: AddedMatcher) -> [(Int?, Range<Int>)] {
         let base = s.startIndex, end = s.endIndex
-        guard !patterns.isEmpty, !s.isEmpty else { return [(nil, base..<end)] }
+        guard !matcher.patterns.isEmpty, !s.isEmpty else { return [(nil, base..<end)] }
         var out: [(Int?, Range<Int>)] = []
         var startOffset = base
         var i = base
         while i < end {
             var best: (len: Int, index: Int)? = nil
-            for p in patterns where p.scalars.count > (best?.len ?? 0) && p.scalars.count <= end - i && p.scalars[0] == s[i] {
+            for k in matcher.byFirst[s[i].value] ?? [] {
+                let p = matcher.patterns[k]
+                guard p.scalars.count > (best?.len ?? 0) && p.scalars.count <= end - i else { continue }
                 if s[i..<(i + p.scalars.count)].elementsEqual(p.scalars) { best = (p.scalars.count, p.index) }
             }
             guard let (len, index) = best else { i += 1; continue }
@@ -636,6 +638,18 @@ public struct BPETokenizer: Sendable {
         let valid = ids.filter { $0 >= 0 && Int($0) < tokens.count }
         guard decodes else { return valid.map { tokens[Int($0)] }.joined(separator: " ") }
         return String(decoding: valid.flatMap { tokenBytes($0) }, as: UTF8.self)
+    }
+}
+
+/// Added-token patterns (scalars, index into `addedTokens`), looked up by their first scalar.
+private struct AddedMatcher: Sendable {
+    let patterns: [(scalars: [Unicode.Scalar], index: Int)]
+    let byFirst: [UInt32: [Int]]
+    init(_ patterns: [(scalars: [Unicode.Scalar], index: Int)]) {
+        self.patterns = patterns
+        var m: [UInt32: [Int]] = [:]
+        for (k, p) in patterns.enumerated() where !p.scalars.isEmpty { m[p.scalars[0].value, default: []].append(k) }
+        byFirst = m
     }
 }
 
