@@ -743,19 +743,20 @@ extension BPETokenizer {
     public var ggufPre: String { pattern == .llama3 ? "llama-bpe" : "qwen2" }
 
     /// The `tokenizer.ggml.*` metadata llama.cpp's converter writes for a byte-level BPE ("gpt2") tokenizer:
-    /// tokens padded to `rows` with `[PADn]` (type UNUSED) as it pads, token types (special added tokens
-    /// CONTROL, other added tokens USER_DEFINED), the merges as "a b" strings, the pre-tokenizer name, and BOS
+    /// tokens padded to `rows` with `[PAD<id>]` (type UNUSED) as it pads, token types (special added tokens and
+    /// those that look special CONTROL, other added tokens USER_DEFINED), the merges as "a b" strings, the pre-tokenizer name, and BOS
     /// as the post-processor adds it.
     public func ggufMetadata(rows: Int, eosID: Int32) -> [(String, GGUFValue)] {
         typealias K = SentencePieceModel.Key
         var kinds = [Int32](repeating: SentencePieceModel.PieceType.normal.rawValue, count: tokens.count)
-        for t in addedTokens { kinds[Int(t.id)] = t.special ? SentencePieceModel.PieceType.control.rawValue : SentencePieceModel.PieceType.userDefined.rawValue }
+        for t in addedTokens {
+            kinds[Int(t.id)] = t.special || Self.looksSpecial(t.content) ? SentencePieceModel.PieceType.control.rawValue
+                : SentencePieceModel.PieceType.userDefined.rawValue
+        }
         var names = tokens
-        if rows > tokens.count {
-            for i in 1...(rows - tokens.count) {
-                names.append("[PAD\(i)]")
-                kinds.append(SentencePieceModel.PieceType.unused.rawValue)
-            }
+        for id in tokens.count..<max(rows, tokens.count) {   // the converter names a padding row by its id
+            names.append("[PAD\(id)]")
+            kinds.append(SentencePieceModel.PieceType.unused.rawValue)
         }
         var m: [(String, GGUFValue)] = [
             (K.model, .string("gpt2")),
@@ -768,6 +769,13 @@ extension BPETokenizer {
         if eosID >= 0 && Int(eosID) < tokens.count { m.append((K.eos, .uint32(UInt32(eosID)))) }
         m += [(K.addBOS, .bool(!prefixIDs.isEmpty)), (K.addEOS, .bool(false))]
         return m
+    }
+
+    /// llama.cpp's converter (`does_token_look_special`) writes these added tokens as CONTROL even when the
+    /// tokenizer.json does not mark them special.
+    static func looksSpecial(_ t: String) -> Bool {
+        ["<pad>", "<mask>", "<2mass>", "[@BOS@]"].contains(t) || (t.hasPrefix("<|") && t.hasSuffix("|>"))
+            || (t.hasPrefix("<\u{FF5C}") && t.hasSuffix("\u{FF5C}>")) || (t.hasPrefix("<unused") && t.hasSuffix(">"))
     }
 
     /// The tokenizer of a GGUF file whose `tokenizer.ggml.model` is "gpt2", as Hugging Face would run the

@@ -56,10 +56,12 @@ import Testing
             #expect(try g.string("tokenizer.ggml.model") == "gpt2")
             #expect(try g.string("tokenizer.ggml.pre") == pre)
             let tokens = try g.stringArray("tokenizer.ggml.tokens")
-            #expect(tokens.count == 1024 && tokens[1023] == "[PAD\(1024 - json.vocabSize)]")
+            #expect(tokens.count == 1024 && tokens[json.vocabSize] == "[PAD\(json.vocabSize)]" && tokens[1023] == "[PAD1023]")
             #expect(try g.stringArray("tokenizer.ggml.merges").count == json.bpe!.mergeList.count)
             let types = try g.intArray("tokenizer.ggml.token_type")
-            for t in json.bpe!.addedTokens { #expect(types[Int(t.id)] == (t.special ? 3 : 4), "\(t.content)") }
+            // As llama.cpp's converter: special or special-looking (<|rtok|>) added tokens CONTROL, others USER_DEFINED.
+            for t in json.bpe!.addedTokens { #expect(types[Int(t.id)] == (t.special || t.content == "<|rtok|>" ? 3 : 4), "\(t.content)") }
+            #expect(types[1023] == 5 && types[0] == 1)
             #expect(try g.boolIfPresent("tokenizer.ggml.add_bos_token") == (family == "llama3"))
             #expect(try g.uintIfPresent("tokenizer.ggml.eos_token_id") == Int(json.eosID))
             #expect(try g.stringIfPresent("tokenizer.chat_template") == template)
