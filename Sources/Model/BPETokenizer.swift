@@ -782,7 +782,7 @@ extension BPETokenizer {
     /// tokenizer.json it was converted from: the pre-tokenizer from `tokenizer.ggml.pre` (Qwen2's with NFC,
     /// Llama-3's with ignore_merges, as both llama.cpp and HF do), CONTROL and USER_DEFINED tokens matched
     /// before BPE (as special / added tokens, without strip flags: GGUF does not record them), BOS when
-    /// `add_bos_token` is true. Trailing `[PADn]` UNUSED tokens (embedding rows past the tokenizer) are left
+    /// `add_bos_token` is true (absent: as llama.cpp, true for llama-bpe, false for qwen2). Trailing `[PADn]` UNUSED tokens (embedding rows past the tokenizer) are left
     /// out. Returns the tokenizer and the EOS id (-1 when absent).
     public static func fromGGUF(_ g: GGUFFile) throws -> (BPETokenizer, eosID: Int32) {
         typealias K = SentencePieceModel.Key
@@ -842,7 +842,8 @@ extension BPETokenizer {
         let bos = try id(K.bos)
         let eos = try id(K.eos) ?? -1
         var prefix: [Int32] = []
-        if try g.boolIfPresent(K.addBOS) ?? false {
+        // Absent: llama.cpp's default for the pre-tokenizer (llama-bpe adds BOS, qwen2 does not).
+        if try g.boolIfPresent(K.addBOS) ?? (pattern == .llama3) {
             guard let bos else { throw fail(K.bos, "missing, but \(K.addBOS) is true") }
             prefix = [bos]
         }

@@ -166,6 +166,12 @@ import Testing
         try refused({ set(&$0, "tokenizer.ggml.token_type", .array(.int32, (0..<1024).map { .int32($0 == 5 ? 9 : 1) })) },
                     "token 5 ('&') has type 9, not one of 1...6", "typevalue")
         try refused({ set(&$0, "tokenizer.ggml.bos_token_id", nil) }, "missing, but tokenizer.ggml.add_bos_token is true", "bos")
+        try refused({ set(&$0, "tokenizer.ggml.bos_token_id", nil); set(&$0, "tokenizer.ggml.add_bos_token", nil) },
+                    "missing, but tokenizer.ggml.add_bos_token is true", "bosdefault")
+        var noKey = good
+        set(&noKey, "tokenizer.ggml.add_bos_token", nil)
+        set(&noKey, "tokenizer.ggml.pre", .string("qwen2"))
+        #expect(try !Tokenizer.fromGGUF(try writeGGUF(noKey, "qwen-default")).addsBOS)
         try refused({ set(&$0, "tokenizer.ggml.eos_token_id", .uint32(5000)) }, "id 5000 is outside the vocabulary of 909 tokens", "eos")
         try refused({ set(&$0, "tokenizer.ggml.tokens", .array(.string, [])) }, "the vocabulary is empty", "empty")
     }
