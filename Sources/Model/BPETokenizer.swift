@@ -426,7 +426,7 @@ public struct BPETokenizer: Sendable {
         for word in Self.split(piece, pattern) {
             var bytes: [UInt8] = []
             if addPrefixSpace && word.first != " " { bytes.append(0x20) }
-            for s in word { bytes += String(s).utf8 }
+            for s in word { UTF8.encode(s) { bytes.append($0) } }
             bpe(bytes, into: &ids)
         }
     }
