@@ -37,14 +37,19 @@ public enum FuzzTargets {
         Target(name: "gguf", fileName: "model.gguf") { path, _ in
             let g = try GGUFFile(path: path)
             let c = try GGUFModel.config(g)
-            let spm = try SentencePieceModel.fromGGUF(g)
-            let tok = try Tokenizer(serialized: spm, source: path)
+            let tok = try Tokenizer.fromGGUF(g)
             _ = try tok.encode("Hello <s> world\n  é 🙂")
             _ = try GGUFModel.loadWeights(g, config: c, includeHead: true, pool: pool)
         },
         Target(name: "tokenizer-model", fileName: "tokenizer.model") { path, _ in
             let tok = try Tokenizer(path: path)
             _ = try tok.encode("Hello <s> world\n  é 🙂")
+        },
+        Target(name: "tokenizer-json", fileName: "tokenizer.json") { path, _ in
+            let tok = try Tokenizer(path: path)
+            let ids = try tok.encode("Hello <|eot_id|> wor\u{301}ld\r\n  \t é 🙂 12345 <mask> I'M cat\u{3000}")
+            _ = try tok.decode(ids + [-1, Int32.max])
+            _ = ReadoutRecipe.fingerprint(of: tok)
         },
         Target(name: "dataset-csv", fileName: "data.csv") { path, _ in
             _ = try Dataset(path: path)

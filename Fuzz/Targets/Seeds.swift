@@ -55,14 +55,26 @@ extension FuzzTargets {
             let dir = NSTemporaryDirectory() + "llamaprobe-fuzz-seed-\(getpid())"
             defer { try? FileManager.default.removeItem(atPath: dir) }
             try Synth.write(config: c, to: dir, seed: 1, dtype: .f32, tokenizer: tokenizer, pool: pool)
-            return try Quantizer.OutputType.allCases.map { type in
+            var seeds = try Quantizer.OutputType.allCases.map { type in
                 let out = dir + "/model.\(type.rawValue).gguf"
                 try Quantizer.run(checkpoint: try HFCheckpoint(directory: dir), tokenizer: tokenizer, tokenizerSource: "fixture.model",
                                   outPath: out, type: type, pool: pool)
                 return try Files.read(out)
             }
+            // And one with a byte-level BPE ("gpt2") vocabulary, from the Llama-3-style tokenizer.json fixture.
+            let bpe = try Tokenizer(path: root + "/Tests/fixtures/bpe/llama3/tokenizer.json")
+            var cb = c
+            cb.vocabSize = bpe.vocabSize
+            let bpeDir = dir + "/bpe"
+            try Synth.write(config: cb, to: bpeDir, seed: 1, dtype: .f32, tokenizer: tokenizer, pool: pool)
+            try Quantizer.run(checkpoint: try HFCheckpoint(directory: bpeDir), tokenizer: bpe, outPath: bpeDir + "/model.gguf",
+                              type: .q8_0, pool: pool)
+            seeds.append(try Files.read(bpeDir + "/model.gguf"))
+            return seeds
         case "tokenizer-model":
             return [try fixture("tokenizer/fixture.model")]
+        case "tokenizer-json":
+            return [try fixture("bpe/llama3/tokenizer.json"), try fixture("bpe/qwen2/tokenizer.json")]
         case "dataset-csv":
             return [utf8("message,label\n\"I passed, finally!\",happy\nno one came,sad\r\n\"she said \"\"no\"\"\",angry\n")]
         case "dataset-jsonl":

@@ -26,10 +26,10 @@ struct LlamaProbe: ParsableCommand {
 // MARK: - Shared option groups
 
 struct ModelOptions: ParsableArguments {
-    @Option(name: .long, help: ArgumentHelp("Model: a GGUF file (F32, F16 or Q8_0, e.g. from `llamaprobe quantize`) or a Hugging Face checkpoint directory (config.json, *.safetensors, tokenizer.model).", valueName: "path"))
+    @Option(name: .long, help: ArgumentHelp("Model: a GGUF file (F32, F16 or Q8_0, e.g. from `llamaprobe quantize`) or a Hugging Face checkpoint directory (config.json, *.safetensors, tokenizer.model or tokenizer.json).", valueName: "path"))
     var model: String
 
-    @Option(name: .long, help: ArgumentHelp("SentencePiece tokenizer.model to use instead of the model's own (the directory's tokenizer.model, or the GGUF vocabulary).", valueName: "file"))
+    @Option(name: .long, help: ArgumentHelp("Tokenizer to use instead of the model's own: a SentencePiece tokenizer.model or a Hugging Face tokenizer.json (default: the directory's tokenizer.model, else its tokenizer.json, or the GGUF vocabulary).", valueName: "file"))
     var tokenizer: String?
 
     @Option(name: .long, help: "Threads for the forward pass (the default is this machine's core count).")

@@ -14,7 +14,7 @@ struct QuantizeCommand: ParsableCommand {
         Streams tensor by tensor (memory stays bounded for any model size), writes OUT under a temporary \
         name and renames it when complete. Q/K rows are permuted into the interleaved rotary layout, as \
         llama.cpp's converter does, so llama.cpp loads the file; tensors whose rows are not a multiple of 32 \
-        stay F16; norms stay F32. The tokenizer.model is embedded as the GGUF vocabulary.
+        stay F16; norms stay F32. The tokenizer (tokenizer.model, or tokenizer.json) is embedded as the GGUF vocabulary.
 
         Example: llamaprobe quantize --model ~/models/Llama-2-13b-chat-hf --out llama-2-13b-chat.Q8_0.gguf
         """)
@@ -28,7 +28,7 @@ struct QuantizeCommand: ParsableCommand {
     @Option(help: "Weight type: q8_0 (int8, 1.06 bytes per weight) or f16.")
     var type: Quantizer.OutputType = .q8_0
 
-    @Option(help: ArgumentHelp("Tokenizer to embed (default: MODEL/tokenizer.model).", valueName: "file"))
+    @Option(help: ArgumentHelp("Tokenizer to embed (default: MODEL/tokenizer.model, else MODEL/tokenizer.json).", valueName: "file"))
     var tokenizer: String?
 
     @Option(help: "Threads (the default is this machine's core count).")
@@ -37,13 +37,13 @@ struct QuantizeCommand: ParsableCommand {
     func run() throws {
         let t0 = now()
         let ck = try HFCheckpoint(directory: model)
-        let tokPath = tokenizer ?? model + "/tokenizer.model"
+        let tokPath = try tokenizer ?? LoadedModel.tokenizerFile(inDirectory: model)
         let tok = try Tokenizer(path: tokPath)
         guard tok.vocabSize <= ck.config.vocabSize else {
-            throw CLIError("\(tokPath) has \(tok.vocabSize) pieces, more than vocab_size \(ck.config.vocabSize)")
+            throw CLIError("\(tokPath) has \(tok.vocabSize) tokens, more than vocab_size \(ck.config.vocabSize)")
         }
         var last = 0.0
-        try Quantizer.run(checkpoint: ck, tokenizer: tok.serialized, tokenizerSource: tokPath, outPath: out, type: type,
+        try Quantizer.run(checkpoint: ck, tokenizer: tok, outPath: out, type: type,
                           pool: ThreadPool(threads: threads)) { p in
             if now() - last > 1 || p.index == p.count {
                 let pct = p.bytesTotal > 0 ? 100 * Double(p.bytesDone) / Double(p.bytesTotal) : 100

@@ -105,6 +105,12 @@ struct Info: ParsableCommand {
         }
         let ck = try HFCheckpoint(directory: model)
         print("config: \(ck.config.summary)")
+        // A directory is valid only with a tokenizer that loads and fits the embedding rows.
+        let tok = try LoadedModel.tokenizer(forModel: model)
+        guard tok.vocabSize <= ck.config.vocabSize else {
+            throw CLIError("\(tok.source): has \(tok.vocabSize) tokens but the model's vocab_size is \(ck.config.vocabSize)")
+        }
+        print("tokenizer: \(tok.source): \(tok.bpe == nil ? "SentencePiece" : "byte-level BPE"), \(tok.vocabSize) tokens")
         print("storage: \(ck.config.storageDtype ?? "unspecified"), \(ck.files.count) safetensors file(s)")
         for f in ck.files {
             let bytes = f.tensors.values.reduce(0) { $0 + $1.byteCount }

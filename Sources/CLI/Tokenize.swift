@@ -8,16 +8,17 @@ struct Tokenize: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Show the token ids (and pieces) of a prompt after the template.",
         discussion: """
-        Ids equal Hugging Face's LlamaTokenizer (legacy mode): BOS, then SentencePiece over the text, with \
-        literal <s>, </s> and <unk> mapped to their special ids.
+        Ids equal Hugging Face's: for a SentencePiece tokenizer.model its LlamaTokenizer (legacy mode): BOS, then \
+        SentencePiece over the text, with literal <s>, </s> and <unk> mapped to their special ids; for a \
+        tokenizer.json (byte-level BPE: Llama-3, Qwen2) the `tokenizers` library's encode with special tokens.
 
         Example: llamaprobe tokenize --tokenizer tokenizer.model --template raw --ids "Hello world"
         """)
 
-    @Option(help: ArgumentHelp("Model whose tokenizer to use: a checkpoint directory (its tokenizer.model) or a GGUF file (its vocabulary).", valueName: "path"))
+    @Option(help: ArgumentHelp("Model whose tokenizer to use: a checkpoint directory (its tokenizer.model, else tokenizer.json) or a GGUF file (its vocabulary).", valueName: "path"))
     var model: String?
 
-    @Option(help: ArgumentHelp("A SentencePiece tokenizer.model.", valueName: "file"))
+    @Option(help: ArgumentHelp("A SentencePiece tokenizer.model or a Hugging Face tokenizer.json.", valueName: "file"))
     var tokenizer: String?
 
     @OptionGroup var templateOptions: TemplateOptions

@@ -189,7 +189,7 @@ public enum Extractor {
     }
 
     /// The tokens the model reads for one row: the rendered prompt, and when it has more than `maxTokens`
-    /// tokens, BOS plus its last `maxTokens - 1` (content is dropped from the start: the readout suffix must
+    /// tokens, BOS (when the tokenizer adds one) plus its last `maxTokens - 1` (content is dropped from the start: the readout suffix must
     /// survive). Only a tail of a long prompt is tokenized: 16 bytes per kept token, cut after a whitespace
     /// run (where SentencePiece pieces begin), enlarged fourfold while fewer than `maxTokens + 16` tokens come
     /// out, so the tokens kept come from well after the cut and memory follows --max-tokens, not the length
@@ -229,7 +229,11 @@ public enum Extractor {
                 ids = try tokenizer.encode(text)
             }
             let truncated = ids.count > maxTokens
-            if truncated, let bos = ids.first { ids = [bos] + ids[(ids.count - maxTokens + 1)...] }
+            if truncated {
+                // BOS stays first when the tokenizer adds one (Qwen2's adds none: the tail alone).
+                if tokenizer.addsBOS, let bos = ids.first { ids = [bos] + ids[(ids.count - maxTokens + 1)...] }
+                else { ids = Array(ids[(ids.count - maxTokens)...]) }
+            }
             return (ids, truncated)
         }
     }

@@ -40,7 +40,8 @@ public final class LoadedModel {
         }
     }
 
-    /// Loads a Hugging Face checkpoint directory. `tokenizerPath` overrides `DIR/tokenizer.model`.
+    /// Loads a Hugging Face checkpoint directory. `tokenizerPath` overrides the directory's tokenizer
+    /// (`tokenizerFile(inDirectory:)`).
     public static func load(path: String, tokenizerPath: String? = nil, includeHead: Bool = false,
                             threads: Int = ThreadPool.defaultThreadCount, backend: Backend = .simd,
                             kernel: Q8Kernel = .detected) throws -> LoadedModel {
@@ -50,13 +51,11 @@ public final class LoadedModel {
                                 backend: backend, kernel: kernel)
         }
         let checkpoint = try HFCheckpoint(directory: path)
-        let tokPath = tokenizerPath ?? path + "/tokenizer.model"
-        guard HFCheckpoint.exists(tokPath) else {
-            throw FileError(path: tokPath, reason: "tokenizer not found; pass --tokenizer FILE (a SentencePiece tokenizer.model)")
-        }
+        let tokPath = try tokenizerPath ?? tokenizerFile(inDirectory: path)
         let tokenizer = try Tokenizer(path: tokPath)
+        // Fewer tokens than embedding rows is normal (Qwen2.5: 151665 ids for 151936 rows), more is not.
         guard tokenizer.vocabSize <= checkpoint.config.vocabSize else {
-            throw TokenizerError(source: tokPath, reason: "has \(tokenizer.vocabSize) pieces but the model's vocab_size is \(checkpoint.config.vocabSize)")
+            throw TokenizerError(source: tokPath, reason: "has \(tokenizer.vocabSize) tokens but the model's vocab_size is \(checkpoint.config.vocabSize)")
         }
         let pool = ThreadPool(threads: threads)
         let weights = try checkpoint.loadWeights(includeHead: includeHead, pool: pool)
@@ -72,7 +71,7 @@ public final class LoadedModel {
         let g = try GGUFFile(path: path)
         let config = try GGUFModel.config(g)
         let tokenizer = try tokenizerPath.map { try Tokenizer(path: $0) }
-            ?? Tokenizer(serialized: try SentencePieceModel.fromGGUF(g), source: path + " (GGUF vocabulary)")
+            ?? Tokenizer.fromGGUF(g)
         guard tokenizer.vocabSize <= config.vocabSize else {
             throw TokenizerError(source: tokenizer.source, reason: "has \(tokenizer.vocabSize) pieces but the model's vocabulary has \(config.vocabSize) rows")
         }
@@ -82,18 +81,22 @@ public final class LoadedModel {
                            quantization: fileTypeName(g) ?? weights.projectionStorage)
     }
 
-    /// The tokenizer of a model path without loading its weights: DIR/tokenizer.model, or a GGUF file's vocabulary.
+    /// The tokenizer file of a checkpoint directory: `tokenizer.model` (SentencePiece: LLaMA-2, Mistral, which
+    /// ship a tokenizer.json too) when present, else `tokenizer.json` (byte-level BPE: Llama-3, Qwen2).
+    public static func tokenizerFile(inDirectory dir: String) throws -> String {
+        for name in ["tokenizer.model", "tokenizer.json"] where HFCheckpoint.exists(dir + "/" + name) { return dir + "/" + name }
+        throw FileError(path: dir, reason: "has neither tokenizer.model (SentencePiece) nor tokenizer.json (BPE); pass --tokenizer FILE")
+    }
+
+    /// The tokenizer of a model path without loading its weights: the directory's (`tokenizerFile(inDirectory:)`),
+    /// or a GGUF file's vocabulary.
     public static func tokenizer(forModel path: String) throws -> Tokenizer {
         try checkModelPath(path)
         if !Files.isDirectory(path) {
             let g = try GGUFFile(path: path)
-            return try Tokenizer(serialized: try SentencePieceModel.fromGGUF(g), source: path + " (GGUF vocabulary)")
+            return try Tokenizer.fromGGUF(g)
         }
-        let tokPath = path + "/tokenizer.model"
-        guard HFCheckpoint.exists(tokPath) else {
-            throw FileError(path: tokPath, reason: "tokenizer not found; pass --tokenizer FILE (a SentencePiece tokenizer.model)")
-        }
-        return try Tokenizer(path: tokPath)
+        return try Tokenizer(path: try tokenizerFile(inDirectory: path))
     }
 
     /// A model path must exist (a mistyped --model is named as such, not as a missing file inside it).

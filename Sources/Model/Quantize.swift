@@ -92,6 +92,12 @@ public enum Quantizer {
                   ("llama.attention.value_length", try u32("head_dim", c.headDimension))]
         }
         // llama.cpp wants one vocabulary entry per embedding row: pad as its converter does.
+        if let bpe = tokenizer.bpe {
+            guard bpe.vocabSize <= c.vocabSize else {
+                throw TokenizerError(source: tokenizer.source, reason: "has \(bpe.vocabSize) tokens, more than vocab_size \(c.vocabSize) of \(configFile)")
+            }
+            return m + bpe.ggufMetadata(rows: c.vocabSize, eosID: tokenizer.eosID)
+        }
         var vocab = try SentencePieceModel.parse(tokenizer.serialized, source: tokenizer.source)
         guard vocab.pieces.count <= c.vocabSize else {
             throw TokenizerError(source: tokenizer.source, reason: "has \(vocab.pieces.count) pieces, more than vocab_size \(c.vocabSize) of \(configFile)")
@@ -126,11 +132,22 @@ public enum Quantizer {
     /// and only then renames it to `outPath`: a file this project cannot read is never installed.
     public static func run(checkpoint ck: HFCheckpoint, tokenizer: Data, tokenizerSource: String, outPath: String,
                            type: OutputType, pool: ThreadPool, progress: ((Progress) -> Void)? = nil) throws {
+        try run(checkpoint: ck, tokenizer: try Tokenizer(serialized: tokenizer, source: tokenizerSource), outPath: outPath,
+                type: type, pool: pool, progress: progress)
+    }
+
+    /// As above with a loaded tokenizer: SentencePiece is written as llama.cpp's "llama" vocabulary, byte-level
+    /// BPE as its "gpt2" one (tokens, types, merges, `tokenizer.ggml.pre`).
+    public static func run(checkpoint ck: HFCheckpoint, tokenizer tok: Tokenizer, outPath: String,
+                           type: OutputType, pool: ThreadPool, progress: ((Progress) -> Void)? = nil) throws {
         let c = ck.config
-        let tok = try Tokenizer(serialized: tokenizer, source: tokenizerSource)
         let plans = plan(c, type: type)
         let name = URL(fileURLWithPath: ck.directory).standardizedFileURL.lastPathComponent
         var meta = try metadata(c, name: name, type: type, tokenizer: tok, configFile: ck.directory + "/config.json")
+        // The chat template, as llama.cpp's converter writes it (tokenizer_config.json or chat_template.jinja).
+        if let template = try TokenizerConfig.read(directory: ck.directory)?.chatTemplate {
+            meta.append((SentencePieceModel.Key.chatTemplate, .string(template)))
+        }
         // The storage type it was quantized from. (The model fingerprint is not recorded: the loader computes
         // it from the weights themselves, and the GGUF's Q8_0 rows give the source directory's fingerprint.)
         meta += [("llamaprobe.source_quantization", .string(LoadedModel.storageName(c.storageDtype)))]
@@ -213,10 +230,16 @@ public enum Quantizer {
             guard t.shape == shape else { throw GGUFError(file: path, tensor: name, reason: "shape \(t.shape) read back, expected \(shape)") }
             _ = try g.quantType(t)
         }
-        let back = try Tokenizer(serialized: try SentencePieceModel.fromGGUF(g), source: path + " (GGUF vocabulary)")
+        let back = try Tokenizer.fromGGUF(g)
         try same("the BOS id", tok.bosID, back.bosID)
         try same("the EOS id", tok.eosID, back.eosID)
         try same("the UNK id", tok.unkID, back.unkID)
+        try same("whether BOS is added", tok.addsBOS, back.addsBOS)
+        if let a = tok.bpe, let b = back.bpe {
+            try same("the token count", a.vocabSize, b.vocabSize)
+            try same("the merge count", a.mergeList.count, b.mergeList.count)
+            try same("the pre-tokenizer", a.pattern, b.pattern)
+        }
         guard back.vocabSize <= read.vocabSize else {
             throw GGUFError(file: path, reason: "the vocabulary has \(back.vocabSize) pieces for \(read.vocabSize) embedding rows")
         }

@@ -39,18 +39,24 @@ public enum SentencePieceModel {
         public static let addBOS = "tokenizer.ggml.add_bos_token"
         public static let addEOS = "tokenizer.ggml.add_eos_token"
         public static let addSpacePrefix = "tokenizer.ggml.add_space_prefix"
+        public static let removeExtraWhitespaces = "tokenizer.ggml.remove_extra_whitespaces"
+        /// Byte-level BPE ("gpt2"): the merges ("a b") and the pre-tokenizer's name.
+        public static let merges = "tokenizer.ggml.merges"
+        public static let pre = "tokenizer.ggml.pre"
+        public static let chatTemplate = "tokenizer.chat_template"
     }
 
     // MARK: Writing
 
     /// A serialized `ModelProto` for a BPE model with LLaMA-2's normalization: name "identity", no
-    /// precompiled charsmap, `add_dummy_prefix` as given, `remove_extra_whitespaces` false,
+    /// precompiled charsmap, `add_dummy_prefix` and `remove_extra_whitespaces` as given (LLaMA-2: true, false),
     /// `escape_whitespaces` true. The trainer spec records BPE, the vocabulary size, byte fallback and the
     /// special ids with their pieces (what SentencePiece looks the special ids up by), and LLaMA-2's
     /// training flags that do not affect encoding (split_digits, allow_whitespace_only_pieces).
     /// An id of -1 (or out of range) means "none".
     public static func serialize(pieces: [(piece: String, score: Float, type: Int32)], unkID: Int, bosID: Int,
-                                 eosID: Int, padID: Int, addDummyPrefix: Bool = true, byteFallback: Bool = true) -> Data {
+                                 eosID: Int, padID: Int, addDummyPrefix: Bool = true, removeExtraWhitespaces: Bool = false,
+                                 byteFallback: Bool = true) -> Data {
         var model = ProtoWriter()
         for p in pieces {
             var sp = ProtoWriter()
@@ -82,7 +88,7 @@ public enum SentencePieceModel {
         normalizer.string(1, "identity") // NormalizerSpec.name = 1
         normalizer.bytes(2, [])          // precompiled_charsmap = 2 (empty: no normalization)
         normalizer.bool(3, addDummyPrefix)   // add_dummy_prefix = 3
-        normalizer.bool(4, false)        // remove_extra_whitespaces = 4
+        normalizer.bool(4, removeExtraWhitespaces)   // remove_extra_whitespaces = 4
         normalizer.bool(5, true)         // escape_whitespaces = 5
         model.message(3, normalizer)     // ModelProto.normalizer_spec = 3
         return Data(model.bytes)
@@ -205,10 +211,12 @@ public enum SentencePieceModel {
         }
         var pad = try id(Key.pad) ?? -1
         if [unk, bos, eos].contains(pad) { pad = -1 }   // e.g. pad = unk in some configs: SentencePiece wants distinct ids
+        // llama.cpp's defaults when the keys are absent.
         let addPrefix = try g.boolIfPresent(Key.addSpacePrefix) ?? true
+        let removeSpaces = try g.boolIfPresent(Key.removeExtraWhitespaces) ?? false
         let pieces = (0..<tokens.count).map { (piece: tokens[$0], score: scores[$0], type: Int32(types[$0])) }
         return serialize(pieces: pieces, unkID: unk, bosID: bos, eosID: eos, padID: pad, addDummyPrefix: addPrefix,
-                         byteFallback: types.contains(Int(PieceType.byte.rawValue)))
+                         removeExtraWhitespaces: removeSpaces, byteFallback: types.contains(Int(PieceType.byte.rawValue)))
     }
 
     /// The `tokenizer.ggml.*` metadata llama.cpp's converter writes for a SentencePiece (LLaMA) tokenizer.
@@ -223,7 +231,8 @@ public enum SentencePieceModel {
         where i >= 0 && i < c.pieces.count {
             m.append((key, .uint32(UInt32(i))))
         }
-        m += [(Key.addBOS, .bool(addBOS)), (Key.addEOS, .bool(addEOS)), (Key.addSpacePrefix, .bool(c.addDummyPrefix))]
+        m += [(Key.addBOS, .bool(addBOS)), (Key.addEOS, .bool(addEOS)), (Key.addSpacePrefix, .bool(c.addDummyPrefix)),
+              (Key.removeExtraWhitespaces, .bool(c.removeExtraWhitespaces))]
         return m
     }
 }

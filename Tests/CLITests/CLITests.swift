@@ -215,5 +215,13 @@ func scratch(_ name: String = #function) -> String {
         #expect(info.status == 0 && info.stdout.contains("d_model=4096"))
         let tok = try Tokenizer(path: dir + "/tokenizer.model")
         #expect(tok.vocabSize == 4096)
+        #expect(info.stdout.contains("tokenizer: \(dir)/tokenizer.model: SentencePiece, 4096 tokens"), "\(info.stdout)")
+        // Without any tokenizer the directory is not valid; with only a tokenizer.json it is (byte-level BPE).
+        try FileManager.default.removeItem(atPath: dir + "/tokenizer.model")
+        let none = try CLI.run(["info", "--model", dir])
+        #expect(none.status != 0 && none.stderr.contains("has neither tokenizer.model (SentencePiece) nor tokenizer.json (BPE)"), "\(none.stderr)")
+        try FileManager.default.copyItem(atPath: CLI.fixtures.appendingPathComponent("bpe/qwen2/tokenizer.json").path, toPath: dir + "/tokenizer.json")
+        let bpe = try CLI.run(["info", "--model", dir])
+        #expect(bpe.status == 0 && bpe.stdout.contains("byte-level BPE, 904 tokens"), "\(bpe.stdout) \(bpe.stderr)")
     }
 }

@@ -153,6 +153,25 @@ import Testing
         #expect(Date().timeIntervalSince(t0) < 5)
         #expect(after.ru_maxrss - before.ru_maxrss < 300_000, "peak RSS grew by \(after.ru_maxrss - before.ru_maxrss) KiB")
     }
+
+    @Test("long fields with byte-level BPE: the tail's tokens equal tokenizing everything; BOS kept first only when the tokenizer adds one")
+    func longFieldsBPE() throws {
+        let words = ["the", "quick", "brown", "fox", "jumps", "über", "the", "lazy", "dog.", "\n\n", "Ça", "va?", "  ", "12345", "naïve", "<|im_end|>"]
+        var text = ""
+        var i = 0
+        while text.utf8.count < 50_000 { text += words[(i * 7 + i / 3) % words.count] + (i % 11 == 0 ? "  " : " "); i += 1 }
+        let renderer = PromptRenderer(template: .raw)
+        for family in ["llama3", "qwen2"] {
+            let tok = try Tokenizer(path: Paths.fixtures.appendingPathComponent("bpe/\(family)/tokenizer.json").path)
+            #expect(tok.addsBOS == (family == "llama3"))
+            let full = try tok.encode(text)
+            for maxTokens in [8, 64, 500] {
+                let expected = tok.addsBOS ? [full[0]] + full[(full.count - maxTokens + 1)...] : Array(full[(full.count - maxTokens)...])
+                let got = try Extractor.promptTokens(.message(text), tokenizer: tok, renderer: renderer, maxTokens: maxTokens)
+                #expect(got.truncated && got.ids == expected, "\(family) --max-tokens \(maxTokens)")
+            }
+        }
+    }
 }
 
 /// Extraction's resume and lock, on a real (tiny) model run.
