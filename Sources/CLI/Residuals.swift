@@ -16,7 +16,12 @@ struct Residuals: ParsableCommand {
         resid_post of layer L is the residual after block L, before the final norm (TransformerLens naming; \
         Hugging Face's last hidden_states entry is normed and is not it).
 
-        --hooks reads other points of every block, by TransformerLens name, one tensor p{i}.{hook} each (same         shape as resid_post): resid_pre (the residual entering block L: the embedding, or resid_post of L-1),         attn_out (o_proj's output), resid_mid (resid_pre + attn_out, the input of the MLP's norm), mlp_out         (down_proj's output, before steering), resid_post (the default). Several in one pass:         --hooks resid_post,mlp_out. Reading attn_out or mlp_out costs one more o_proj or down_proj product per         block (computed apart, so no other value changes by a bit).
+        --hooks reads other points of every block, by TransformerLens name, one tensor p{i}.{hook} each (same shape \
+        as resid_post): resid_pre (the residual entering block L: the embedding, or resid_post of L-1), attn_out \
+        (o_proj's output), resid_mid (resid_pre + attn_out, the input of the MLP's norm), mlp_out (down_proj's \
+        output, before steering), resid_post (the default). Several in one pass: --hooks resid_post,mlp_out. Reading \
+        attn_out or mlp_out costs one more o_proj or down_proj product per block (computed apart, so no other value \
+        changes by a bit).
 
         --steer-… adds interventions as in `generate` (A·v/‖v‖ at the output of block L, every position); the         stored residuals are the steered ones, and the interventions are recorded in the readout (metadata         'readout', key 'steering'), so a steered file says so.
 
