@@ -16,6 +16,13 @@ struct Residuals: ParsableCommand {
         resid_post of layer L is the residual after block L, before the final norm (TransformerLens naming; \
         Hugging Face's last hidden_states entry is normed and is not it).
 
+        --hooks reads other points of every block, by TransformerLens name, one tensor p{i}.{hook} each (same shape \
+        as resid_post): resid_pre (the residual entering block L: the embedding, or resid_post of L-1), attn_out \
+        (o_proj's output), resid_mid (resid_pre + attn_out, the input of the MLP's norm), mlp_out (down_proj's \
+        output, before steering), resid_post (the default). Several in one pass: --hooks resid_post,mlp_out. Reading \
+        attn_out or mlp_out costs one more o_proj or down_proj product per block (computed apart, so no other value \
+        changes by a bit).
+
         --steer-… adds interventions as in `generate` (A·v/‖v‖ at the output of block L, every position); the         stored residuals are the steered ones, and the interventions are recorded in the readout (metadata         'readout', key 'steering'), so a steered file says so.
 
         Example: llamaprobe residuals --model models/tiny --prompts prompts.txt --out resid.safetensors
@@ -34,6 +41,10 @@ struct Residuals: ParsableCommand {
     @Option(help: "Positions to keep: last (the readout token) or all.")
     var positions: Positions = .last
 
+    @Option(help: ArgumentHelp("Block hooks to store, comma-separated: resid_pre, attn_out, resid_mid, mlp_out, resid_post.",
+                               valueName: "names"))
+    var hooks = "resid_post"
+
     @Flag(name: .customLong("with-embeddings"), help: "Also store the embedding output (HF hidden_states[0]) as p{i}.embed.")
     var withEmbeddings = false
 
@@ -43,6 +54,7 @@ struct Residuals: ParsableCommand {
     @OptionGroup var steer: SteerOptions
 
     func run() throws {
+        let hookList = try Hook.parseList(hooks)
         let list = try PromptFile.read(path: prompts)
         guard !list.isEmpty else { throw CLIError("\(prompts) has no prompts") }
         let t0 = now()
@@ -59,7 +71,7 @@ struct Residuals: ParsableCommand {
         recipe.steering = steering.records
         for iv in steering.interventions { note("steering: block \(iv.layer) += \(iv.strength) · v/‖v‖, v = \(iv.source)") }
         try ResidualsJob.run(model: loaded, prompts: list, renderer: templateOptions.renderer,
-                             options: CaptureOptions(positions: positions, embeddings: withEmbeddings, logits: logits),
+                             options: CaptureOptions(positions: positions, embeddings: withEmbeddings, logits: logits, hooks: hookList),
                              outPath: out, readout: (recipe.json, { try recipe.tokens(.message($0), tokenizer: loaded.tokenizer).ids }),
                              steering: steering) { done, total, t in
             tokens += t

@@ -169,6 +169,7 @@ public enum Extractor {
                     case .embedding: break
                     case .residPost(let l):
                         (base + (l + (cfg.withEmbeddings ? 1 : 0)) * d).update(from: view.row(position: job.ids.count - 1), count: d)
+                    default: break   // only resid_post is requested
                     }
                 }
                 try writer.append(row: job.row, label: job.label, nTokens: job.ids.count, residPost: base, truncated: job.truncated,

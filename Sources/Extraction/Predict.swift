@@ -35,6 +35,7 @@ public enum Predictor {
                 switch point {
                 case .embedding: guard probes.withEmbeddings else { return }; index = 0
                 case .residPost(let l): index = l + (probes.withEmbeddings ? 1 : 0)
+                default: return   // only resid_post is requested
                 }
                 if wanted.contains(index) { out[index] = probes.probabilities(layer: index, residual: view.row(position: ids.count - 1)) }
             }

@@ -48,6 +48,7 @@ public enum Bench {
                 switch point {
                 case .embedding: stamps[0] = now()
                 case .residPost(let l): stamps[l + 1] = now()
+                default: break
                 }
             }
             totals.append(now() - t0)
@@ -174,6 +175,7 @@ extension Bench {
                         switch point {
                         case .embedding: stamps[0] = now()
                         case .residPost(let l): stamps[l + 1] = now()
+                        default: break
                         }
                     }
                     for l in 0..<L { layerSums[l] += stamps[l + 1] - stamps[l] }

@@ -9,12 +9,80 @@ public enum Positions: String, Sendable, CaseIterable {
     case all
 }
 
+/// A read point inside every block, by its TransformerLens name (`blocks.L.hook_NAME`). The cases are in
+/// the order the forward pass reaches them.
+///
+/// - `resid_pre`: the residual entering block L (the embedding for L = 0, else resid_post of L − 1; HF: the
+///   input of `model.layers[L]`).
+/// - `attn_out`: the attention's output, o_proj's result (HF: `self_attn`'s output).
+/// - `resid_mid`: the residual after attention, before the MLP (resid_pre + attn_out).
+/// - `mlp_out`: the MLP's output, down_proj's result (HF: `mlp`'s output), before any steering.
+/// - `resid_post`: the residual after block L, before the final norm, steering included (HF: `model.layers[L]`'s output).
+///
+/// resid_pre, resid_mid and resid_post are the residual stream itself at that moment. attn_out and mlp_out
+/// are computed by a second o_proj/down_proj product into a separate buffer, only when requested: the
+/// residual stream accumulates the projections in place (K-blocked), so adding a separately computed output
+/// would round differently. The residual, the other hooks and the logits are therefore bit-identical
+/// whichever hooks are read; the price is one more o_proj (attn_out) or down_proj (mlp_out) per block.
+public enum Hook: String, Sendable, CaseIterable, Codable {
+    case residPre = "resid_pre"
+    case attnOut = "attn_out"
+    case residMid = "resid_mid"
+    case mlpOut = "mlp_out"
+    case residPost = "resid_post"
+
+    /// Hooks from a comma-separated list of names (`resid_post,mlp_out`), in the order given, without
+    /// repeats; `what` names the option in the error.
+    public static func parseList(_ text: String, what: String = "--hooks") throws -> [Hook] {
+        var out: [Hook] = []
+        for part in text.split(separator: ",", omittingEmptySubsequences: false) {
+            let name = part.trimmingCharacters(in: .whitespaces)
+            guard let h = Hook(rawValue: name) else {
+                throw ForwardError(reason: "\(what): unknown hook '\(name)' (known: \(allCases.map(\.rawValue).joined(separator: ", ")))")
+            }
+            guard !out.contains(h) else { throw ForwardError(reason: "\(what): hook '\(name)' is listed twice") }
+            out.append(h)
+        }
+        return out
+    }
+}
+
 /// Where the forward pass lets a caller look at the residual stream (TransformerLens naming).
 public enum ObservationPoint: Equatable, Sendable {
     /// `hook_embed`: the token embeddings, the residual before block 0 (HF hidden_states[0]).
     case embedding
+    /// `blocks.L.hook_resid_pre`: the residual entering block L (see `Hook`).
+    case residPre(layer: Int)
+    /// `blocks.L.hook_attn_out`: o_proj's output in block L.
+    case attnOut(layer: Int)
+    /// `blocks.L.hook_resid_mid`: the residual after block L's attention, before its MLP.
+    case residMid(layer: Int)
+    /// `blocks.L.hook_mlp_out`: down_proj's output in block L (before steering).
+    case mlpOut(layer: Int)
     /// `blocks.L.hook_resid_post`: the residual after block L, before the final norm.
     case residPost(layer: Int)
+
+    public init(_ hook: Hook, layer: Int) {
+        switch hook {
+        case .residPre: self = .residPre(layer: layer)
+        case .attnOut: self = .attnOut(layer: layer)
+        case .residMid: self = .residMid(layer: layer)
+        case .mlpOut: self = .mlpOut(layer: layer)
+        case .residPost: self = .residPost(layer: layer)
+        }
+    }
+
+    /// The block hook and layer, nil for the embedding.
+    public var hook: (hook: Hook, layer: Int)? {
+        switch self {
+        case .embedding: return nil
+        case .residPre(let l): return (.residPre, l)
+        case .attnOut(let l): return (.attnOut, l)
+        case .residMid(let l): return (.residMid, l)
+        case .mlpOut(let l): return (.mlpOut, l)
+        case .residPost(let l): return (.residPost, l)
+        }
+    }
 }
 
 /// A window onto residual rows: `count` consecutive positions starting at `firstPosition`, each `width`
@@ -51,6 +119,16 @@ public final class RunState {
     let sin: FloatBuffer     // [T, head_dim/2]
     let invFreq: [Float]     // [head_dim/2]
     let logits: FloatBuffer  // [vocab]
+    /// [T, d] o_proj or down_proj output for the attn_out/mlp_out hooks, allocated on first request
+    /// (before a forward pass's layer loop, never inside it).
+    private(set) var projection: FloatBuffer?
+
+    func reserveProjection() -> UnsafeMutablePointer<Float> {
+        if let p = projection { return p.pointer }
+        let p = FloatBuffer(count: x.count)   // x is [capacity, d]
+        projection = p
+        return p.pointer
+    }
 
     init(config c: LlamaConfig, capacity: Int, threads: Int) {
         self.capacity = capacity
@@ -114,14 +192,17 @@ public final class LlamaModel {
 
     /// Runs the prompt and calls `observe` with the residual rows at each observation point: every row
     /// for `.all`, only the last for `.last` (then the last block only computes the last row after
-    /// attention, and nothing after the last block runs unless `logits` is set).
+    /// attention, and nothing after the last block runs unless `logits` is set). The embedding is always
+    /// observed; inside each block, the `hooks` in the pass's order (resid_pre, attn_out, resid_mid,
+    /// mlp_out, resid_post; default resid_post only). Reading hooks changes no bit of any other hook or of
+    /// the logits (see `Hook`).
     /// Returns the logits at the last position when `logits` is set.
     /// `steering` adds its vectors to the output of their blocks at every position (the write point, before
     /// the observation point: observers see the steered residual). With `cache` (empty, capacity ≥ the
     /// prompt), every layer's rotated keys and values are stored in it for `decode` (see `prefill`).
     @discardableResult
     public func forward(_ tokens: [Int32], positions: Positions = .last, logits wantLogits: Bool = false,
-                        steering: Steering = .none, cache: KVCache? = nil,
+                        steering: Steering = .none, cache: KVCache? = nil, hooks: Set<Hook> = [.residPost],
                         observe: (ObservationPoint, ResidualRows) -> Void) throws -> [Float]? {
         lock.lock()
         defer { lock.unlock() }
@@ -151,19 +232,22 @@ public final class LlamaModel {
         }
         let allRows = 0..<T
         let lastRow = (T - 1)..<T
-        func emit(_ point: ObservationPoint, _ rows: Range<Int>) {
+        func emit(_ point: ObservationPoint, _ rows: Range<Int>, from base: UnsafeMutablePointer<Float>? = nil) {
             let r = positions == .all ? allRows : lastRow
             precondition(rows.contains(r.lowerBound))
-            observe(point, ResidualRows(pointer: x + r.lowerBound * d, firstPosition: r.lowerBound,
+            observe(point, ResidualRows(pointer: (base ?? x) + r.lowerBound * d, firstPosition: r.lowerBound,
                                         count: r.count, width: d))
         }
         emit(.embedding, allRows)
         ropeTables(s, count: T)
+        // attn_out and mlp_out: a second product into their own buffer (never the residual's arithmetic).
+        let projection = hooks.contains(.attnOut) || hooks.contains(.mlpOut) ? s.reserveProjection() : nil
 
         for (l, layer) in w.layers.enumerated() {
             // Rows this block must produce: all, except in the last block when only the last is read.
             let isLast = l == w.layers.count - 1
             let rows = isLast && positions == .last ? lastRow : allRows
+            if hooks.contains(.residPre) { emit(.residPre(layer: l), allRows) }
 
             // Attention: xb = rmsnorm(x); q,k,v = projections; rotate; attend; x += att · Woᵀ.
             let lo = rows.lowerBound, n = rows.count
@@ -179,6 +263,11 @@ public final class LlamaModel {
             else { attention(s, queries: rows) }
             let ain = engine.prepare(s.att.pointer + lo * c.qDim, rows: n, cols: c.qDim)
             layer.wo.apply(ain, x + lo * d, accumulate: true, engine: engine)
+            if hooks.contains(.attnOut), let p = projection {
+                layer.wo.apply(ain, p + lo * d, engine: engine)
+                emit(.attnOut(layer: l), rows, from: p)
+            }
+            if hooks.contains(.residMid) { emit(.residMid(layer: l), rows) }
 
             // MLP: xb = rmsnorm(x); x += down(silu(gate(xb)) * up(xb)).
             rmsnorm(xb, x, layer.mlpNorm, rows: rows, width: d, eps: c.epsF32)
@@ -189,12 +278,16 @@ public final class LlamaModel {
             swiglu(s.hb.pointer + lo * f, s.hb2.pointer + lo * f, count: n * f)
             let hin = engine.prepare(s.hb.pointer + lo * f, rows: n, cols: f)
             layer.down.apply(hin, x + lo * d, accumulate: true, engine: engine)
+            if hooks.contains(.mlpOut), let p = projection {
+                layer.down.apply(hin, p + lo * d, engine: engine)
+                emit(.mlpOut(layer: l), rows, from: p)
+            }
             steering.apply(layer: l, to: x + lo * d, rows: n, width: d)
 
             if let bad = ForwardOps.firstNonFinite(x + rows.lowerBound * d, rows: rows.count, width: d) {
                 throw ForwardError(reason: "the residual after layer \(l) is not finite at position \(rows.lowerBound + bad) (NaN/Inf); check the weights of layer \(l)")
             }
-            emit(.residPost(layer: l), rows)   // resid_post of layer l, before the final norm
+            if hooks.contains(.residPost) { emit(.residPost(layer: l), rows) }   // before the final norm
         }
 
         cache?.count = T

@@ -50,45 +50,61 @@ public struct CaptureOptions: Sendable, Equatable {
     public var positions: Positions = .last
     public var embeddings = false
     public var logits = false
-    public init(positions: Positions = .last, embeddings: Bool = false, logits: Bool = false) {
-        self.positions = positions; self.embeddings = embeddings; self.logits = logits
+    /// The block hooks to keep, in output order, without repeats (default: resid_post).
+    public var hooks: [Hook] = [.residPost]
+    public init(positions: Positions = .last, embeddings: Bool = false, logits: Bool = false, hooks: [Hook] = [.residPost]) {
+        self.positions = positions; self.embeddings = embeddings; self.logits = logits; self.hooks = hooks
     }
 }
 
-/// The residuals of one prompt: resid_post [layers, rows, d] (rows = 1 for `.last`).
+/// The residuals of one prompt: per hook [layers, rows, d] (rows = 1 for `.last`).
 public struct PromptResiduals {
     public var tokens: [Int32]
-    public var residPost: [Float]
+    /// Every requested hook's values, [layers, rows, d].
+    public var hooks: [Hook: [Float]]
     public var embedding: [Float]?
     public var logitsLast: [Float]?
+    /// resid_post [layers, rows, d] (empty when not requested).
+    public var residPost: [Float] { hooks[.residPost] ?? [] }
 }
 
 extension LlamaModel {
-    /// Runs one tokenized prompt and collects resid_post of every layer (and optionally the embedding
-    /// output and the last position's logits).
+    /// Runs one tokenized prompt and collects the requested hooks of every layer (and optionally the
+    /// embedding output and the last position's logits).
     public func capture(_ tokens: [Int32], _ options: CaptureOptions, steering: Steering = .none) throws -> PromptResiduals {
         let c = config
         let rows = options.positions == .all ? tokens.count : 1
         let d = c.hiddenSize
-        var resid = [Float](repeating: 0, count: c.numHiddenLayers * rows * d)
-        var embed: [Float]? = options.embeddings ? [Float](repeating: 0, count: rows * d) : nil
-        let logits = try resid.withUnsafeMutableBufferPointer { rp in
-            try forward(tokens, positions: options.positions, logits: options.logits, steering: steering) { point, view in
+        let perLayer = rows * d
+        guard Set(options.hooks).count == options.hooks.count else {
+            throw ForwardError(reason: "hooks \(options.hooks.map(\.rawValue).joined(separator: ",")): a hook is listed twice")
+        }
+        var values = [Float](repeating: 0, count: options.hooks.count * c.numHiddenLayers * perLayer)
+        let slot = Dictionary(uniqueKeysWithValues: options.hooks.enumerated().map { ($1, $0) })
+        var embed: [Float]? = options.embeddings ? [Float](repeating: 0, count: perLayer) : nil
+        let logits = try values.withUnsafeMutableBufferPointer { vp in
+            try forward(tokens, positions: options.positions, logits: options.logits, steering: steering,
+                        hooks: Set(options.hooks)) { point, view in
                 precondition(view.count == rows)
-                switch point {
-                case .embedding:
-                    embed?.withUnsafeMutableBufferPointer { $0.baseAddress!.update(from: view.pointer, count: rows * d) }
-                case .residPost(let l):
-                    (rp.baseAddress! + l * rows * d).update(from: view.pointer, count: rows * d)
+                if let (hook, l) = point.hook {
+                    guard let k = slot[hook] else { return }
+                    (vp.baseAddress! + (k * c.numHiddenLayers + l) * perLayer).update(from: view.pointer, count: perLayer)
+                } else {
+                    embed?.withUnsafeMutableBufferPointer { $0.baseAddress!.update(from: view.pointer, count: perLayer) }
                 }
             }
         }
-        return PromptResiduals(tokens: tokens, residPost: resid, embedding: embed, logitsLast: logits)
+        let size = c.numHiddenLayers * perLayer
+        let hooks = Dictionary(uniqueKeysWithValues: options.hooks.enumerated().map { k, h in
+            (h, Array(values[(k * size)..<((k + 1) * size)]))
+        })
+        return PromptResiduals(tokens: tokens, hooks: hooks, embedding: embed, logitsLast: logits)
     }
 }
 
 /// `llamaprobe residuals`: prompts in, one safetensors file out with, per prompt i, `p{i}.tokens` (I64 [T]),
-/// `p{i}.resid_post` (F32 [layers, d] or [layers, T, d]), and when asked `p{i}.embed` ([d] or [T, d]) and
+/// one `p{i}.{hook}` per requested hook (F32 [layers, d] or [layers, T, d]; default `p{i}.resid_post`; see
+/// `Hook` for `resid_pre`, `attn_out`, `resid_mid`, `mlp_out`), and when asked `p{i}.embed` ([d] or [T, d]) and
 /// `p{i}.logits_last` ([vocab]). Tensors are streamed prompt by prompt; the file appears only when complete.
 /// `readout`: the readout recipe (recorded as JSON) and its tokenization (`ReadoutRecipe.tokens`); without
 /// it, the renderer's prompt is tokenized whole.
@@ -110,7 +126,9 @@ public enum ResidualsJob {
         for (i, ids) in tokenized.enumerated() {
             let T = ids.count
             specs.append(.init("p\(i).tokens", .i64, [T]))
-            specs.append(.init("p\(i).resid_post", .f32, options.positions == .all ? [L, T, d] : [L, d]))
+            for h in options.hooks {
+                specs.append(.init("p\(i).\(h.rawValue)", .f32, options.positions == .all ? [L, T, d] : [L, d]))
+            }
             if options.embeddings { specs.append(.init("p\(i).embed", .f32, options.positions == .all ? [T, d] : [d])) }
             if options.logits { specs.append(.init("p\(i).logits_last", .f32, [c.vocabSize])) }
         }
@@ -120,7 +138,8 @@ public enum ResidualsJob {
             "template": renderer.template.rawValue, "suffix": renderer.suffix,
             "system_prompt": renderer.systemPrompt ?? "",
             "positions": options.positions.rawValue,
-            "hook": "resid_post (residual after each block, before the final norm)",
+            "hook": options.hooks == [.residPost] ? "resid_post (residual after each block, before the final norm)"
+                : options.hooks.map(\.rawValue).joined(separator: ","),
             "prompts": String(prompts.count),
             "model_fingerprint": loaded.fingerprint, "quantization": loaded.quantization,
         ].merging(readout.map { [("readout", $0.json)] } ?? []) { a, _ in a }
@@ -128,7 +147,7 @@ public enum ResidualsJob {
         for (i, ids) in tokenized.enumerated() {
             let r = try loaded.model.capture(ids, options, steering: steering)
             try writer.write(ids.map(Int64.init))
-            try writer.write(r.residPost)
+            for h in options.hooks { try writer.write(r.hooks[h]!) }
             if let e = r.embedding { try writer.write(e) }
             if let l = r.logitsLast { try writer.write(l) }
             progress?(i + 1, prompts.count, ids.count)

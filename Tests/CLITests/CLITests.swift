@@ -82,6 +82,45 @@ func scratch(_ name: String = #function) -> String {
         }
     }
 
+    @Test("residuals --hooks writes one tensor per hook, named p{i}.{hook}, equal to HF's forward hooks; a bad name is refused")
+    func residualsHooks() throws {
+        let dir = scratch()
+        let prompts = dir + "/prompts.txt"
+        let cases = try JSONSerialization.jsonObject(with: Data(contentsOf: CLI.fixtures.appendingPathComponent("cases.json"))) as! [[String: Any]]
+        let hello = cases.first { ($0["name"] as! String) == "hello" }!
+        try (PromptFile.escape(hello["text"] as! String) + "\n").write(toFile: prompts, atomically: true, encoding: .utf8)
+        let out = dir + "/out.safetensors"
+        let model = CLI.fixtures.appendingPathComponent("models/gqa-f16-theta").path
+        let r = try CLI.run(["residuals", "--model", model, "--prompts", prompts, "--out", out, "--template", "raw",
+                             "--hooks", "mlp_out,resid_pre,attn_out", "--threads", "2"])
+        #expect(r.status == 0, "\(r.stderr)")
+        let f = try SafeTensorsFile(path: out)
+        #expect(Set(f.tensors.keys) == ["p0.tokens", "p0.mlp_out", "p0.resid_pre", "p0.attn_out"])
+        #expect(f.metadata["hook"] == "mlp_out,resid_pre,attn_out")
+        // Tests/fixtures/hooks: p0 is case "hello", [layers, T, d] at every position.
+        let ref = try SafeTensorsFile(path: CLI.fixtures.appendingPathComponent("hooks/gqa-f16-theta.safetensors").path)
+        let T = try ref.integers("p0.tokens").count, d = 64
+        #expect(try f.integers("p0.tokens") == (try ref.integers("p0.tokens")))
+        for h in ["mlp_out", "resid_pre", "attn_out"] {
+            let a = try f.floats("p0.\(h)"), all = try ref.floats("p0.\(h)")
+            #expect(a.count == 2 * d)
+            var b: [Float] = []
+            for l in 0..<2 {
+                let start = (l * T + T - 1) * d
+                b += all[start..<(start + d)]
+            }
+            var maxDiff: Float = 0, maxRef: Float = 0
+            for (x, y) in zip(a, b) { maxDiff = max(maxDiff, abs(x - y)); maxRef = max(maxRef, abs(y)) }
+            let err = maxDiff / maxRef
+            #expect(err <= 1e-4, "p0.\(h): \(err)")
+        }
+        let bad = try CLI.run(["residuals", "--model", model, "--prompts", prompts, "--out", dir + "/bad.safetensors",
+                               "--hooks", "resid_post,hook_attn_out"])
+        #expect(bad.status != 0)
+        #expect(bad.stderr.contains("--hooks: unknown hook 'hook_attn_out' (known: resid_pre, attn_out, resid_mid, mlp_out, resid_post)"), "\(bad.stderr)")
+        #expect(!FileManager.default.fileExists(atPath: dir + "/bad.safetensors"))
+    }
+
     /// Every bad input: one clear message naming the file (and tensor), exit status 1, no crash, no output file.
     @Test("bad input gives one clear error and a non-zero exit")
     func badInput() throws {
