@@ -98,6 +98,12 @@ public final class HFCheckpoint: @unchecked Sendable {
                 (p + "self_attn.q_proj.weight", [c.qDim, d]),
                 (p + "self_attn.k_proj.weight", [c.kvDim, d]),
                 (p + "self_attn.v_proj.weight", [c.kvDim, d]),
+            ]
+            if c.hasQKVBias {
+                out += [(p + "self_attn.q_proj.bias", [c.qDim]), (p + "self_attn.k_proj.bias", [c.kvDim]),
+                        (p + "self_attn.v_proj.bias", [c.kvDim])]
+            }
+            out += [
                 (p + "self_attn.o_proj.weight", [d, c.qDim]),
                 (p + "post_attention_layernorm.weight", [d]),
                 (p + "mlp.gate_proj.weight", [f, d]),
@@ -168,7 +174,7 @@ public final class HFCheckpoint: @unchecked Sendable {
         var layers: [LayerWeights] = []
         for l in 0..<c.numHiddenLayers {
             let p = "model.layers.\(l)."
-            layers.append(LayerWeights(
+            var layer = LayerWeights(
                 attnNorm: try vector(p + "input_layernorm.weight"),
                 wq: .f32(try matrix(p + "self_attn.q_proj.weight")),
                 wk: .f32(try matrix(p + "self_attn.k_proj.weight")),
@@ -177,7 +183,13 @@ public final class HFCheckpoint: @unchecked Sendable {
                 mlpNorm: try vector(p + "post_attention_layernorm.weight"),
                 gate: .f32(try matrix(p + "mlp.gate_proj.weight")),
                 up: .f32(try matrix(p + "mlp.up_proj.weight")),
-                down: .f32(try matrix(p + "mlp.down_proj.weight"))))
+                down: .f32(try matrix(p + "mlp.down_proj.weight")))
+            if c.hasQKVBias {
+                layer.qBias = try vector(p + "self_attn.q_proj.bias")
+                layer.kBias = try vector(p + "self_attn.k_proj.bias")
+                layer.vBias = try vector(p + "self_attn.v_proj.bias")
+            }
+            layers.append(layer)
         }
         let finalNorm = try vector("model.norm.weight")
         var head: Linear? = nil

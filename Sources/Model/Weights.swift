@@ -21,6 +21,11 @@ public struct LayerWeights: Sendable {
     public var gate: Linear       // [f, d]
     public var up: Linear         // [f, d]
     public var down: Linear       // [d, f]
+    /// Qwen2's q/k/v projection biases ([q], [kv], [kv]), added after the projection, before RoPE; nil for
+    /// LLaMA and Mistral.
+    public var qBias: [Float]? = nil
+    public var kBias: [Float]? = nil
+    public var vBias: [Float]? = nil
 }
 
 /// The token embedding table [vocab, d] in its stored type (f32, f16, bf16 or Q8_0, possibly still in a
@@ -75,8 +80,10 @@ extension LlamaWeights {
         }
         var out = self
         out.layers = layers.map { w in
-            LayerWeights(attnNorm: w.attnNorm, wq: q(w.wq), wk: q(w.wk), wv: q(w.wv), wo: q(w.wo),
-                         mlpNorm: w.mlpNorm, gate: q(w.gate), up: q(w.up), down: q(w.down))
+            var o = w
+            o.wq = q(w.wq); o.wk = q(w.wk); o.wv = q(w.wv); o.wo = q(w.wo)
+            o.gate = q(w.gate); o.up = q(w.up); o.down = q(w.down)
+            return o
         }
         if includeHead, let h = head { out.head = q(h) }
         return out
