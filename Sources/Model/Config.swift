@@ -306,6 +306,25 @@ public struct LlamaConfig: Codable, Equatable, Sendable {
         }
     }
 
+    /// Llama-3.1's rope scaling as llama.cpp stores it (`rope_freqs.weight`, [head_dim/2]): frequency i is
+    /// divided by factor i (1, the factor, or 1/((1-s)/factor + s) in the smoothed band), computed as
+    /// convert_hf_to_gguf.py does. nil without llama3 scaling.
+    public var llama3RopeFactors: [Float]? {
+        guard let r = llama3Rope else { return nil }
+        let half = headDimension / 2
+        let theta = Float(self.theta), dim = Float(headDimension)
+        let lowWavelen = r.originalMaxPositionEmbeddings / r.lowFreqFactor
+        let highWavelen = r.originalMaxPositionEmbeddings / r.highFreqFactor
+        return (0..<half).map { i in
+            let freq = Double(1 / powf(theta, Float(2 * i) / dim))
+            let wavelen = 2 * Double.pi / freq
+            if wavelen < highWavelen { return 1 }
+            if wavelen > lowWavelen { return Float(r.factor) }
+            let smooth = (r.originalMaxPositionEmbeddings / wavelen - r.lowFreqFactor) / (r.highFreqFactor - r.lowFreqFactor)
+            return Float(1 / ((1 - smooth) / r.factor + smooth))
+        }
+    }
+
     static func ropeScalingKind(_ o: [String: JSONValue]) -> String? {
         if case .string(let s)? = o["rope_type"] ?? o["type"] { return s }
         return nil

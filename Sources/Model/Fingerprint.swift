@@ -23,7 +23,7 @@ extension LlamaWeights {
             + "heads=\(c.numAttentionHeads) kv_heads=\(c.kvHeads) head_dim=\(c.headDimension) vocab=\(c.vocabSize) "
             + "theta=\(Float(c.theta).bitPattern) eps=\(c.epsF32.bitPattern) "
             + "rope_linear=\(c.linearRopeFactor.map { String(Float($0).bitPattern) } ?? "none") tied=\(c.tiedEmbeddings)\n"
-            + (c.llama3Rope == nil ? "" : "rope_llama3=\(c.ropeInverseFrequencies.map { String($0.bitPattern) }.joined(separator: ","))\n")
+            + ((ropeFreqFactors ?? c.llama3RopeFactors).map { "rope_freqs=\($0.map { String($0.bitPattern) }.joined(separator: ","))\n" } ?? "")
         h.update(Array(head.utf8))
         func add(_ v: [Float]) { v.withUnsafeBytes { h.update($0) } }
         func addMatrix(_ name: String, _ m: CanonicalRows) {

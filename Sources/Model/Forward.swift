@@ -52,7 +52,7 @@ public final class RunState {
     let invFreq: [Float]     // [head_dim/2]
     let logits: FloatBuffer  // [vocab]
 
-    init(config c: LlamaConfig, capacity: Int, threads: Int) {
+    init(config c: LlamaConfig, invFreq: [Float], capacity: Int, threads: Int) {
         self.capacity = capacity
         let d = c.hiddenSize, half = c.headDimension / 2
         x = FloatBuffer(count: capacity * d)
@@ -69,8 +69,8 @@ public final class RunState {
         sin = FloatBuffer(count: capacity * half)
         logits = FloatBuffer(count: c.vocabSize)
         // HF: inv_freq = 1 / theta ** (arange(0, dim, 2).float() / dim), in float32, with linear or llama3
-        // rope scaling applied (LlamaConfig.ropeInverseFrequencies).
-        invFreq = c.ropeInverseFrequencies
+        // rope scaling applied (LlamaWeights.ropeInverseFrequencies).
+        self.invFreq = invFreq
     }
 }
 
@@ -97,7 +97,7 @@ public final class LlamaModel {
     func runState(for tokens: Int) -> RunState {
         if let s = state, s.capacity >= tokens { return s }
         let cap = max(tokens, min(64, config.maxPositionEmbeddings))
-        let s = RunState(config: config, capacity: cap, threads: pool.threadCount)
+        let s = RunState(config: config, invFreq: weights.ropeInverseFrequencies, capacity: cap, threads: pool.threadCount)
         let c = config
         engine.reserve(rows: cap, cols: max(c.hiddenSize, c.qDim, c.intermediateSize),
                        maxOut: max(c.qDim, c.intermediateSize, c.hiddenSize, c.vocabSize))

@@ -34,10 +34,7 @@ public enum GGUFModel {
             throw fail("general.architecture", "'\(arch)' is not supported: only 'llama' (LLaMA, Mistral) and 'qwen2' are")
         }
         func key(_ k: String) -> String { keyName(k, arch: arch) }
-        // Llama-3.1's rope scaling as llama.cpp's converter stores it: computing without it would be silently wrong.
-        if g.tensors["rope_freqs.weight"] != nil {
-            throw GGUFError(file: g.path, tensor: "rope_freqs.weight", reason: "per-frequency rope factors (Llama-3.1's 'llama3' rope scaling) are not supported in GGUF files yet; use the Hugging Face directory")
-        }
+
         let embd = try g.info("token_embd.weight")
         guard embd.shape.count == 2 else {
             throw GGUFError(file: g.path, tensor: embd.name, reason: "expected a matrix, found shape \(embd.shape)")
@@ -195,8 +192,29 @@ public enum GGUFModel {
         }
         var head: Linear? = nil
         if includeHead { head = try linear(c.tiedEmbeddings ? "token_embd.weight" : "output.weight") }
-        return LlamaWeights(config: c, embedding: embedding, layers: layers, finalNorm: try vector("output_norm.weight"),
-                            head: head, ropeLayout: architecture(c) == "qwen2" ? .rotateHalf : .interleaved)
+        var w = LlamaWeights(config: c, embedding: embedding, layers: layers, finalNorm: try vector("output_norm.weight"),
+                             head: head, ropeLayout: architecture(c) == "qwen2" ? .rotateHalf : .interleaved)
+        w.ropeFreqFactors = try ropeFreqFactors(g, config: c)
+        return w
+    }
+
+    public static let ropeFreqsTensor = "rope_freqs.weight"
+
+    /// Llama-3.1's rope scaling as llama.cpp's converter stores it: `rope_freqs.weight`, one positive finite
+    /// factor per rotary frequency ([head_dim/2], F32).
+    static func ropeFreqFactors(_ g: GGUFFile, config c: LlamaConfig) throws -> [Float]? {
+        guard let t = g.tensors[ropeFreqsTensor] else { return nil }
+        let half = c.headDimension / 2
+        guard t.shape == [half] else {
+            throw GGUFError(file: g.path, tensor: t.name, reason: "shape \(t.shape) does not match [\(half)] (one factor per rotary frequency, head_dim/2)")
+        }
+        let q = try g.quantType(t)
+        var out = [Float](repeating: 0, count: half)
+        out.withUnsafeMutableBufferPointer { q.toFloat(g.data(t), $0.baseAddress!, half) }
+        if let i = out.firstIndex(where: { !($0 > 0 && $0.isFinite) }) {
+            throw GGUFError(file: g.path, tensor: t.name, reason: "factor \(i) is \(out[i]): rope frequency factors must be positive and finite")
+        }
+        return out
     }
 
     /// A Q8_0 tensor's block scales must be finite (a NaN scale would poison every product).

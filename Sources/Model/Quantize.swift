@@ -71,9 +71,6 @@ public enum Quantizer {
             }
             return .float32(f)
         }
-        if c.llama3Rope != nil {
-            throw ConfigError(file: configFile, key: "rope_scaling", reason: "rope type 'llama3' cannot be written to GGUF yet (llama.cpp stores it as a rope_freqs.weight tensor, which this quantizer does not write); use the Hugging Face directory")
-        }
         let arch = GGUFModel.architecture(c)
         func key(_ k: String) -> String { GGUFModel.keyName(k, arch: arch) }
         var m: [(String, GGUFValue)] = [
@@ -167,7 +164,11 @@ public enum Quantizer {
             }
         }
 
-        let writer = try GGUFWriter(path: outPath, metadata: meta, tensors: plans.map(\.spec))
+        // Llama-3.1's rope scaling: llama.cpp's rope_freqs.weight (first, as its converter writes it).
+        let ropeFactors = c.llama3RopeFactors
+        let ropeSpec = ropeFactors.map { GGUFWriter.Spec(GGUFModel.ropeFreqsTensor, .f32, [$0.count]) }
+        let writer = try GGUFWriter(path: outPath, metadata: meta, tensors: (ropeSpec.map { [$0] } ?? []) + plans.map(\.spec))
+        if let ropeFactors { try writer.write(ropeFactors) }
         let total = plans.reduce(0) { $0 + $1.spec.byteCount }
         var done = 0
         let chunkElements = 1 << 22   // 16 MB of f32 per chunk
@@ -236,6 +237,7 @@ public enum Quantizer {
         try same("rms_norm_eps (float32)", c.epsF32, read.epsF32)
         try same("rope_theta (float32)", Float(c.theta), Float(read.theta))
         try same("the linear rope scaling factor", c.linearRopeFactor.map(Float.init), read.linearRopeFactor.map(Float.init))
+        try same("the llama3 rope factors", c.llama3RopeFactors, try GGUFModel.ropeFreqFactors(g, config: read))
         for (name, shape) in GGUFModel.expectedTensors(read) {
             let t = try g.info(name)
             guard t.shape == shape else { throw GGUFError(file: path, tensor: name, reason: "shape \(t.shape) read back, expected \(shape)") }

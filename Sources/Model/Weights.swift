@@ -68,6 +68,17 @@ public struct LlamaWeights: Sendable {
     public var head: Linear?
     /// Rotary layout of the stored Q/K projections.
     public var ropeLayout: RopeLayout
+    /// A GGUF's `rope_freqs.weight` (llama.cpp's form of Llama-3.1's rope scaling): inv_freq[i] is divided
+    /// by factor i. nil: the config's rope (`LlamaConfig.ropeInverseFrequencies`).
+    public var ropeFreqFactors: [Float]? = nil
+
+    /// The rotary inverse frequencies these weights run with.
+    public var ropeInverseFrequencies: [Float] {
+        guard let f = ropeFreqFactors else { return config.ropeInverseFrequencies }
+        var plain = config
+        plain.ropeScaling = nil
+        return zip(plain.ropeInverseFrequencies, f).map { $0 / $1 }
+    }
 }
 
 extension LlamaWeights {

@@ -145,18 +145,32 @@ import Testing
         }
     }
 
-    @Test("llama3 rope scaling is not silently dropped by quantize")
+    @Test("quantize writes llama3 rope scaling as llama.cpp's rope_freqs.weight; the GGUF reloads and agrees")
     func llama3Quantize() throws {
-        let out = temporaryDirectory() + "/m.gguf"
+        let dir = temporaryDirectory()
         let hf = try Fixtures.loadedModel("llama3-rope")
-        #expect(throws: ConfigError.self) {
+        for type in [Quantizer.OutputType.f16, .q8_0] {
             try Quantizer.run(checkpoint: try HFCheckpoint(directory: Fixtures.model("llama3-rope")), tokenizer: hf.tokenizer,
-                              outPath: out, type: .f16, pool: ThreadPool(threads: 2))
+                              outPath: dir + "/\(type).gguf", type: type, pool: ThreadPool(threads: 2))
         }
-        do {
-            try Quantizer.run(checkpoint: try HFCheckpoint(directory: Fixtures.model("llama3-rope")), tokenizer: hf.tokenizer,
-                              outPath: out, type: .f16, pool: ThreadPool(threads: 2))
-        } catch { #expect(error.localizedDescription.contains("'rope_scaling': rope type 'llama3' cannot be written to GGUF yet")) }
-        #expect(!FileManager.default.fileExists(atPath: out))
+        let g = try GGUFFile(path: dir + "/f16.gguf")
+        let factors = try g.floats("rope_freqs.weight")
+        #expect(factors.count == 8 && factors[0] == 1 && factors[1] > 1 && factors[2] < 8 && factors[3] == 8 && factors[7] == 8)
+        let back = try LoadedModel.load(path: dir + "/f16.gguf", includeHead: true, threads: 2)
+        #expect(back.model.weights.ropeFreqFactors == factors)
+        // Same frequencies as HF's formula up to float32 rounding.
+        #expect(relativeError(back.model.weights.ropeInverseFrequencies, hf.config.ropeInverseFrequencies) < 1e-6)
+        let e = try Self.errors(back.model, try Self.reference("llama3-rope"))
+        print("llama3-rope GGUF f16: resid rel error \(e.resid), logits \(e.logits)")
+        #expect(e.resid <= 5e-3)
+        var plain = back.model.weights
+        plain.ropeFreqFactors = nil
+        #expect(try Self.errors(LlamaModel(weights: plain, pool: back.model.pool), try Self.reference("llama3-rope")).resid > 1e-2)
+        // The Q8_0 GGUF has the directory's fingerprint (rope factors included), the unscaled model another.
+        let q8 = try LoadedModel.load(path: dir + "/q8_0.gguf", threads: 2)
+        #expect(q8.model.weights.fingerprint(pool: q8.model.pool) == hf.model.weights.fingerprint(pool: hf.model.pool))
+        var q8plain = q8.model.weights
+        q8plain.ropeFreqFactors = nil
+        #expect(q8plain.fingerprint(pool: q8.model.pool) != hf.model.weights.fingerprint(pool: hf.model.pool))
     }
 }
