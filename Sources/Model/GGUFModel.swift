@@ -113,18 +113,10 @@ public enum GGUFModel {
 
     /// Names and shapes the config implies (GGUF names, row-major shapes).
     public static func expectedTensors(_ c: LlamaConfig) -> [(name: String, shape: [Int])] {
-        let d = c.hiddenSize, f = c.intermediateSize
+        let d = c.hiddenSize
         var out: [(String, [Int])] = [("token_embd.weight", [c.vocabSize, d])]
         for l in 0..<c.numHiddenLayers {
-            let p = "blk.\(l)."
-            out += [(p + "attn_norm.weight", [d]), (p + "attn_q.weight", [c.qDim, d]), (p + "attn_k.weight", [c.kvDim, d]),
-                    (p + "attn_v.weight", [c.kvDim, d])]
-            if c.hasQKVBias {
-                out += [(p + "attn_q.bias", [c.qDim]), (p + "attn_k.bias", [c.kvDim]), (p + "attn_v.bias", [c.kvDim])]
-            }
-            out += [(p + "attn_output.weight", [d, c.qDim]),
-                    (p + "ffn_norm.weight", [d]), (p + "ffn_gate.weight", [f, d]), (p + "ffn_up.weight", [f, d]),
-                    (p + "ffn_down.weight", [d, f])]
+            out += LayerTensor.layer(l, c, gguf: true).map { ($0.name, $0.shape) }
         }
         out.append(("output_norm.weight", [d]))
         if !c.tiedEmbeddings { out.append(("output.weight", [c.vocabSize, d])) }
@@ -175,20 +167,7 @@ public enum GGUFModel {
         let embedding = EmbeddingTable(data: g.data(embd), type: embdType, rows: c.vocabSize, cols: c.hiddenSize, owner: g)
         var layers: [LayerWeights] = []
         for l in 0..<c.numHiddenLayers {
-            let p = "blk.\(l)."
-            var layer = LayerWeights(
-                attnNorm: try vector(p + "attn_norm.weight"),
-                wq: try linear(p + "attn_q.weight"), wk: try linear(p + "attn_k.weight"),
-                wv: try linear(p + "attn_v.weight"), wo: try linear(p + "attn_output.weight"),
-                mlpNorm: try vector(p + "ffn_norm.weight"),
-                gate: try linear(p + "ffn_gate.weight"), up: try linear(p + "ffn_up.weight"),
-                down: try linear(p + "ffn_down.weight"))
-            if c.hasQKVBias {
-                layer.qBias = try vector(p + "attn_q.bias")
-                layer.kBias = try vector(p + "attn_k.bias")
-                layer.vBias = try vector(p + "attn_v.bias")
-            }
-            layers.append(layer)
+            layers.append(try LayerWeights.assemble(layer: l, config: c, gguf: true, vector: vector, linear: linear))
         }
         var head: Linear? = nil
         if includeHead { head = try linear(c.tiedEmbeddings ? "token_embd.weight" : "output.weight") }

@@ -28,8 +28,8 @@ public enum Quantizer {
     }
 
     static func plan(_ c: LlamaConfig, type: OutputType) -> [Plan] {
-        // The two lists name the same tensors in the same order (embedding, 9 per layer in the same order,
-        // final norm, head): pair them by position.
+        // The two lists name the same tensors in the same order (embedding, each layer's rows of
+        // `LayerTensor.all`, final norm, head): pair them by position.
         let hf = HFCheckpoint.expectedTensors(c)
         let gguf = GGUFModel.expectedTensors(c)
         return zip(gguf, hf).map { g, h in

@@ -173,4 +173,15 @@ import Testing
         q8plain.ropeFreqFactors = nil
         #expect(q8plain.fingerprint(pool: q8.model.pool) != hf.model.weights.fingerprint(pool: hf.model.pool))
     }
+
+    @Test("one table of layer tensors: both formats' expected lists come from it, biases only where the config has them")
+    func schema() throws {
+        let q = try Fixtures.loadedModel("qwen2-bias").config, l = try Fixtures.loadedModel("llama3-rope").config
+        #expect(LayerTensor.layer(1, l, gguf: false).count == 9 && LayerTensor.layer(1, q, gguf: false).count == 12)
+        #expect(LayerTensor.layer(1, q, gguf: true).map(\.name).contains("blk.1.attn_k.bias"))
+        #expect(HFCheckpoint.expectedTensors(q).count == GGUFModel.expectedTensors(q).count)
+        #expect(HFCheckpoint.expectedTensors(q).map(\.shape) == GGUFModel.expectedTensors(q).map(\.shape))
+        #expect(HFCheckpoint.expectedTensors(q).map(\.name).contains("model.layers.2.self_attn.v_proj.bias"))
+        #expect(!HFCheckpoint.expectedTensors(l).map(\.name).contains { $0.hasSuffix(".bias") })
+    }
 }
