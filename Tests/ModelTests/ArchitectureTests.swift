@@ -184,4 +184,37 @@ import Testing
         #expect(HFCheckpoint.expectedTensors(q).map(\.name).contains("model.layers.2.self_attn.v_proj.bias"))
         #expect(!HFCheckpoint.expectedTensors(l).map(\.name).contains { $0.hasSuffix(".bias") })
     }
+
+    /// A copy of a fixture GGUF (llama.cpp's converter) with `rope_freqs.weight` = `factors` added (F32).
+    static func withRopeFreqs(_ factors: [Float], _ function: String = #function) throws -> String {
+        let g = try GGUFFile(path: Fixtures.root.appendingPathComponent("gguf/mha-f32-f32.gguf").path)
+        let meta = g.metadataKeys.map { ($0, g.metadata[$0]!) }
+        let out = temporaryDirectory(function) + "/rope.gguf"
+        let infos = g.tensorNames.map { g.tensors[$0]! }
+        let w = try GGUFWriter(path: out, metadata: meta, tensors: [GGUFWriter.Spec("rope_freqs.weight", .f32, [factors.count])]
+                               + infos.map { GGUFWriter.Spec($0.name, $0.type, $0.shape) })
+        try w.write(factors)
+        for t in infos { try w.write(g.bytes(t)) }
+        try w.commit()
+        return out
+    }
+
+    @Test("a GGUF's rope_freqs.weight is used, and refused by name when its shape or a factor is wrong")
+    func ropeFreqsChecked() throws {
+        let plain = try LoadedModel.load(path: Fixtures.root.appendingPathComponent("gguf/mha-f32-f32.gguf").path, threads: 1)
+        let half = plain.config.headDimension / 2
+        let factors = (0..<half).map { Float(1 + $0) }
+        let ok = try LoadedModel.load(path: try Self.withRopeFreqs(factors), threads: 1)
+        #expect(ok.model.weights.ropeFreqFactors == factors)
+        #expect(ok.model.weights.ropeInverseFrequencies == zip(plain.model.weights.ropeInverseFrequencies, factors).map { $0 / $1 })
+        func message(_ f: [Float]) throws -> String {
+            let path = try Self.withRopeFreqs(f)
+            do { _ = try LoadedModel.load(path: path, threads: 1) } catch { return error.localizedDescription }
+            return "no error"
+        }
+        #expect(try message(Array(factors.dropLast())).contains("rope_freqs.weight': shape [\(half - 1)] does not match [\(half)]"))
+        var zero = factors
+        zero[2] = 0
+        #expect(try message(zero).contains("factor 2 is 0.0: rope frequency factors must be positive and finite"))
+    }
 }
