@@ -347,10 +347,11 @@ public struct LlamaConfig: Codable, Equatable, Sendable {
             throw refuse("architectures", "\(archs) is not supported for model_type '\(family)': expected \(fam.architectures[0])")
         }
         if let act = hiddenAct, act != "silu" { throw refuse("hidden_act", "'\(act)' is not supported: expected silu") }
-        if attentionBias == true {
+        // Hugging Face's Qwen2 reads neither key (its q/k/v always have biases, o and the MLP never).
+        if attentionBias == true && family != "qwen2" {
             throw refuse("attention_bias", "true is not supported for model_type '\(family)' (biases on q/k/v and o): only Qwen2's q/k/v biases are")
         }
-        if mlpBias == true { throw refuse("mlp_bias", "MLP biases are not supported") }
+        if mlpBias == true && family != "qwen2" { throw refuse("mlp_bias", "MLP biases are not supported") }
         // Sizes first, before anything divides by or multiplies them.
         let given: [String: Int?] = [
             "hidden_size": hiddenSize, "intermediate_size": intermediateSize, "num_hidden_layers": numHiddenLayers,

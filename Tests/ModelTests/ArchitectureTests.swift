@@ -112,6 +112,8 @@ import Testing
         #expect(try error("llama3-rope") { $0["rope_scaling"] = ["rope_type": "llama3", "factor": 8.0, "low_freq_factor": 4.0, "high_freq_factor": 4.0, "original_max_position_embeddings": 64] }
             .contains("'high_freq_factor' (4.0) greater than 'low_freq_factor' (4.0)"))
         #expect(try error("llama3-rope") { $0["attention_bias"] = true }.contains("'attention_bias': true is not supported for model_type 'llama'"))
+        #expect(try error("mistral-window") { $0["mlp_bias"] = true }.contains("'mlp_bias': MLP biases are not supported"))
+        #expect(try error("qwen2-bias") { $0["attention_bias"] = true; $0["mlp_bias"] = true } == "no error")   // HF's Qwen2 ignores both
         #expect(try error("mistral-window") { $0["sliding_window"] = 0 }.contains("'sliding_window': must be positive, got 0"))
     }
 
