@@ -89,21 +89,10 @@ public final class HFCheckpoint: @unchecked Sendable {
 
     /// Names and shapes the config implies, in load order.
     public static func expectedTensors(_ c: LlamaConfig) -> [(name: String, shape: [Int])] {
-        let d = c.hiddenSize, f = c.intermediateSize
+        let d = c.hiddenSize
         var out: [(String, [Int])] = [("model.embed_tokens.weight", [c.vocabSize, d])]
         for l in 0..<c.numHiddenLayers {
-            let p = "model.layers.\(l)."
-            out += [
-                (p + "input_layernorm.weight", [d]),
-                (p + "self_attn.q_proj.weight", [c.qDim, d]),
-                (p + "self_attn.k_proj.weight", [c.kvDim, d]),
-                (p + "self_attn.v_proj.weight", [c.kvDim, d]),
-                (p + "self_attn.o_proj.weight", [d, c.qDim]),
-                (p + "post_attention_layernorm.weight", [d]),
-                (p + "mlp.gate_proj.weight", [f, d]),
-                (p + "mlp.up_proj.weight", [f, d]),
-                (p + "mlp.down_proj.weight", [d, f]),
-            ]
+            out += LayerTensor.layer(l, c, gguf: false).map { ($0.name, $0.shape) }
         }
         out.append(("model.norm.weight", [d]))
         if !c.tiedEmbeddings { out.append(("lm_head.weight", [c.vocabSize, d])) }
@@ -167,17 +156,7 @@ public final class HFCheckpoint: @unchecked Sendable {
         let embedding = try matrix("model.embed_tokens.weight")
         var layers: [LayerWeights] = []
         for l in 0..<c.numHiddenLayers {
-            let p = "model.layers.\(l)."
-            layers.append(LayerWeights(
-                attnNorm: try vector(p + "input_layernorm.weight"),
-                wq: .f32(try matrix(p + "self_attn.q_proj.weight")),
-                wk: .f32(try matrix(p + "self_attn.k_proj.weight")),
-                wv: .f32(try matrix(p + "self_attn.v_proj.weight")),
-                wo: .f32(try matrix(p + "self_attn.o_proj.weight")),
-                mlpNorm: try vector(p + "post_attention_layernorm.weight"),
-                gate: .f32(try matrix(p + "mlp.gate_proj.weight")),
-                up: .f32(try matrix(p + "mlp.up_proj.weight")),
-                down: .f32(try matrix(p + "mlp.down_proj.weight"))))
+            layers.append(try LayerWeights.assemble(layer: l, config: c, gguf: false, vector: vector, linear: { .f32(try matrix($0)) }))
         }
         let finalNorm = try vector("model.norm.weight")
         var head: Linear? = nil

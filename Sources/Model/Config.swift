@@ -90,6 +90,9 @@ public struct LlamaConfig: Codable, Equatable, Sendable {
     public var mlpBias: Bool?
     public var torchDtype: String?
     public var dtype: String?
+    /// Mistral: the attention window (null: none). Qwen2: applies only with `use_sliding_window: true`.
+    public var slidingWindow: Int?
+    public var useSlidingWindow: Bool?
 
     enum CodingKeys: String, CodingKey {
         case architectures
@@ -113,6 +116,8 @@ public struct LlamaConfig: Codable, Equatable, Sendable {
         case mlpBias = "mlp_bias"
         case torchDtype = "torch_dtype"
         case dtype
+        case slidingWindow = "sliding_window"
+        case useSlidingWindow = "use_sliding_window"
     }
 
     public init(hiddenSize: Int, intermediateSize: Int, numHiddenLayers: Int, numAttentionHeads: Int,
@@ -140,6 +145,34 @@ public struct LlamaConfig: Codable, Equatable, Sendable {
         mlpBias = false
         self.torchDtype = torchDtype
         dtype = nil
+        slidingWindow = nil
+        useSlidingWindow = nil
+    }
+
+    /// The model families this implementation computes: config.json's `model_type` and the `architectures`
+    /// names Hugging Face gives them.
+    public static let families: [(modelType: String, architectures: [String])] = [
+        ("llama", ["LlamaForCausalLM", "LlamaModel"]),
+        ("mistral", ["MistralForCausalLM", "MistralModel"]),
+        ("qwen2", ["Qwen2ForCausalLM", "Qwen2Model"]),
+    ]
+
+    /// The family (`model_type`; LLaMA when the key is absent).
+    public var family: String { modelType ?? "llama" }
+
+    /// Qwen2 adds a bias to the q, k and v projections (before RoPE); LLaMA and Mistral have none.
+    public var hasQKVBias: Bool { family == "qwen2" }
+
+    /// The attention window the config really enables, as Hugging Face applies it: Mistral's
+    /// `sliding_window` (null: none); Qwen2's only with `use_sliding_window: true` (Qwen2.5 configs carry a
+    /// window next to `use_sliding_window: false`, which HF ignores); LLaMA has none. A prompt longer than
+    /// the window is refused (the forward pass attends to every earlier position).
+    public var attentionWindow: Int? {
+        switch family {
+        case "mistral": return slidingWindow
+        case "qwen2": return useSlidingWindow == true ? slidingWindow : nil
+        default: return nil
+        }
     }
 
     // Derived values, with Hugging Face's defaults.
@@ -185,9 +218,9 @@ public struct LlamaConfig: Codable, Equatable, Sendable {
     static func expectedType(_ key: String) -> String {
         switch key {
         case "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads",
-             "head_dim", "vocab_size", "max_position_embeddings": return "an integer"
+             "head_dim", "vocab_size", "max_position_embeddings", "sliding_window": return "an integer"
         case "rms_norm_eps", "rope_theta": return "a number"
-        case "tie_word_embeddings", "attention_bias", "mlp_bias": return "true or false"
+        case "tie_word_embeddings", "attention_bias", "mlp_bias", "use_sliding_window": return "true or false"
         case "bos_token_id", "eos_token_id": return "an integer or a list of integers"
         case "architectures": return "a list of strings"
         case "rope_scaling": return "an object or null"
@@ -212,7 +245,7 @@ public struct LlamaConfig: Codable, Equatable, Sendable {
     public static let limits: [(key: String, max: Int)] = [
         ("hidden_size", 1 << 20), ("intermediate_size", 1 << 22), ("num_hidden_layers", 1 << 16),
         ("num_attention_heads", 1 << 14), ("num_key_value_heads", 1 << 14), ("head_dim", 1 << 14),
-        ("vocab_size", 1 << 24), ("max_position_embeddings", Int(UInt32.max)),
+        ("vocab_size", 1 << 24), ("max_position_embeddings", Int(UInt32.max)), ("sliding_window", Int(UInt32.max)),
     ]
 
     /// The factor of linear rope scaling (HF's `rope_scaling: {"rope_type": "linear", "factor": F}`, llama.cpp's
@@ -222,6 +255,74 @@ public struct LlamaConfig: Codable, Equatable, Sendable {
         guard case .object(let o)? = ropeScaling, Self.ropeScalingKind(o) == "linear",
               case .number(let f)? = o["factor"], f != 1 else { return nil }
         return f
+    }
+
+    /// The parameters of Llama-3.1's rope scaling (HF's `rope_type: "llama3"`). Only meaningful after `validate`.
+    public struct Llama3Rope: Equatable, Sendable {
+        public var factor: Double
+        public var lowFreqFactor: Double
+        public var highFreqFactor: Double
+        public var originalMaxPositionEmbeddings: Double
+        public init(factor: Double, lowFreqFactor: Double, highFreqFactor: Double, originalMaxPositionEmbeddings: Double) {
+            self.factor = factor; self.lowFreqFactor = lowFreqFactor; self.highFreqFactor = highFreqFactor
+            self.originalMaxPositionEmbeddings = originalMaxPositionEmbeddings
+        }
+    }
+
+    static let llama3Keys = ["factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings"]
+
+    /// nil unless `rope_scaling` is of type llama3 with all four numbers.
+    public var llama3Rope: Llama3Rope? {
+        guard case .object(let o)? = ropeScaling, Self.ropeScalingKind(o) == "llama3" else { return nil }
+        let v = Self.llama3Keys.map { k -> Double? in if case .number(let n)? = o[k] { return n }; return nil }
+        guard let f = v[0], let lo = v[1], let hi = v[2], let old = v[3] else { return nil }
+        return Llama3Rope(factor: f, lowFreqFactor: lo, highFreqFactor: hi, originalMaxPositionEmbeddings: old)
+    }
+
+    /// HF's inv_freq in float32: 1 / theta^(2i/head_dim), divided by the linear factor, or rescaled per
+    /// frequency as `_compute_llama3_parameters` does (wavelengths above original/low_freq_factor divided by
+    /// the factor, below original/high_freq_factor kept, smoothed in between), in the same float32 operations.
+    public var ropeInverseFrequencies: [Float] {
+        let half = headDimension / 2
+        let theta = Float(self.theta), dim = Float(headDimension)
+        let base = (0..<half).map { i in 1 / powf(theta, Float(2 * i) / dim) }
+        if let factor = linearRopeFactor {
+            let f = Float(factor)
+            return base.map { $0 / f }
+        }
+        guard let r = llama3Rope else { return base }
+        let factor = Float(r.factor), lo = Float(r.lowFreqFactor)
+        let old = Float(r.originalMaxPositionEmbeddings)
+        let lowWavelen = Float(r.originalMaxPositionEmbeddings / r.lowFreqFactor)
+        let highWavelen = Float(r.originalMaxPositionEmbeddings / r.highFreqFactor)
+        let span = Float(r.highFreqFactor - r.lowFreqFactor)
+        let twoPi = Float(2 * Double.pi)
+        return base.map { f in
+            let wavelen = (1 / f) * twoPi
+            if wavelen > lowWavelen { return f / factor }
+            if wavelen < highWavelen { return f }
+            let smooth = ((1 / wavelen) * old - lo) / span
+            return (1 - smooth) * f / factor + smooth * f
+        }
+    }
+
+    /// Llama-3.1's rope scaling as llama.cpp stores it (`rope_freqs.weight`, [head_dim/2]): frequency i is
+    /// divided by factor i (1, the factor, or 1/((1-s)/factor + s) in the smoothed band), computed as
+    /// convert_hf_to_gguf.py does. nil without llama3 scaling.
+    public var llama3RopeFactors: [Float]? {
+        guard let r = llama3Rope else { return nil }
+        let half = headDimension / 2
+        let theta = Float(self.theta), dim = Float(headDimension)
+        let lowWavelen = r.originalMaxPositionEmbeddings / r.lowFreqFactor
+        let highWavelen = r.originalMaxPositionEmbeddings / r.highFreqFactor
+        return (0..<half).map { i in
+            let freq = Double(1 / powf(theta, Float(2 * i) / dim))
+            let wavelen = 2 * Double.pi / freq
+            if wavelen < highWavelen { return 1 }
+            if wavelen > lowWavelen { return Float(r.factor) }
+            let smooth = (r.originalMaxPositionEmbeddings / wavelen - r.lowFreqFactor) / (r.highFreqFactor - r.lowFreqFactor)
+            return Float(1 / ((1 - smooth) / r.factor + smooth))
+        }
     }
 
     static func ropeScalingKind(_ o: [String: JSONValue]) -> String? {
@@ -238,21 +339,24 @@ public struct LlamaConfig: Codable, Equatable, Sendable {
     /// `name` maps config.json's key names to the caller's (GGUF metadata keys for a GGUF file).
     public func validate(file: String, name: (String) -> String = { $0 }) throws {
         func refuse(_ key: String, _ reason: String) -> ConfigError { ConfigError(file: file, key: name(key), reason: reason) }
-        if let mt = modelType, mt != "llama" {
-            throw refuse("model_type", "'\(mt)' is not supported: only LLaMA-architecture models ('llama') are")
+        let known = Self.families.map(\.modelType)
+        guard let fam = Self.families.first(where: { $0.modelType == family }) else {
+            throw refuse("model_type", "'\(family)' is not supported: the supported families are \(known.map { "'\($0)'" }.joined(separator: ", "))")
         }
-        if let archs = architectures, !archs.isEmpty,
-           !archs.contains(where: { $0 == "LlamaForCausalLM" || $0 == "LlamaModel" }) {
-            throw refuse("architectures", "\(archs) is not supported: expected LlamaForCausalLM")
+        if let archs = architectures, !archs.isEmpty, !archs.contains(where: fam.architectures.contains) {
+            throw refuse("architectures", "\(archs) is not supported for model_type '\(family)': expected \(fam.architectures[0])")
         }
         if let act = hiddenAct, act != "silu" { throw refuse("hidden_act", "'\(act)' is not supported: expected silu") }
-        if attentionBias == true { throw refuse("attention_bias", "attention biases are not supported") }
-        if mlpBias == true { throw refuse("mlp_bias", "MLP biases are not supported") }
+        // Hugging Face's Qwen2 reads neither key (its q/k/v always have biases, o and the MLP never).
+        if attentionBias == true && family != "qwen2" {
+            throw refuse("attention_bias", "true is not supported for model_type '\(family)' (biases on q/k/v and o): only Qwen2's q/k/v biases are")
+        }
+        if mlpBias == true && family != "qwen2" { throw refuse("mlp_bias", "MLP biases are not supported") }
         // Sizes first, before anything divides by or multiplies them.
         let given: [String: Int?] = [
             "hidden_size": hiddenSize, "intermediate_size": intermediateSize, "num_hidden_layers": numHiddenLayers,
             "num_attention_heads": numAttentionHeads, "num_key_value_heads": numKeyValueHeads, "head_dim": headDim,
-            "vocab_size": vocabSize, "max_position_embeddings": maxPositionEmbeddings,
+            "vocab_size": vocabSize, "max_position_embeddings": maxPositionEmbeddings, "sliding_window": attentionWindow,
         ]
         for (key, limit) in Self.limits {
             guard let v = given[key] ?? nil else { continue }
@@ -289,10 +393,20 @@ public struct LlamaConfig: Codable, Equatable, Sendable {
                     throw refuse("rope_scaling", "linear scaling needs a numeric 'factor'")
                 }
                 try positiveFloat("rope_scaling", f)
+            case "llama3"?:
+                for key in Self.llama3Keys {
+                    guard case .number(let v)? = o[key] else {
+                        throw refuse("rope_scaling", "llama3 scaling needs a numeric '\(key)'")
+                    }
+                    try positiveFloat("rope_scaling", v)
+                }
+                if let r = llama3Rope, !(r.highFreqFactor > r.lowFreqFactor) {
+                    throw refuse("rope_scaling", "llama3 scaling needs 'high_freq_factor' (\(r.highFreqFactor)) greater than 'low_freq_factor' (\(r.lowFreqFactor))")
+                }
             case let kind?:
-                throw refuse("rope_scaling", "rope scaling type '\(kind)' is not supported (only 'linear' and 'default')")
+                throw refuse("rope_scaling", "rope scaling type '\(kind)' is not supported (only 'linear', 'llama3' and 'default')")
             case nil:
-                throw refuse("rope_scaling", "has no 'rope_type' (or 'type'): expected 'linear' or 'default'")
+                throw refuse("rope_scaling", "has no 'rope_type' (or 'type'): expected 'linear', 'llama3' or 'default'")
             }
         }
         if let d = storageDtype, !["float32", "float16", "bfloat16"].contains(d) {
@@ -302,7 +416,7 @@ public struct LlamaConfig: Codable, Equatable, Sendable {
 
     /// A short stable identity of the shapes and numerics (for output metadata).
     public var summary: String {
-        "layers=\(numHiddenLayers) d_model=\(hiddenSize) d_ff=\(intermediateSize) heads=\(numAttentionHeads) kv_heads=\(kvHeads) head_dim=\(headDimension) vocab=\(vocabSize) rope_theta=\(theta)\(linearRopeFactor.map { " rope_linear=\($0)" } ?? "") eps=\(rmsNormEps) tied=\(tiedEmbeddings)"
+        "layers=\(numHiddenLayers) d_model=\(hiddenSize) d_ff=\(intermediateSize) heads=\(numAttentionHeads) kv_heads=\(kvHeads) head_dim=\(headDimension) vocab=\(vocabSize) rope_theta=\(theta)\(linearRopeFactor.map { " rope_linear=\($0)" } ?? "")\(llama3Rope.map { " rope_llama3=\($0.factor),\($0.lowFreqFactor),\($0.highFreqFactor),\($0.originalMaxPositionEmbeddings)" } ?? "")\(hasQKVBias ? " qkv_bias" : "")\(attentionWindow.map { " window=\($0)" } ?? "") eps=\(rmsNormEps) tied=\(tiedEmbeddings)"
     }
 
     public func jsonData() throws -> Data {

@@ -103,6 +103,7 @@ extension LlamaModel {
         guard p < cache.capacity else {
             throw ForwardError(reason: "the KV cache is full (\(cache.capacity) positions); make a larger one")
         }
+        try Self.checkWindow(c, positions: p + 1)
         guard let head = w.head else { throw ForwardError(reason: "logits requested but the output head was not loaded") }
         guard token >= 0 && Int(token) < c.vocabSize else {
             throw ForwardError(reason: "token id \(token) at position \(p) is outside the model's vocabulary (vocab_size \(c.vocabSize))")
@@ -132,6 +133,9 @@ extension LlamaModel {
             layer.wk.apply(xin, kRow, engine: engine)
             layer.wv.apply(xin, vRow, engine: engine)
             layer.wq.apply(xin, q, engine: engine)
+            if let b = layer.kBias { Self.addBias(b, to: kRow, rows: 0..<1) }
+            if let b = layer.vBias { Self.addBias(b, to: vRow, rows: 0..<1) }
+            if let b = layer.qBias { Self.addBias(b, to: q, rows: 0..<1) }
             for h in 0..<c.kvHeads { ForwardOps.rotate(kRow + h * hd, cos: cs, sin: sn, half: half, interleaved: interleaved) }
             for h in 0..<nh { ForwardOps.rotate(q + h * hd, cos: cs, sin: sn, half: half, interleaved: interleaved) }
             // One head per work item, each on one thread: the result does not depend on the thread count.

@@ -23,6 +23,7 @@ extension LlamaWeights {
             + "heads=\(c.numAttentionHeads) kv_heads=\(c.kvHeads) head_dim=\(c.headDimension) vocab=\(c.vocabSize) "
             + "theta=\(Float(c.theta).bitPattern) eps=\(c.epsF32.bitPattern) "
             + "rope_linear=\(c.linearRopeFactor.map { String(Float($0).bitPattern) } ?? "none") tied=\(c.tiedEmbeddings)\n"
+            + ((ropeFreqFactors ?? c.llama3RopeFactors).map { "rope_freqs=\($0.map { String($0.bitPattern) }.joined(separator: ","))\n" } ?? "")
         h.update(Array(head.utf8))
         func add(_ v: [Float]) { v.withUnsafeBytes { h.update($0) } }
         func addMatrix(_ name: String, _ m: CanonicalRows) {
@@ -38,6 +39,7 @@ extension LlamaWeights {
                                      ("gate", w.gate, nil), ("up", w.up, nil), ("down", w.down, nil)] {
                 addMatrix("blk.\(l).\(name)", CanonicalRows(m, interleavedHeads: heads))
             }
+            for b in [w.qBias, w.kBias, w.vBias] { if let b { add(b) } }   // Qwen2 (rotate-half layout in both formats)
         }
         add(finalNorm)
         return ModelIdentity.fingerprintPrefix + h.finalize().map { String(format: "%02x", $0) }.joined()

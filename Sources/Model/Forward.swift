@@ -130,7 +130,7 @@ public final class RunState {
         return p.pointer
     }
 
-    init(config c: LlamaConfig, capacity: Int, threads: Int) {
+    init(config c: LlamaConfig, invFreq: [Float], capacity: Int, threads: Int) {
         self.capacity = capacity
         let d = c.hiddenSize, half = c.headDimension / 2
         x = FloatBuffer(count: capacity * d)
@@ -146,16 +146,9 @@ public final class RunState {
         cos = FloatBuffer(count: capacity * half)
         sin = FloatBuffer(count: capacity * half)
         logits = FloatBuffer(count: c.vocabSize)
-        // HF: inv_freq = 1 / theta ** (arange(0, dim, 2).float() / dim), in float32; linear rope scaling
-        // divides it by the factor (HF's "linear" rope_type, llama.cpp's freq_scale = 1 / factor).
-        let theta = Float(c.theta), dim = Float(c.headDimension)
-        let unscaled = (0..<half).map { i in 1 / powf(theta, Float(2 * i) / dim) }
-        if let factor = c.linearRopeFactor {
-            let f = Float(factor)
-            invFreq = unscaled.map { $0 / f }
-        } else {
-            invFreq = unscaled
-        }
+        // HF: inv_freq = 1 / theta ** (arange(0, dim, 2).float() / dim), in float32, with linear or llama3
+        // rope scaling applied (LlamaWeights.ropeInverseFrequencies).
+        self.invFreq = invFreq
     }
 }
 
@@ -182,7 +175,7 @@ public final class LlamaModel {
     func runState(for tokens: Int) -> RunState {
         if let s = state, s.capacity >= tokens { return s }
         let cap = max(tokens, min(64, config.maxPositionEmbeddings))
-        let s = RunState(config: config, capacity: cap, threads: pool.threadCount)
+        let s = RunState(config: config, invFreq: weights.ropeInverseFrequencies, capacity: cap, threads: pool.threadCount)
         let c = config
         engine.reserve(rows: cap, cols: max(c.hiddenSize, c.qDim, c.intermediateSize),
                        maxOut: max(c.qDim, c.intermediateSize, c.hiddenSize, c.vocabSize))
@@ -213,6 +206,7 @@ public final class LlamaModel {
         guard T <= c.maxPositionEmbeddings else {
             throw ForwardError(reason: "the prompt has \(T) tokens, more than max_position_embeddings = \(c.maxPositionEmbeddings)")
         }
+        try Self.checkWindow(c, positions: T)
         if wantLogits && w.head == nil { throw ForwardError(reason: "logits requested but the output head was not loaded") }
         let d = c.hiddenSize
         let s = runState(for: T)
@@ -256,6 +250,9 @@ public final class LlamaModel {
             layer.wk.apply(xin, s.k.pointer, engine: engine)
             layer.wv.apply(xin, s.v.pointer, engine: engine)
             layer.wq.apply(xin.rows(rows), s.q.pointer + lo * c.qDim, engine: engine)
+            if let b = layer.kBias { Self.addBias(b, to: s.k.pointer, rows: allRows) }
+            if let b = layer.vBias { Self.addBias(b, to: s.v.pointer, rows: allRows) }
+            if let b = layer.qBias { Self.addBias(b, to: s.q.pointer, rows: rows) }
             rotate(s.k.pointer, heads: c.kvHeads, rows: allRows, s)
             rotate(s.q.pointer, heads: c.numAttentionHeads, rows: rows, s)
             cache?.store(layer: l, keys: s.k.pointer, values: s.v.pointer, rows: T)
@@ -299,6 +296,26 @@ public final class LlamaModel {
     }
 
     // MARK: - Blocks (the per-row arithmetic is in Quant's ForwardOps)
+
+    /// Refuses more positions than the attention window the config enables (Mistral's `sliding_window`,
+    /// Qwen2's with `use_sliding_window`): this forward pass attends to every earlier position, which equals
+    /// Hugging Face's windowed attention only while every position is inside the window.
+    static func checkWindow(_ c: LlamaConfig, positions: Int) throws {
+        if let w = c.attentionWindow, positions > w {
+            throw ForwardError(reason: "\(positions) positions are more than the attention window of this \(c.family) model (config 'sliding_window' = \(w)); sliding-window attention is not implemented: use prompts of at most \(w) tokens")
+        }
+    }
+
+    /// rows r of v ([*, bias.count] row-major) += bias (Qwen2's q/k/v biases, before RoPE). No allocation.
+    static func addBias(_ bias: [Float], to v: UnsafeMutablePointer<Float>, rows: Range<Int>) {
+        bias.withUnsafeBufferPointer { b in
+            let n = b.count
+            for r in rows {
+                let row = v + r * n
+                for i in 0..<n { row[i] += b[i] }
+            }
+        }
+    }
 
     /// out[r] = w ⊙ (x[r] / sqrt(mean(x[r]²) + eps)), as HF's LlamaRMSNorm in float32.
     func rmsnorm(_ out: UnsafeMutablePointer<Float>, _ x: UnsafeMutablePointer<Float>, _ weight: [Float],

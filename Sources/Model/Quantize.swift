@@ -28,8 +28,8 @@ public enum Quantizer {
     }
 
     static func plan(_ c: LlamaConfig, type: OutputType) -> [Plan] {
-        // The two lists name the same tensors in the same order (embedding, 9 per layer in the same order,
-        // final norm, head): pair them by position.
+        // The two lists name the same tensors in the same order (embedding, each layer's rows of
+        // `LayerTensor.all`, final norm, head): pair them by position.
         let hf = HFCheckpoint.expectedTensors(c)
         let gguf = GGUFModel.expectedTensors(c)
         return zip(gguf, hf).map { g, h in
@@ -38,7 +38,10 @@ public enum Quantizer {
             if shape.count == 1 { ggml = .f32 }
             else if type == .q8_0 && shape[1] % Q8_0.blockSize == 0 { ggml = .q8_0 }
             else { ggml = .f16 }   // as llama.cpp: rows that do not fill Q8_0 blocks stay F16
-            let heads = name.hasSuffix("attn_q.weight") ? c.numAttentionHeads
+            // llama.cpp's `llama` architecture runs interleaved rope (its converter permutes Q and K);
+            // `qwen2` runs NEOX rope on Hugging Face's rotate-half rows, which are written as they are.
+            let permute = GGUFModel.architecture(c) == "llama"
+            let heads = !permute ? nil : name.hasSuffix("attn_q.weight") ? c.numAttentionHeads
                 : name.hasSuffix("attn_k.weight") ? c.kvHeads : nil
             return Plan(spec: .init(name, ggml, shape), source: h.name, ropeHeads: heads)
         }
@@ -68,29 +71,32 @@ public enum Quantizer {
             }
             return .float32(f)
         }
+        let arch = GGUFModel.architecture(c)
+        func key(_ k: String) -> String { GGUFModel.keyName(k, arch: arch) }
         var m: [(String, GGUFValue)] = [
-            ("general.architecture", .string("llama")),
+            ("general.architecture", .string(arch)),
             ("general.name", .string(name)),
             ("general.file_type", .uint32(type.fileType)),
             ("general.quantization_version", .uint32(2)),
-            ("llama.context_length", try u32("max_position_embeddings", c.maxPositionEmbeddings)),
-            ("llama.embedding_length", try u32("hidden_size", c.hiddenSize)),
-            ("llama.block_count", try u32("num_hidden_layers", c.numHiddenLayers)),
-            ("llama.feed_forward_length", try u32("intermediate_size", c.intermediateSize)),
-            ("llama.rope.dimension_count", try u32("head_dim", c.headDimension)),
-            ("llama.attention.head_count", try u32("num_attention_heads", c.numAttentionHeads)),
-            ("llama.attention.head_count_kv", try u32("num_key_value_heads", c.kvHeads)),
-            ("llama.attention.layer_norm_rms_epsilon", try f32("rms_norm_eps", c.rmsNormEps)),
-            ("llama.rope.freq_base", try f32("rope_theta", c.theta)),
-            ("llama.vocab_size", try u32("vocab_size", c.vocabSize)),
+            (key("max_position_embeddings"), try u32("max_position_embeddings", c.maxPositionEmbeddings)),
+            (key("hidden_size"), try u32("hidden_size", c.hiddenSize)),
+            (key("num_hidden_layers"), try u32("num_hidden_layers", c.numHiddenLayers)),
+            (key("intermediate_size"), try u32("intermediate_size", c.intermediateSize)),
+            ("\(arch).rope.dimension_count", try u32("head_dim", c.headDimension)),
+            (key("num_attention_heads"), try u32("num_attention_heads", c.numAttentionHeads)),
+            (key("num_key_value_heads"), try u32("num_key_value_heads", c.kvHeads)),
+            (key("rms_norm_eps"), try f32("rms_norm_eps", c.rmsNormEps)),
+            (key("rope_theta"), try f32("rope_theta", c.theta)),
+            ("\(arch).vocab_size", try u32("vocab_size", c.vocabSize)),
         ]
         if let factor = c.linearRopeFactor {
-            m += [("llama.rope.scaling.type", .string("linear")), ("llama.rope.scaling.factor", try f32("rope_scaling", factor))]
+            m += [("\(arch).rope.scaling.type", .string("linear")), (key("rope_scaling"), try f32("rope_scaling", factor))]
         }
         if c.headDimension != c.hiddenSize / c.numAttentionHeads {
-            m += [("llama.attention.key_length", try u32("head_dim", c.headDimension)),
-                  ("llama.attention.value_length", try u32("head_dim", c.headDimension))]
+            m += [(key("head_dim"), try u32("head_dim", c.headDimension)),
+                  ("\(arch).attention.value_length", try u32("head_dim", c.headDimension))]
         }
+        if let w = c.attentionWindow { m.append((key("sliding_window"), try u32("sliding_window", w))) }
         // llama.cpp wants one vocabulary entry per embedding row: pad as its converter does.
         if let bpe = tokenizer.bpe {
             guard bpe.vocabSize <= c.vocabSize else {
@@ -158,7 +164,11 @@ public enum Quantizer {
             }
         }
 
-        let writer = try GGUFWriter(path: outPath, metadata: meta, tensors: plans.map(\.spec))
+        // Llama-3.1's rope scaling: llama.cpp's rope_freqs.weight (first, as its converter writes it).
+        let ropeFactors = c.llama3RopeFactors
+        let ropeSpec = ropeFactors.map { GGUFWriter.Spec(GGUFModel.ropeFreqsTensor, .f32, [$0.count]) }
+        let writer = try GGUFWriter(path: outPath, metadata: meta, tensors: (ropeSpec.map { [$0] } ?? []) + plans.map(\.spec))
+        if let ropeFactors { try writer.write(ropeFactors) }
         let total = plans.reduce(0) { $0 + $1.spec.byteCount }
         var done = 0
         let chunkElements = 1 << 22   // 16 MB of f32 per chunk
@@ -222,9 +232,12 @@ public enum Quantizer {
         try same("the sizes", [c.hiddenSize, c.intermediateSize, c.numAttentionHeads, c.kvHeads, c.headDimension, c.vocabSize, c.maxPositionEmbeddings],
                  [read.hiddenSize, read.intermediateSize, read.numAttentionHeads, read.kvHeads, read.headDimension, read.vocabSize, read.maxPositionEmbeddings])
         try same("tied embeddings", c.tiedEmbeddings, read.tiedEmbeddings)
+        try same("the q/k/v biases", c.hasQKVBias, read.hasQKVBias)
+        try same("the attention window", c.attentionWindow, read.attentionWindow)
         try same("rms_norm_eps (float32)", c.epsF32, read.epsF32)
         try same("rope_theta (float32)", Float(c.theta), Float(read.theta))
         try same("the linear rope scaling factor", c.linearRopeFactor.map(Float.init), read.linearRopeFactor.map(Float.init))
+        try same("the llama3 rope factors", c.llama3RopeFactors, try GGUFModel.ropeFreqFactors(g, config: read))
         for (name, shape) in GGUFModel.expectedTensors(read) {
             let t = try g.info(name)
             guard t.shape == shape else { throw GGUFError(file: path, tensor: name, reason: "shape \(t.shape) read back, expected \(shape)") }

@@ -166,14 +166,7 @@ extension LlamaWeights {
         func vector(_ name: String) -> [Float] { let m = matrix(name); return Array(UnsafeBufferPointer(start: m.pointer, count: m.rows)) }
         let embedding = matrix("model.embed_tokens.weight")
         let layers = (0..<c.numHiddenLayers).map { l -> LayerWeights in
-            let p = "model.layers.\(l)."
-            return LayerWeights(
-                attnNorm: vector(p + "input_layernorm.weight"),
-                wq: linear(p + "self_attn.q_proj.weight"), wk: linear(p + "self_attn.k_proj.weight"),
-                wv: linear(p + "self_attn.v_proj.weight"), wo: linear(p + "self_attn.o_proj.weight"),
-                mlpNorm: vector(p + "post_attention_layernorm.weight"),
-                gate: linear(p + "mlp.gate_proj.weight"), up: linear(p + "mlp.up_proj.weight"),
-                down: linear(p + "mlp.down_proj.weight"))
+            LayerWeights.assemble(layer: l, config: c, gguf: false, vector: vector, linear: linear)
         }
         var head: Linear? = nil
         if includeHead { head = c.tiedEmbeddings ? .f32(embedding) : linear("lm_head.weight") }

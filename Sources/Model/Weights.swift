@@ -21,6 +21,80 @@ public struct LayerWeights: Sendable {
     public var gate: Linear       // [f, d]
     public var up: Linear         // [f, d]
     public var down: Linear       // [d, f]
+    /// Qwen2's q/k/v projection biases ([q], [kv], [kv]), added after the projection, before RoPE; nil for
+    /// LLaMA and Mistral.
+    public var qBias: [Float]? = nil
+    public var kBias: [Float]? = nil
+    public var vBias: [Float]? = nil
+}
+
+/// One per-layer tensor of the schema: its Hugging Face name (after `model.layers.L.`), its GGUF name (after
+/// `blk.L.`), its shape from the config, and whether the config has it (Qwen2's biases). Loading, quantizing,
+/// synthesis and the expected-tensor checks all iterate `LayerTensor.all`: a new tensor is one new row (and
+/// its field in `LayerWeights.assemble`).
+public struct LayerTensor: Sendable {
+    public enum Kind: Sendable { case norm, projection, bias }
+    public let hf: String
+    public let gguf: String
+    public let kind: Kind
+    let shapeOf: @Sendable (LlamaConfig) -> [Int]
+    let presentIf: @Sendable (LlamaConfig) -> Bool
+
+    public func shape(_ c: LlamaConfig) -> [Int] { shapeOf(c) }
+    public func present(_ c: LlamaConfig) -> Bool { presentIf(c) }
+
+    init(_ hf: String, _ gguf: String, _ kind: Kind, present: @escaping @Sendable (LlamaConfig) -> Bool = { _ in true },
+         _ shape: @escaping @Sendable (LlamaConfig) -> [Int]) {
+        self.hf = hf; self.gguf = gguf; self.kind = kind; shapeOf = shape; presentIf = present
+    }
+
+    /// In load order (the order both formats list them in, and quantize writes them in).
+    public static let all: [LayerTensor] = [
+        LayerTensor("input_layernorm.weight", "attn_norm.weight", .norm) { [$0.hiddenSize] },
+        LayerTensor("self_attn.q_proj.weight", "attn_q.weight", .projection) { [$0.qDim, $0.hiddenSize] },
+        LayerTensor("self_attn.k_proj.weight", "attn_k.weight", .projection) { [$0.kvDim, $0.hiddenSize] },
+        LayerTensor("self_attn.v_proj.weight", "attn_v.weight", .projection) { [$0.kvDim, $0.hiddenSize] },
+        LayerTensor("self_attn.q_proj.bias", "attn_q.bias", .bias, present: { $0.hasQKVBias }) { [$0.qDim] },
+        LayerTensor("self_attn.k_proj.bias", "attn_k.bias", .bias, present: { $0.hasQKVBias }) { [$0.kvDim] },
+        LayerTensor("self_attn.v_proj.bias", "attn_v.bias", .bias, present: { $0.hasQKVBias }) { [$0.kvDim] },
+        LayerTensor("self_attn.o_proj.weight", "attn_output.weight", .projection) { [$0.hiddenSize, $0.qDim] },
+        LayerTensor("post_attention_layernorm.weight", "ffn_norm.weight", .norm) { [$0.hiddenSize] },
+        LayerTensor("mlp.gate_proj.weight", "ffn_gate.weight", .projection) { [$0.intermediateSize, $0.hiddenSize] },
+        LayerTensor("mlp.up_proj.weight", "ffn_up.weight", .projection) { [$0.intermediateSize, $0.hiddenSize] },
+        LayerTensor("mlp.down_proj.weight", "ffn_down.weight", .projection) { [$0.hiddenSize, $0.intermediateSize] },
+    ]
+
+    /// The tensors of layer `l` the config has, as (full name, shape, row): GGUF names or Hugging Face ones.
+    public static func layer(_ l: Int, _ c: LlamaConfig, gguf: Bool) -> [(name: String, shape: [Int], tensor: LayerTensor)] {
+        all.filter { $0.present(c) }.map { t in
+            (gguf ? "blk.\(l).\(t.gguf)" : "model.layers.\(l).\(t.hf)", t.shape(c), t)
+        }
+    }
+}
+
+extension LayerWeights {
+    /// One layer from the schema: `vector` reads a norm or bias, `linear` a projection, each by full name.
+    static func assemble(layer l: Int, config c: LlamaConfig, gguf: Bool,
+                         vector: (String) throws -> [Float], linear: (String) throws -> Linear) rethrows -> LayerWeights {
+        var vectors: [String: [Float]] = [:]
+        var linears: [String: Linear] = [:]
+        for (name, _, t) in LayerTensor.layer(l, c, gguf: gguf) {
+            switch t.kind {
+            case .norm, .bias: vectors[t.hf] = try vector(name)
+            case .projection: linears[t.hf] = try linear(name)
+            }
+        }
+        func lin(_ k: String) -> Linear { linears[k]! }   // every projection row is always present
+        var w = LayerWeights(
+            attnNorm: vectors["input_layernorm.weight"]!,
+            wq: lin("self_attn.q_proj.weight"), wk: lin("self_attn.k_proj.weight"), wv: lin("self_attn.v_proj.weight"),
+            wo: lin("self_attn.o_proj.weight"), mlpNorm: vectors["post_attention_layernorm.weight"]!,
+            gate: lin("mlp.gate_proj.weight"), up: lin("mlp.up_proj.weight"), down: lin("mlp.down_proj.weight"))
+        w.qBias = vectors["self_attn.q_proj.bias"]
+        w.kBias = vectors["self_attn.k_proj.bias"]
+        w.vBias = vectors["self_attn.v_proj.bias"]
+        return w
+    }
 }
 
 /// The token embedding table [vocab, d] in its stored type (f32, f16, bf16 or Q8_0, possibly still in a
@@ -63,6 +137,17 @@ public struct LlamaWeights: Sendable {
     public var head: Linear?
     /// Rotary layout of the stored Q/K projections.
     public var ropeLayout: RopeLayout
+    /// A GGUF's `rope_freqs.weight` (llama.cpp's form of Llama-3.1's rope scaling): inv_freq[i] is divided
+    /// by factor i. nil: the config's rope (`LlamaConfig.ropeInverseFrequencies`).
+    public var ropeFreqFactors: [Float]? = nil
+
+    /// The rotary inverse frequencies these weights run with.
+    public var ropeInverseFrequencies: [Float] {
+        guard let f = ropeFreqFactors else { return config.ropeInverseFrequencies }
+        var plain = config
+        plain.ropeScaling = nil
+        return zip(plain.ropeInverseFrequencies, f).map { $0 / $1 }
+    }
 }
 
 extension LlamaWeights {
@@ -75,8 +160,10 @@ extension LlamaWeights {
         }
         var out = self
         out.layers = layers.map { w in
-            LayerWeights(attnNorm: w.attnNorm, wq: q(w.wq), wk: q(w.wk), wv: q(w.wv), wo: q(w.wo),
-                         mlpNorm: w.mlpNorm, gate: q(w.gate), up: q(w.up), down: q(w.down))
+            var o = w
+            o.wq = q(w.wq); o.wk = q(w.wk); o.wv = q(w.wv); o.wo = q(w.wo)
+            o.gate = q(w.gate); o.up = q(w.up); o.down = q(w.down)
+            return o
         }
         if includeHead, let h = head { out.head = q(h) }
         return out

@@ -126,7 +126,8 @@ import Testing
             }
         }
         try check("rope_scaling") { $0["rope_scaling"] = ["type": "dynamic", "factor": 2.0] }
-        try check("model_type") { $0["model_type"] = "mistral" }
+        try check("model_type") { $0["model_type"] = "gemma" }
+        try check("architectures") { $0["model_type"] = "mistral" }   // a Mistral config naming LlamaForCausalLM
         try check("hidden_act") { $0["hidden_act"] = "gelu" }
         try check("hidden_size") { $0["hidden_size"] = nil }
         try check("num_key_value_heads") { $0["num_key_value_heads"] = 3 }

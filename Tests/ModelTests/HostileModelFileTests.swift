@@ -208,7 +208,7 @@ import Testing
                 == "\(bad): key 'llama.rope.scaling.factor': linear rope scaling factor must be a positive number, got -2.0")
         let path = try configFile { $0["rope_scaling"] = ["rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 2048] }
         #expect(message { _ = try LlamaConfig.load(path: path) }
-                == "\(path): 'rope_scaling': rope scaling type 'yarn' is not supported (only 'linear' and 'default')")
+                == "\(path): 'rope_scaling': rope scaling type 'yarn' is not supported (only 'linear', 'llama3' and 'default')")
     }
 
     // MARK: Row 5: quantize never writes a file it cannot read
