@@ -23,7 +23,9 @@ struct Residuals: ParsableCommand {
         attn_out or mlp_out costs one more o_proj or down_proj product per block (computed apart, so no other value \
         changes by a bit).
 
-        --steer-… adds interventions as in `generate` (A·v/‖v‖ at the output of block L, every position); the         stored residuals are the steered ones, and the interventions are recorded in the readout (metadata         'readout', key 'steering'), so a steered file says so.
+        --steer-… adds interventions as in `generate` (A·v/‖v‖ at the output of block L, every position); the \
+        stored residuals are the steered ones, and the interventions are recorded in the readout (metadata \
+        'readout', key 'steering'), so a steered file says so.
 
         Example: llamaprobe residuals --model models/tiny --prompts prompts.txt --out resid.safetensors
         """)
