@@ -117,12 +117,7 @@ struct BenchCommand: ParsableCommand {
         let m = LlamaModel(weights: w, pool: pool, backend: backend, kernel: kernel.resolved)
         if decode { return try runDecode(m, fullDepth: fullDepth) }
         let r = try Bench.run(model: m, tokens: tokens, repeats: repeats, positions: positions, fullDepth: fullDepth)
-        if json {
-            let e = JSONEncoder()
-            e.outputFormatting = [.sortedKeys]
-            print(String(decoding: try e.encode(r), as: UTF8.self))
-            return
-        }
+        if json { return try printJSON(r) }
         print("\(model ?? synthetic!): \(w.config.summary)")
         print("weights \(weights.rawValue), backend \(r.kernel), \(r.threads) thread(s), \(r.tokens) tokens, median of \(r.repeats)")
         print("layer   ms/token   tokens/s")
@@ -135,6 +130,13 @@ struct BenchCommand: ParsableCommand {
                      r.gflops, r.sgemm_gflops, r.ratio_to_sgemm))
     }
 
+    /// `--json`: the report as one line of JSON with sorted keys.
+    func printJSON<T: Encodable>(_ value: T) throws {
+        let e = JSONEncoder()
+        e.outputFormatting = [.sortedKeys]
+        print(String(decoding: try e.encode(value), as: UTF8.self))
+    }
+
     func runDecode(_ m: LlamaModel, fullDepth: Int) throws {
         let c = m.config
         let list = contextList ?? []
@@ -142,12 +144,7 @@ struct BenchCommand: ParsableCommand {
             throw CLIError("--contexts \(big) + --tokens \(tokens) exceeds max_position_embeddings \(c.maxPositionEmbeddings)")
         }
         let r = try Bench.decode(model: m, contexts: list, tokens: tokens, repeats: repeats, fullDepth: fullDepth)
-        if json {
-            let e = JSONEncoder()
-            e.outputFormatting = [.sortedKeys]
-            print(String(decoding: try e.encode(r), as: UTF8.self))
-            return
-        }
+        if json { return try printJSON(r) }
         func mb(_ b: Double) -> String { String(format: "%.1f MB", b / 1e6) }
         print("\(model ?? synthetic!): \(c.summary)")
         print("decode: weights \(weights.rawValue), backend \(r.kernel), \(r.threads) thread(s), \(tokens) tokens per run, median of \(r.repeats)")

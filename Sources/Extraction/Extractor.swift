@@ -262,7 +262,7 @@ public enum Extractor {
     /// The configuration every worker and every rerun must share (written to the manifests).
     /// How the numbers are computed (part of the configuration: another kernel gives other low bits).
     static func computeDescription(_ m: LlamaModel) -> String {
-        let quantized = m.weights.layers.contains { l in [l.wq, l.wk, l.wv, l.wo, l.gate, l.up, l.down].contains { $0.storage == "Q8_0" } }
+        let quantized = m.weights.layers.contains { l in l.projections.contains { $0.storage == "Q8_0" } }
         return quantized ? "Q8_0 weights, " + m.engine.description : "f32 weights, OpenBLAS sgemm"
     }
 

@@ -150,7 +150,7 @@ extension Bench {
                               bandwidthBytes: Int = 1 << 30) throws -> DecodeReport {
         let c = model.config, w = model.weights, L = c.numHiddenLayers
         let layerBytes = w.layers.first.map { l in
-            [l.wq, l.wk, l.wv, l.wo, l.gate, l.up, l.down].reduce(0) { $0 + $1.byteCount } + 2 * c.hiddenSize * 4
+            l.projections.reduce(0) { $0 + $1.byteCount } + 2 * c.hiddenSize * 4
         } ?? 0
         let fixedBytes = (w.head?.byteCount ?? 0) + c.hiddenSize * 4 + w.embedding.rowBytes
         let weightBytes = fixedBytes + layerBytes * L

@@ -49,7 +49,7 @@ extension LlamaWeights {
     public var projectionStorage: String {
         var seen: [String] = []
         for l in layers {
-            for w in [l.wq, l.wk, l.wv, l.wo, l.gate, l.up, l.down] where !seen.contains(w.storage) { seen.append(w.storage) }
+            for w in l.projections where !seen.contains(w.storage) { seen.append(w.storage) }
         }
         return seen.joined(separator: "+")
     }

@@ -26,6 +26,9 @@ public struct LayerWeights: Sendable {
     public var qBias: [Float]? = nil
     public var kBias: [Float]? = nil
     public var vBias: [Float]? = nil
+
+    /// The seven projections in the order of the block (q, k, v, o, gate, up, down).
+    public var projections: [Linear] { [wq, wk, wv, wo, gate, up, down] }
 }
 
 /// One per-layer tensor of the schema: its Hugging Face name (after `model.layers.L.`), its GGUF name (after
