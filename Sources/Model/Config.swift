@@ -93,6 +93,10 @@ public struct LlamaConfig: Codable, Equatable, Sendable {
     /// Mistral: the attention window (null: none). Qwen2: applies only with `use_sliding_window: true`.
     public var slidingWindow: Int?
     public var useSlidingWindow: Bool?
+    /// Qwen2: layers from this index on are windowed (when `layer_types` is absent; HF's default 28).
+    public var maxWindowLayers: Int?
+    /// Qwen2: "full_attention" or "sliding_attention" per layer (transformers ≥ 4.53 writes it).
+    public var layerTypes: [String]?
 
     enum CodingKeys: String, CodingKey {
         case architectures
@@ -118,6 +122,8 @@ public struct LlamaConfig: Codable, Equatable, Sendable {
         case dtype
         case slidingWindow = "sliding_window"
         case useSlidingWindow = "use_sliding_window"
+        case maxWindowLayers = "max_window_layers"
+        case layerTypes = "layer_types"
     }
 
     public init(hiddenSize: Int, intermediateSize: Int, numHiddenLayers: Int, numAttentionHeads: Int,
@@ -147,6 +153,8 @@ public struct LlamaConfig: Codable, Equatable, Sendable {
         dtype = nil
         slidingWindow = nil
         useSlidingWindow = nil
+        maxWindowLayers = nil
+        layerTypes = nil
     }
 
     /// The model families this implementation computes: config.json's `model_type` and the `architectures`
@@ -163,16 +171,31 @@ public struct LlamaConfig: Codable, Equatable, Sendable {
     /// Qwen2 adds a bias to the q, k and v projections (before RoPE); LLaMA and Mistral have none.
     public var hasQKVBias: Bool { family == "qwen2" }
 
-    /// The attention window the config really enables, as Hugging Face applies it: Mistral's
-    /// `sliding_window` (null: none); Qwen2's only with `use_sliding_window: true` (Qwen2.5 configs carry a
-    /// window next to `use_sliding_window: false`, which HF ignores); LLaMA has none. A prompt longer than
-    /// the window is refused (the forward pass attends to every earlier position).
-    public var attentionWindow: Int? {
+    /// The attention window of layer `l` as Hugging Face applies it (query i attends to keys j with
+    /// i - window < j ≤ i): Mistral's `sliding_window` on every layer (null: none); Qwen2's only with
+    /// `use_sliding_window: true`, and then only on the layers `layer_types` marks "sliding_attention"
+    /// (without that key: layers from `max_window_layers` on). Qwen2.5 configs carry a window next to
+    /// `use_sliding_window: false`, which HF ignores. LLaMA has none.
+    public func attentionWindow(layer l: Int) -> Int? {
         switch family {
         case "mistral": return slidingWindow
-        case "qwen2": return useSlidingWindow == true ? slidingWindow : nil
+        case "qwen2":
+            guard useSlidingWindow == true, let w = slidingWindow else { return nil }
+            if let types = layerTypes { return l < types.count && types[l] == "sliding_attention" ? w : nil }
+            return l >= (maxWindowLayers ?? 28) ? w : nil
         default: return nil
         }
+    }
+
+    /// The window when every layer has the same one (what a GGUF file records); nil when no layer is windowed.
+    public var attentionWindow: Int? {
+        (0..<numHiddenLayers).lazy.compactMap { self.attentionWindow(layer: $0) }.first
+    }
+
+    /// Whether some layers are windowed and others not (Qwen2 with `max_window_layers` inside the model).
+    public var hasMixedWindows: Bool {
+        guard attentionWindow != nil else { return false }
+        return (0..<numHiddenLayers).contains { attentionWindow(layer: $0) == nil }
     }
 
     // Derived values, with Hugging Face's defaults.
@@ -218,11 +241,11 @@ public struct LlamaConfig: Codable, Equatable, Sendable {
     static func expectedType(_ key: String) -> String {
         switch key {
         case "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads",
-             "head_dim", "vocab_size", "max_position_embeddings", "sliding_window": return "an integer"
+             "head_dim", "vocab_size", "max_position_embeddings", "sliding_window", "max_window_layers": return "an integer"
         case "rms_norm_eps", "rope_theta": return "a number"
         case "tie_word_embeddings", "attention_bias", "mlp_bias", "use_sliding_window": return "true or false"
         case "bos_token_id", "eos_token_id": return "an integer or a list of integers"
-        case "architectures": return "a list of strings"
+        case "architectures", "layer_types": return "a list of strings"
         case "rope_scaling": return "an object or null"
         default: return "a string"
         }
@@ -356,12 +379,24 @@ public struct LlamaConfig: Codable, Equatable, Sendable {
         let given: [String: Int?] = [
             "hidden_size": hiddenSize, "intermediate_size": intermediateSize, "num_hidden_layers": numHiddenLayers,
             "num_attention_heads": numAttentionHeads, "num_key_value_heads": numKeyValueHeads, "head_dim": headDim,
-            "vocab_size": vocabSize, "max_position_embeddings": maxPositionEmbeddings, "sliding_window": attentionWindow,
+            "vocab_size": vocabSize, "max_position_embeddings": maxPositionEmbeddings,
+            "sliding_window": family == "mistral" || (family == "qwen2" && useSlidingWindow == true) ? slidingWindow : nil,
         ]
         for (key, limit) in Self.limits {
             guard let v = given[key] ?? nil else { continue }
             if v <= 0 { throw refuse(key, "must be positive, got \(v)") }
             if v > limit { throw refuse(key, "\(v) is absurd: at most \(limit) is accepted") }
+        }
+        if let m = maxWindowLayers, !(0...(1 << 16)).contains(m) {
+            throw refuse("max_window_layers", "must be a layer count in 0...65536, got \(m)")
+        }
+        if let types = layerTypes {
+            guard types.count == numHiddenLayers else {
+                throw refuse("layer_types", "has \(types.count) entries for \(numHiddenLayers) layers")
+            }
+            if let bad = types.first(where: { $0 != "full_attention" && $0 != "sliding_attention" }) {
+                throw refuse("layer_types", "'\(bad.prefix(40))' is not 'full_attention' or 'sliding_attention'")
+            }
         }
         if headDim == nil && hiddenSize % numAttentionHeads != 0 {
             throw refuse("num_attention_heads", "\(name("hidden_size")) \(hiddenSize) is not divisible by \(numAttentionHeads) heads")

@@ -103,7 +103,6 @@ extension LlamaModel {
         guard p < cache.capacity else {
             throw ForwardError(reason: "the KV cache is full (\(cache.capacity) positions); make a larger one")
         }
-        try Self.checkWindow(c, positions: p + 1)
         guard let head = w.head else { throw ForwardError(reason: "logits requested but the output head was not loaded") }
         guard token >= 0 && Int(token) < c.vocabSize else {
             throw ForwardError(reason: "token id \(token) at position \(p) is outside the model's vocabulary (vocab_size \(c.vocabSize))")
@@ -139,10 +138,11 @@ extension LlamaModel {
             for h in 0..<c.kvHeads { ForwardOps.rotate(kRow + h * hd, cos: cs, sin: sn, half: half, interleaved: interleaved) }
             for h in 0..<nh { ForwardOps.rotate(q + h * hd, cos: cs, sin: sn, half: half, interleaved: interleaved) }
             // One head per work item, each on one thread: the result does not depend on the thread count.
+            let j0 = Self.firstKey(p, window: c.attentionWindow(layer: l))
             pool.parallelFor(nh) { h, thread in
                 let kvh = h / group
-                ForwardOps.attendRow(query: q + h * hd, keys: kc + kvh * hd, values: vc + kvh * hd, stride: kw,
-                                     headDim: hd, keys: p + 1, scale: scale, scratch: scratch + thread * cap,
+                ForwardOps.attendRow(query: q + h * hd, keys: kc + j0 * kw + kvh * hd, values: vc + j0 * kw + kvh * hd,
+                                     stride: kw, headDim: hd, keys: p + 1 - j0, scale: scale, scratch: scratch + thread * cap,
                                      out: att + h * hd)
             }
             layer.wo.apply(engine.prepare(att, rows: 1, cols: qw), x, accumulate: true, engine: engine)

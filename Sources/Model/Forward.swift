@@ -206,7 +206,6 @@ public final class LlamaModel {
         guard T <= c.maxPositionEmbeddings else {
             throw ForwardError(reason: "the prompt has \(T) tokens, more than max_position_embeddings = \(c.maxPositionEmbeddings)")
         }
-        try Self.checkWindow(c, positions: T)
         if wantLogits && w.head == nil { throw ForwardError(reason: "logits requested but the output head was not loaded") }
         let d = c.hiddenSize
         let s = runState(for: T)
@@ -256,8 +255,9 @@ public final class LlamaModel {
             rotate(s.k.pointer, heads: c.kvHeads, rows: allRows, s)
             rotate(s.q.pointer, heads: c.numAttentionHeads, rows: rows, s)
             cache?.store(layer: l, keys: s.k.pointer, values: s.v.pointer, rows: T)
-            if T >= Self.blasAttentionMinTokens && rows.count > 1 { attentionBLAS(s, queries: rows, tokens: T) }
-            else { attention(s, queries: rows) }
+            let window = c.attentionWindow(layer: l)
+            if T >= Self.blasAttentionMinTokens && rows.count > 1 { attentionBLAS(s, queries: rows, window: window) }
+            else { attention(s, queries: rows, window: window) }
             let ain = engine.prepare(s.att.pointer + lo * c.qDim, rows: n, cols: c.qDim)
             layer.wo.apply(ain, x + lo * d, accumulate: true, engine: engine)
             if hooks.contains(.attnOut), let p = projection {
@@ -296,15 +296,6 @@ public final class LlamaModel {
     }
 
     // MARK: - Blocks (the per-row arithmetic is in Quant's ForwardOps)
-
-    /// Refuses more positions than the attention window the config enables (Mistral's `sliding_window`,
-    /// Qwen2's with `use_sliding_window`): this forward pass attends to every earlier position, which equals
-    /// Hugging Face's windowed attention only while every position is inside the window.
-    static func checkWindow(_ c: LlamaConfig, positions: Int) throws {
-        if let w = c.attentionWindow, positions > w {
-            throw ForwardError(reason: "\(positions) positions are more than the attention window of this \(c.family) model (config 'sliding_window' = \(w)); sliding-window attention is not implemented: use prompts of at most \(w) tokens")
-        }
-    }
 
     /// rows r of v ([*, bias.count] row-major) += bias (Qwen2's q/k/v biases, before RoPE). No allocation.
     static func addBias(_ bias: [Float], to v: UnsafeMutablePointer<Float>, rows: Range<Int>) {
@@ -350,9 +341,17 @@ public final class LlamaModel {
         }
     }
 
-    /// Causal grouped-query attention for the query rows `queries` against keys 0...query.
+    /// The first key query `i` attends to: 0, or with an attention window w the oldest of the last w
+    /// positions (Hugging Face's sliding window: keys j with i - w < j ≤ i).
+    @inline(__always)
+    static func firstKey(_ i: Int, window: Int?) -> Int {
+        guard let w = window else { return 0 }
+        return max(0, i - w + 1)
+    }
+
+    /// Causal grouped-query attention for the query rows `queries` against keys firstKey...query.
     /// Query head h reads key/value head h / (heads / kv_heads).
-    func attention(_ s: RunState, queries: Range<Int>) {
+    func attention(_ s: RunState, queries: Range<Int>, window: Int?) {
         let c = config
         let hd = c.headDimension, nh = c.numAttentionHeads, group = nh / c.kvHeads
         let qw = c.qDim, kw = c.kvDim, T = s.capacity
@@ -365,8 +364,9 @@ public final class LlamaModel {
             let kvh = h / group
             let lo = queries.lowerBound + ci * chunk, hi = min(queries.upperBound, lo + chunk)
             for i in lo..<hi {
-                ForwardOps.attendRow(query: q + i * qw + h * hd, keys: k + kvh * hd, values: v + kvh * hd, stride: kw,
-                                     headDim: hd, keys: i + 1, scale: scale, scratch: scratch + thread * T,
+                let j0 = Self.firstKey(i, window: window)
+                ForwardOps.attendRow(query: q + i * qw + h * hd, keys: k + j0 * kw + kvh * hd, values: v + j0 * kw + kvh * hd,
+                                     stride: kw, headDim: hd, keys: i + 1 - j0, scale: scale, scratch: scratch + thread * T,
                                      out: att + i * qw + h * hd)
             }
         }
@@ -377,11 +377,12 @@ public final class LlamaModel {
     static let attentionBlock = 128
 
     /// Causal attention through OpenBLAS: for each head and each block of queries [q0, q1), the scores
-    /// S = Q·Kᵀ·scale against keys 0..<q1 come from one sgemm, each row is masked and softmaxed, and
+    /// S = Q·Kᵀ·scale against keys k0..<q1 (k0 = 0, or the first key of q0's window) come from one sgemm,
+    /// each row is masked (future keys, and keys before its own window) and softmaxed, and
     /// O = P·V is a second sgemm (the quadratic part at BLAS speed; same arithmetic as `attention`).
     /// Work items are (head, query block), each computed by one thread with single-threaded sgemm calls of
     /// a fixed shape: the result does not depend on the thread count.
-    func attentionBLAS(_ s: RunState, queries: Range<Int>, tokens T: Int) {
+    func attentionBLAS(_ s: RunState, queries: Range<Int>, window: Int?) {
         let c = config
         let hd = c.headDimension, nh = c.numAttentionHeads, group = nh / c.kvHeads
         let qw = c.qDim, kw = c.kvDim
@@ -395,15 +396,19 @@ public final class LlamaModel {
             let kvh = h / group
             let q0 = queries.lowerBound + b * Self.attentionBlock
             let q1 = min(queries.upperBound, q0 + Self.attentionBlock)
-            let m = q1 - q0, keys = q1
+            let k0 = Self.firstKey(q0, window: window)
+            let m = q1 - q0, keys = q1 - k0
             let S = scratch + thread * perThread
-            // S[m, keys] = Q[q0..<q1, h] · K[0..<keys, kvh]ᵀ
+            // S[m, keys] = Q[q0..<q1, h] · K[k0..<q1, kvh]ᵀ
             BLAS.gemm(transB: true, m: m, n: keys, k: hd, alpha: scale, a: q + q0 * qw + h * hd, lda: qw,
-                      b: k + kvh * hd, ldb: kw, beta: 0, c: S, ldc: keys)
-            for i in 0..<m { ForwardOps.causalSoftmaxRow(S + i * keys, valid: q0 + i + 1, keys: keys) }
-            // O[q0..<q1, h] = P[m, keys] · V[0..<keys, kvh]
+                      b: k + k0 * kw + kvh * hd, ldb: kw, beta: 0, c: S, ldc: keys)
+            for i in 0..<m {
+                ForwardOps.causalSoftmaxRow(S + i * keys, from: Self.firstKey(q0 + i, window: window) - k0,
+                                            valid: q0 + i + 1 - k0, keys: keys)
+            }
+            // O[q0..<q1, h] = P[m, keys] · V[k0..<q1, kvh]
             BLAS.gemm(transB: false, m: m, n: hd, k: keys, alpha: 1, a: S, lda: keys,
-                      b: v + kvh * hd, ldb: kw, beta: 0, c: att + q0 * qw + h * hd, ldc: qw)
+                      b: v + k0 * kw + kvh * hd, ldb: kw, beta: 0, c: att + q0 * qw + h * hd, ldc: qw)
         }
     }
 

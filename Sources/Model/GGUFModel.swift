@@ -68,6 +68,7 @@ public enum GGUFModel {
             c.architectures = ["Qwen2ForCausalLM"]
             c.slidingWindow = window
             c.useSlidingWindow = window != nil
+            c.maxWindowLayers = window != nil ? 0 : nil   // a window in the file applies to every layer
         } else if let window {
             c.modelType = "mistral"
             c.architectures = ["MistralForCausalLM"]

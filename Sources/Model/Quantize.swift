@@ -96,6 +96,10 @@ public enum Quantizer {
             m += [(key("head_dim"), try u32("head_dim", c.headDimension)),
                   ("\(arch).attention.value_length", try u32("head_dim", c.headDimension))]
         }
+        if c.hasMixedWindows {
+            throw ConfigError(file: configFile, key: c.layerTypes != nil ? "layer_types" : "max_window_layers",
+                              reason: "only some layers use the attention window (sliding_window \(c.attentionWindow ?? 0)): GGUF records one window for every layer, so this model cannot be written as GGUF; use the Hugging Face directory directly")
+        }
         if let w = c.attentionWindow { m.append((key("sliding_window"), try u32("sliding_window", w))) }
         // llama.cpp wants one vocabulary entry per embedding row: pad as its converter does.
         if let bpe = tokenizer.bpe {

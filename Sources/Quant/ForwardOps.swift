@@ -66,13 +66,15 @@ public enum ForwardOps {
         for j in 0..<count { axpy(sc[j] / sum, v + j * stride, out, hd) }
     }
 
-    /// Softmax over the first `valid` of `keys` scores in place; the rest (future positions) become 0.
-    public static func causalSoftmaxRow(_ row: UnsafeMutablePointer<Float>, valid: Int, keys: Int) {
+    /// Softmax over scores `from..<valid` of a row of `keys` in place; the rest (keys before an attention
+    /// window, and future positions) become 0.
+    public static func causalSoftmaxRow(_ row: UnsafeMutablePointer<Float>, from: Int = 0, valid: Int, keys: Int) {
         var mx = -Float.infinity
-        for j in 0..<valid { mx = max(mx, row[j]) }
+        for j in from..<valid { mx = max(mx, row[j]) }
         var sum: Float = 0
-        for j in 0..<valid { let e = expf(row[j] - mx); row[j] = e; sum += e }
-        for j in 0..<valid { row[j] /= sum }
+        for j in from..<valid { let e = expf(row[j] - mx); row[j] = e; sum += e }
+        for j in from..<valid { row[j] /= sum }
+        for j in 0..<from { row[j] = 0 }
         for j in valid..<keys { row[j] = 0 }
     }
 

@@ -78,20 +78,92 @@ import Testing
         #expect(try Self.errors(LlamaModel(weights: w, pool: q.model.pool), try Self.reference("qwen2-bias")).resid > 1e-2)
     }
 
-    @Test("a prompt longer than an enabled window is refused naming sliding_window")
-    func windows() throws {
-        let ids = try Self.reference("mistral-window").integers("p2.tokens").map(Int32.init)
-        #expect(ids.count == 40)
-        let mistral = try LoadedModel.load(path: try Self.edited("mistral-window") { $0["sliding_window"] = 16 }, threads: 2)
-        let refused = #expect(throws: ForwardError.self) { try mistral.model.capture(ids, CaptureOptions()) }
-        #expect(refused?.reason == "40 positions are more than the attention window of this mistral model (config 'sliding_window' = 16); sliding-window attention is not implemented: use prompts of at most 16 tokens")
-        // Up to the window the result is HF's (every position is inside it).
-        _ = try mistral.model.capture(Array(ids.prefix(16)), CaptureOptions())
-        let none = try LoadedModel.load(path: try Self.edited("mistral-window") { $0["sliding_window"] = NSNull() }, threads: 2)
-        #expect(none.config.attentionWindow == nil)
-        _ = try none.model.capture(ids, CaptureOptions())
-        let qwen = try LoadedModel.load(path: try Self.edited("qwen2-bias") { $0["use_sliding_window"] = true }, threads: 2)
-        #expect(throws: ForwardError.self) { try qwen.model.capture(ids, CaptureOptions()) }
+    /// The config edits of Tests/fixtures/make_window_fixtures.py (variant → fixture model and edits).
+    static let windowVariants: [String: (base: String, edit: [String: Any])] = {
+        var v: [String: (base: String, edit: [String: Any])] = [:]
+        v["mistral-w16"] = ("mistral-window", ["sliding_window": 16])
+        v["mistral-w100"] = ("mistral-window", ["sliding_window": 100])
+        let types: [String] = ["full_attention", "sliding_attention", "full_attention"]
+        v["qwen2-types"] = ("qwen2-bias", ["use_sliding_window": true, "sliding_window": 8, "layer_types": types])
+        v["qwen2-maxlayers"] = ("qwen2-bias", ["use_sliding_window": true, "sliding_window": 8, "max_window_layers": 1,
+                                               "layer_types": NSNull()])
+        return v
+    }()
+
+    static func windowed(_ variant: String) throws -> LoadedModel {
+        let v = try #require(windowVariants[variant])
+        let dir = try edited(v.base) { obj in
+            for (k, value) in v.edit { if value is NSNull { obj.removeValue(forKey: k) } else { obj[k] = value } }
+        }
+        return try LoadedModel.load(path: dir, includeHead: true, threads: 2)
+    }
+
+    @Test("sliding-window attention matches HF past the window (row and sgemm attention, per-layer Qwen2 windows)",
+          arguments: ["mistral-w16", "mistral-w100", "qwen2-types", "qwen2-maxlayers"])
+    func slidingWindow(variant: String) throws {
+        let ref = try SafeTensorsFile(path: Fixtures.root.appendingPathComponent("references/window.safetensors").path)
+        let m = try Self.windowed(variant)
+        let c = m.config, d = c.hiddenSize, L = c.numHiddenLayers
+        let full = try LoadedModel.load(path: try Self.edited(Self.windowVariants[variant]!.base) { $0["sliding_window"] = NSNull(); $0["use_sliding_window"] = false },
+                                        includeHead: true, threads: 2)
+        for i in 0..<2 {
+            let ids = try ref.integers("\(variant).p\(i).tokens").map(Int32.init)
+            let pos = try ref.integers("\(variant).p\(i).positions").map { Int($0) }
+            let all = try m.model.capture(ids, CaptureOptions(positions: .all, logits: true))
+            let T = ids.count
+            func pick(_ r: [Float]) -> [Float] {
+                var out: [Float] = []
+                for l in 0..<L {
+                    for p in pos {
+                        let start: Int = (l * T + p) * d
+                        out.append(contentsOf: r[start..<(start + d)])
+                    }
+                }
+                return out
+            }
+            let e = relativeError(pick(all.residPost), try ref.floats("\(variant).p\(i).resid"))
+            let el = relativeError(all.logitsLast!, try ref.floats("\(variant).p\(i).logits"))
+            print("\(variant) \(T) tokens: resid rel error \(e), logits \(el)")
+            #expect(e <= Self.tolerance && el <= Self.tolerance, "\(variant), \(T) tokens: resid \(e), logits \(el)")
+            // The reference really is windowed: past the window, full attention is far from it.
+            guard T > c.attentionWindow ?? (1 << 30) || variant.hasPrefix("qwen2") else { continue }
+            let ef = relativeError(pick(try full.model.capture(ids, CaptureOptions(positions: .all)).residPost), try ref.floats("\(variant).p\(i).resid"))
+            #expect(ef > 1e-2, "\(variant): full attention is within \(ef) of the windowed reference")
+            // Decoding past the window with the KV cache gives the same logits as the whole prompt.
+            if T == 40 {
+                let cache = try m.model.makeCache(capacity: T)
+                _ = try m.model.prefill(Array(ids.prefix(20)), cache: cache)
+                var last: [Float] = []
+                for t in ids.dropFirst(20) { last = Array(try m.model.decode(t, cache: cache)) }
+                let ed = relativeError(last, try ref.floats("\(variant).p\(i).logits"))
+                #expect(ed <= Self.tolerance, "\(variant): decoded logits rel error \(ed)")
+            }
+        }
+    }
+
+    @Test("window settings: Qwen2's window only where enabled; bad layer_types refused; mixed windows not written to GGUF")
+    func windowSettings() throws {
+        let q = try Self.windowed("qwen2-maxlayers").config
+        #expect((0..<3).map { q.attentionWindow(layer: $0) } == [nil, 8, 8] && q.hasMixedWindows)
+        let t = try Self.windowed("qwen2-types").config
+        #expect((0..<3).map { t.attentionWindow(layer: $0) } == [nil, 8, nil])
+        let off = try Fixtures.loadedModel("qwen2-bias").config   // sliding_window 32, use_sliding_window false
+        #expect(off.attentionWindow == nil && !off.hasMixedWindows)
+        let mi = try Self.windowed("mistral-w16").config
+        #expect((0..<3).map { mi.attentionWindow(layer: $0) } == [16, 16, 16] && mi.attentionWindow == 16 && !mi.hasMixedWindows)
+        func error(_ edit: @escaping (inout [String: Any]) -> Void) -> String {
+            do { _ = try LoadedModel.load(path: try Self.edited("qwen2-bias", edit), threads: 1); return "" } catch { return error.localizedDescription }
+        }
+        #expect(error { $0["layer_types"] = ["full_attention"] }.contains("'layer_types': has 1 entries for 3 layers"))
+        #expect(error { $0["layer_types"] = ["full_attention", "chunked_attention", "full_attention"] }.contains("'chunked_attention' is not 'full_attention' or 'sliding_attention'"))
+        #expect(error { $0["max_window_layers"] = -1 }.contains("'max_window_layers': must be a layer count"))
+        let out = temporaryDirectory("mixed") + "/m.gguf"
+        let dir = try Self.edited("qwen2-bias") { $0["use_sliding_window"] = true; $0["sliding_window"] = 8; $0["max_window_layers"] = 1; $0.removeValue(forKey: "layer_types") }
+        let refused = #expect(throws: ConfigError.self) {
+            try Quantizer.run(checkpoint: try HFCheckpoint(directory: dir), tokenizer: try Fixtures.loadedModel("qwen2-bias").tokenizer,
+                              outPath: out, type: .f16, pool: ThreadPool(threads: 1))
+        }
+        #expect(refused?.localizedDescription.contains("only some layers use the attention window") == true)
     }
 
     @Test("other families, rope types and settings are refused by name")
