@@ -20,8 +20,10 @@ struct Synth: ParsableCommand {
         abstract: "Write a LLaMA checkpoint with seeded random weights (Hugging Face layout).",
         discussion: """
         Writes config.json, model.safetensors and tokenizer.model. Presets: \(Preset.all.map(\.name).joined(separator: ", ")). \
-        `tiny` is the demo model; the llama-2-* presets have the exact shapes of Meta's models (use --layers \
-        to truncate the depth, e.g. for benchmarks). The tokenizer is trained with SentencePiece on the \
+        `tiny` is the demo model; the other presets have the exact shapes and settings of the released \
+        models' config.json (llama-2-*: Meta's LLaMA-2; llama-3.1-8b and llama-3.2-1b with llama3 rope scaling \
+        and the 128K vocabulary; qwen2.5-7b with q/k/v biases; mistral-7b as v0.3). Use --layers to truncate \
+        the depth, e.g. for benchmarks. The tokenizer is trained with SentencePiece on the \
         corpus the project ships (data/tokenizer/corpus.txt), unless --tokenizer gives one.
 
         Example: llamaprobe synth --preset tiny --out models/tiny

@@ -24,7 +24,42 @@ public struct Preset: Sendable {
         Preset(name: "llama-2-70b", config: LlamaConfig(
             hiddenSize: 8192, intermediateSize: 28672, numHiddenLayers: 80, numAttentionHeads: 64, numKeyValueHeads: 8,
             rmsNormEps: 1e-5, vocabSize: 32000, maxPositionEmbeddings: 4096), tokenizerVocab: 4096),
+        // Today's models, with the shapes and settings of their config.json (the tokenizer stays a small
+        // SentencePiece one: the weights are random, only the shapes and the arithmetic matter).
+        Preset(name: "llama-3.1-8b", config: llama3(LlamaConfig(
+            hiddenSize: 4096, intermediateSize: 14336, numHiddenLayers: 32, numAttentionHeads: 32, numKeyValueHeads: 8,
+            rmsNormEps: 1e-5, ropeTheta: 500000, vocabSize: 128256, maxPositionEmbeddings: 131072), factor: 8), tokenizerVocab: 4096),
+        Preset(name: "llama-3.2-1b", config: llama3(LlamaConfig(
+            hiddenSize: 2048, intermediateSize: 8192, numHiddenLayers: 16, numAttentionHeads: 32, numKeyValueHeads: 8,
+            headDim: 64, rmsNormEps: 1e-5, ropeTheta: 500000, vocabSize: 128256, maxPositionEmbeddings: 131072,
+            tieWordEmbeddings: true), factor: 32), tokenizerVocab: 4096),
+        Preset(name: "qwen2.5-7b", config: family(LlamaConfig(
+            hiddenSize: 3584, intermediateSize: 18944, numHiddenLayers: 28, numAttentionHeads: 28, numKeyValueHeads: 4,
+            rmsNormEps: 1e-6, ropeTheta: 1000000, vocabSize: 152064, maxPositionEmbeddings: 32768), "qwen2") {
+                $0.slidingWindow = 131072; $0.useSlidingWindow = false; $0.maxWindowLayers = 28
+            }, tokenizerVocab: 4096),
+        Preset(name: "mistral-7b", config: family(LlamaConfig(
+            hiddenSize: 4096, intermediateSize: 14336, numHiddenLayers: 32, numAttentionHeads: 32, numKeyValueHeads: 8,
+            rmsNormEps: 1e-5, ropeTheta: 1000000, vocabSize: 32768, maxPositionEmbeddings: 32768), "mistral") { _ in },
+            tokenizerVocab: 4096),
     ]
+
+    /// Llama-3.x's rope scaling (`rope_type: llama3`, original context 8192) with `factor`.
+    static func llama3(_ c: LlamaConfig, factor: Double) -> LlamaConfig {
+        var c = c
+        c.ropeScaling = .object(["rope_type": .string("llama3"), "factor": .number(factor), "low_freq_factor": .number(1),
+                                 "high_freq_factor": .number(4), "original_max_position_embeddings": .number(8192)])
+        return c
+    }
+
+    /// `c` as a model of `modelType` (Hugging Face's architecture name with it), then `edit`.
+    static func family(_ c: LlamaConfig, _ modelType: String, _ edit: (inout LlamaConfig) -> Void) -> LlamaConfig {
+        var c = c
+        c.modelType = modelType
+        c.architectures = [LlamaConfig.families.first { $0.modelType == modelType }!.architectures[0]]
+        edit(&c)
+        return c
+    }
 
     public static func named(_ name: String) -> Preset? { all.first { $0.name == name } }
 }
@@ -43,6 +78,7 @@ public struct SyntheticWeights: Sendable {
     public func distribution(_ name: String, shape: [Int]) -> (mean: Float, std: Float) {
         if name.hasSuffix("norm.weight") { return (1, 0.1) }
         if name.contains("embed_tokens") || name.hasPrefix("lm_head") { return (0, 1) }
+        guard shape.count == 2 else { return (0, 0.1) }   // Qwen2's q/k/v biases
         return (0, 1 / Float(shape[1]).squareRoot())
     }
 

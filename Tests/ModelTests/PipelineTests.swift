@@ -82,6 +82,29 @@ import Testing
         #expect(r.logitsLast!.allSatisfy { $0.isFinite })
     }
 
+    @Test("the presets of today's models have their config.json settings; each family's synthetic weights run")
+    func familyPresets() throws {
+        let l31 = try #require(Preset.named("llama-3.1-8b")?.config)
+        #expect(l31.llama3Rope?.factor == 8 && l31.vocabSize == 128256 && l31.kvHeads == 8 && l31.intermediateSize == 14336)
+        let l32 = try #require(Preset.named("llama-3.2-1b")?.config)
+        #expect(l32.llama3Rope?.factor == 32 && l32.tiedEmbeddings && l32.headDimension == 64 && l32.numHiddenLayers == 16)
+        let qw = try #require(Preset.named("qwen2.5-7b")?.config)
+        #expect(qw.family == "qwen2" && qw.hasQKVBias && qw.attentionWindow == nil && qw.vocabSize == 152064 && qw.epsF32 == 1e-6)
+        let mi = try #require(Preset.named("mistral-7b")?.config)
+        #expect(mi.family == "mistral" && mi.attentionWindow == nil && mi.vocabSize == 32768 && mi.theta == 1e6)
+        for p in Preset.all { try p.config.validate(file: p.name) }
+        // Each family's settings on the tiny shape: the synthetic weights (Qwen2's biases too) give finite residuals.
+        for base in [l31, qw, mi] {
+            var c = Preset.named("tiny")!.config
+            c.modelType = base.family; c.architectures = base.architectures; c.ropeScaling = base.ropeScaling
+            let pool = ThreadPool(threads: 2)
+            let w = LlamaWeights.synthetic(config: c, seed: 3, includeHead: true, quantized: true, pool: pool)
+            #expect(w.layers.allSatisfy { ($0.qBias != nil) == (base.family == "qwen2") })
+            let r = try LlamaModel(weights: w, pool: pool).capture([1, 5, 9, 200, 17], CaptureOptions(logits: true))
+            #expect(r.residPost.allSatisfy(\.isFinite) && r.logitsLast!.allSatisfy(\.isFinite), "\(base.family)")
+        }
+    }
+
     @Test("synthetic weights stay finite and non-trivial 80 layers deep (the llama-2-70b depth)")
     func deep() throws {
         var c = Preset.named("tiny")!.config
