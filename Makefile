@@ -35,7 +35,7 @@ fuzz: setup
 # Regenerate the reference fixtures with Hugging Face transformers (needs torch; not part of `make test`).
 fixtures:
 	scripts/setup.sh --fixtures
-	python3 Tests/fixtures/make_fixtures.py
+	scripts/make_fixtures.sh
 
 clean:
 	rm -rf .build .build-fuzz .fuzz demo-run
