@@ -38,8 +38,12 @@ def make_gguf(work, preset, layers):
     return path
 
 
+LLAMA_BENCH_EXTRA = []
+
+
 def llama_cpp_tps(bench, model, tokens, threads, reps):
-    out = json.loads(run([bench, "-m", model, "-p", str(tokens), "-n", "0", "-t", str(threads), "-r", str(reps), "-o", "json"]))
+    out = json.loads(run([bench, "-m", model, "-p", str(tokens), "-n", "0", "-t", str(threads), "-r", str(reps), "-o", "json"]
+                         + LLAMA_BENCH_EXTRA))
     return out[0]["avg_ts"]
 
 
@@ -53,6 +57,8 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--llama-bench", required=True)
     ap.add_argument("--preset", default="llama-2-13b")
+    ap.add_argument("--no-repack", action="store_true",
+                    help="pass --repack 0 to llama-bench (its AMX repacking dies with SIGILL on hosts that do not grant AMX)")
     ap.add_argument("--tokens", type=int, default=128)
     ap.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     ap.add_argument("--rounds", type=int, default=3)
@@ -61,6 +67,8 @@ def main():
     ap.add_argument("--work", default="/tmp/llamaprobe-vs-llamacpp")
     a = ap.parse_args()
     os.makedirs(a.work, exist_ok=True)
+    if a.no_repack:
+        LLAMA_BENCH_EXTRA.extend(["--repack", "0"])
     l1, l4 = make_gguf(a.work, a.preset, 1), make_gguf(a.work, a.preset, 4)
     flops = None
     for t in a.threads:

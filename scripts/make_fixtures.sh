@@ -8,6 +8,7 @@ scripts=(
   Tests/fixtures/make_fixtures.py                      # LLaMA fixture models, tokenizer, residuals
   Tests/fixtures/make_arch_fixtures.py                 # Llama-3 rope, Qwen2, Mistral models + residuals
   Tests/fixtures/make_window_fixtures.py               # sliding-window attention (reads the arch models)
+  Tests/fixtures/make_bf16_fixtures.py                 # bf16 checkpoints of the arch models
   Tests/fixtures/make_bpe_fixtures.py                  # tokenizer.json (byte-level BPE) ids
   Tests/fixtures/hooks/make_hook_fixtures.py           # resid_pre/attn_out/resid_mid/mlp_out/resid_post
   Tests/fixtures/generation/make_generation_fixtures.py

@@ -41,7 +41,7 @@ import Testing
         return dir
     }
 
-    @Test("residuals and logits match HF float32", arguments: models)
+    @Test("residuals and logits match HF float32 (f32 and bf16 checkpoints)", arguments: models + models.map { $0 + "-bf16" })
     func matchesHF(name: String) throws {
         let m = try Fixtures.loadedModel(name)
         let e = try Self.errors(m.model, try Self.reference(name))
