@@ -107,6 +107,11 @@ struct Info: ParsableCommand {
             let g = try GGUFFile(path: model)
             let config = try GGUFModel.config(g)
             print("config: \(config.summary)")
+            let tok = try Tokenizer.fromGGUF(g)
+            print("tokenizer: \(model): \(tok.bpe == nil ? "SentencePiece" : "byte-level BPE"), \(tok.vocabSize) tokens")
+            if let t = g.metadata[SentencePieceModel.Key.chatTemplate], case .string(let s) = t {
+                print("chat template: \(s.utf8.count) bytes (tokenizer.chat_template)")
+            }
             var types: [String: Int] = [:]
             for t in g.tensors.values { types[t.type.name, default: 0] += 1 }
             let bytes = g.tensors.values.reduce(0) { $0 + $1.byteCount }
@@ -125,6 +130,9 @@ struct Info: ParsableCommand {
             throw CLIError("\(tok.source): has \(tok.vocabSize) tokens but the model's vocab_size is \(ck.config.vocabSize)")
         }
         print("tokenizer: \(tok.source): \(tok.bpe == nil ? "SentencePiece" : "byte-level BPE"), \(tok.vocabSize) tokens")
+        if let t = try TokenizerConfig.read(directory: model)?.chatTemplate {
+            print("chat template: \(t.utf8.count) bytes")
+        }
         print("storage: \(ck.config.storageDtype ?? "unspecified"), \(ck.files.count) safetensors file(s)")
         for f in ck.files {
             let bytes = f.tensors.values.reduce(0) { $0 + $1.byteCount }

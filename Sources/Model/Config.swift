@@ -449,9 +449,16 @@ public struct LlamaConfig: Codable, Equatable, Sendable {
         }
     }
 
+    /// " window=W", or " window=W(layers a,b,…)" when only some layers have it; "" without a window.
+    var windowSummary: String {
+        guard let w = attentionWindow else { return "" }
+        guard hasMixedWindows else { return " window=\(w)" }
+        return " window=\(w)(layers \((0..<numHiddenLayers).filter { attentionWindow(layer: $0) != nil }.map(String.init).joined(separator: ",")))"
+    }
+
     /// A short stable identity of the shapes and numerics (for output metadata).
     public var summary: String {
-        "layers=\(numHiddenLayers) d_model=\(hiddenSize) d_ff=\(intermediateSize) heads=\(numAttentionHeads) kv_heads=\(kvHeads) head_dim=\(headDimension) vocab=\(vocabSize) rope_theta=\(theta)\(linearRopeFactor.map { " rope_linear=\($0)" } ?? "")\(llama3Rope.map { " rope_llama3=\($0.factor),\($0.lowFreqFactor),\($0.highFreqFactor),\($0.originalMaxPositionEmbeddings)" } ?? "")\(hasQKVBias ? " qkv_bias" : "")\(attentionWindow.map { " window=\($0)" } ?? "") eps=\(rmsNormEps) tied=\(tiedEmbeddings)"
+        "family=\(family) layers=\(numHiddenLayers) d_model=\(hiddenSize) d_ff=\(intermediateSize) heads=\(numAttentionHeads) kv_heads=\(kvHeads) head_dim=\(headDimension) vocab=\(vocabSize) rope_theta=\(theta)\(linearRopeFactor.map { " rope_linear=\($0)" } ?? "")\(llama3Rope.map { " rope_llama3=\($0.factor),\($0.lowFreqFactor),\($0.highFreqFactor),\($0.originalMaxPositionEmbeddings)" } ?? "")\(hasQKVBias ? " qkv_bias" : "")\(windowSummary) eps=\(rmsNormEps) tied=\(tiedEmbeddings)"
     }
 
     public func jsonData() throws -> Data {

@@ -56,6 +56,21 @@ func scratch(_ name: String = #function) -> String {
         #expect(pieces.stdout.contains("15043\t▁Hello"))
     }
 
+    @Test("info names the family, the window and the tokenizer, for a directory and for the GGUF made from it")
+    func infoFamilies() throws {
+        let dir = CLI.fixtures.appendingPathComponent("models/mistral-window").path
+        let hf = try CLI.run(["info", "--model", dir])
+        #expect(hf.status == 0 && hf.stdout.contains("family=mistral") && hf.stdout.contains("window=4096")
+                && hf.stdout.contains("tokenizer: \(dir)/tokenizer.model: SentencePiece, 384 tokens"), "\(hf.stdout)")
+        let gguf = scratch() + "/m.gguf"
+        #expect(try CLI.run(["quantize", "--model", dir, "--out", gguf]).status == 0)
+        let g = try CLI.run(["info", "--model", gguf])
+        #expect(g.status == 0 && g.stdout.contains("family=mistral") && g.stdout.contains("window=4096")
+                && g.stdout.contains("SentencePiece, 384 tokens"), "\(g.stdout)")
+        let q = try CLI.run(["info", "--model", CLI.fixtures.appendingPathComponent("models/qwen2-bias").path])
+        #expect(q.stdout.contains("family=qwen2") && q.stdout.contains("qkv_bias") && !q.stdout.contains("window="), "\(q.stdout)")
+    }
+
     @Test("residuals writes the documented tensors and matches the reference")
     func residualsEndToEnd() throws {
         let dir = scratch()
