@@ -9,6 +9,8 @@ public struct TrainJobOptions: Sendable {
     public var config = TrainConfig()
     /// Layer numbers to train (as stored in the shards); nil = all.
     public var layers: [Int]?
+    /// The hook point to train on (one the shards hold); resid_post by default.
+    public var hook = ReadoutRecipe.defaultHook
     /// Decoded data up to this many bytes is kept in memory; more is streamed every epoch.
     public var maxMemory: Int
     public var splitPath: String?
@@ -68,7 +70,8 @@ public enum TrainJob {
         let out = o.outDirectory
         try checkOutput(out, overwrite: o.overwrite)
         let t0 = Date()
-        let inv = try ShardInventory(directories: o.shardDirectories)
+        var inv = try ShardInventory(directories: o.shardDirectories)
+        try inv.select(hook: o.hook)
         let meta = inv.metadata
         if meta.readout == nil { log("warning: \(meta.readoutDescription): predict will ask for the readout flags (--template, --suffix, --system-prompt, --max-tokens) or use its defaults") }
         for u in inv.unfinished { log("warning: \(u): this worker has not finished; training on its completed shards only") }
@@ -399,7 +402,7 @@ public enum TrainJob {
             func path(_ f: String) -> String { files.append(f); return tmp + "/" + f }
             let probeMeta = ProbeSetMetadata(
                 labels: meta.labels, layers: layerNumbers, bestLayer: best.layer, dModel: meta.dModel,
-                withEmbeddings: meta.withEmbeddings, model: meta.model, quantization: meta.quantization, readout: meta.readout,
+                withEmbeddings: meta.withEmbeddings, model: meta.model, quantization: meta.quantization, readout: meta.readout?.reading(hook: o.hook),
                 output: o.recipe == .logistic ? .softmax : .sigmoid,
                 bestEpochs: Dictionary(uniqueKeysWithValues: outcomes.compactMap { o in o.bestEpoch.map { (o.layer, $0) } }))
             let trained = outcomes.map { o in
