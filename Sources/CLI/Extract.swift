@@ -207,10 +207,10 @@ struct ShardsVerify: ParsableCommand {
 struct ShardsExport: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "export",
-        abstract: "Write a shard directory as plain arrays (rows in input order, resid_post in float32).",
+        abstract: "Write a shard directory as plain arrays (rows in input order, each stored hook point in float32).",
         discussion: """
-        --format npy: OUT is a directory of resid_post.npy [rows, layers, d_model], label.npy, row.npy, \
-        n_tokens.npy and metadata.json. --format safetensors: OUT is one file with the same tensors and the \
+        --format npy: OUT is a directory of resid_post.npy [rows, layers, d_model] (one HOOK.npy per hook point \
+        stored with extract --hooks), label.npy, row.npy, n_tokens.npy and metadata.json. --format safetensors: OUT is one file with the same tensors and the \
         shard metadata. In Python without llamaprobe: python/llamaprobe_shards.py reads shard directories directly.
 
         Example: llamaprobe shards export shards/ --format npy --out arrays/
@@ -245,11 +245,12 @@ struct ShardsInfo: ParsableCommand {
         let m = dir.metadata, cfg = dir.manifests[0].config
         let bytes = dir.manifests.flatMap(\.shards).reduce(0.0) { $0 + Double($1.bytes) }
         let elem = m.dtype.size
-        let raw = Double(dir.totalRows) * Double(m.layers.count * m.dModel * elem + 20)   // counts bounded by Manifest.validate
+        let raw = Double(dir.totalRows) * Double(m.hooks.count * m.layers.count * m.dModel * elem + 20)   // counts bounded by Manifest.validate
         print("model: \(m.model)\(m.quantization.map { " (\($0))" } ?? "")")
         print("data: \(cfg["data_file"] ?? "?") (\(cfg["rows_total"] ?? "?") rows), workers: \(dir.manifests[0].workers), manifests: \(dir.manifests.count), complete: \(dir.manifests.filter(\.complete).count)")
         print("shards: \(dir.shardPaths.count), rows: \(dir.totalRows), skipped: \(dir.manifests.flatMap(\.skipped).count), truncated: \(dir.manifests.flatMap(\.shards).flatMap(\.truncated).count)")
-        print("layout: resid_post [n, \(m.layers.count), \(m.dModel)] \(m.dtype.rawValue)\(m.withEmbeddings ? " (row 0 = embeddings, HF indexing)" : "")")
+        print("layout: \(m.hooks.joined(separator: ", ")) [n, \(m.layers.count), \(m.dModel)] \(m.dtype.rawValue)\(m.withEmbeddings ? " (row 0 = embeddings, HF indexing)" : ""), layers \(m.layers.map(String.init).joined(separator: ","))")
+        print("position: \(m.readout?.position ?? "last")")
         print("labels: \(m.labels.joined(separator: ", "))")
         print("template: \(m.template), suffix: \(jsonString(m.suffix)), system prompt: \(jsonString(m.systemPrompt))")
         print("readout: \(m.readoutDescription)")

@@ -202,3 +202,42 @@ import Testing
         }
     }
 }
+
+/// The flags through the built command line.
+@Suite(.serialized) struct ReadoutHookCLITests {
+    @Test("extract --hooks --position --layers, shards info/export, train --hook (and its error), predict with the recorded readout; --help names each flag")
+    func commandLine() throws {
+        let dir = tempDir()
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        writeFile(dir + "/d.csv", demoCSV(rows: 40))
+        let model = Paths.model("gqa-bf16"), shards = dir + "/shards", probes = dir + "/probes"
+        try ReadoutProvenanceTests.ok(["extract", "--model", model, "--data", dir + "/d.csv", "--out", shards, "--hooks", "mlp_out,resid_post",
+                                       "--position", "suffix-mean", "--layers", "1-2", "--threads", "1"])
+        let info = try ReadoutProvenanceTests.ok(["shards", "info", shards])
+        #expect(info.out.contains("layout: mlp_out, resid_post [n, 2, 64] F32, layers 1,2") && info.out.contains("position: suffix-mean"), "\(info.out)")
+        try ReadoutProvenanceTests.ok(["shards", "export", shards, "--format", "npy", "--out", dir + "/npy"])
+        #expect(FileManager.default.fileExists(atPath: dir + "/npy/mlp_out.npy") && FileManager.default.fileExists(atPath: dir + "/npy/resid_post.npy"))
+
+        let bad = try llamaprobe(["train", "--shards", shards, "--out", probes, "--hook", "attn_out", "--epochs", "2"])
+        #expect(bad.status != 0 && bad.err.contains("--hook attn_out: the shards hold no 'attn_out' activations; available: mlp_out, resid_post"), "\(bad.err)")
+        let badHooks = try llamaprobe(["extract", "--model", model, "--data", dir + "/d.csv", "--out", dir + "/x", "--hooks", "resid_post,hook_mlp_out"])
+        #expect(badHooks.status != 0 && badHooks.err.contains("unknown hook 'hook_mlp_out'"), "\(badHooks.err)")
+        let badPosition = try llamaprobe(["extract", "--model", model, "--data", dir + "/d.csv", "--out", dir + "/x", "--position", "first"])
+        #expect(badPosition.status != 0 && badPosition.err.contains("--position must be one of last, mean, suffix-mean"), "\(badPosition.err)")
+
+        try ReadoutProvenanceTests.ok(["train", "--shards", shards, "--out", probes, "--hook", "mlp_out", "--epochs", "4", "--val-every", "2"])
+        try ReadoutProvenanceTests.ok(["train", "--shards", shards, "--out", dir + "/post", "--epochs", "4", "--val-every", "2"])
+        let recorded = try #require(try ReadoutRecipe.File.read(directory: probes)?.readout)
+        #expect(recorded.hooks == ["mlp_out"] && recorded.position == "suffix-mean")
+        let predict = ["predict", "--model", model, "--data", dir + "/d.csv", "--layer", "all", "--json", "--threads", "1"]
+        let a = try ReadoutProvenanceTests.ok(predict + ["--probes", probes])
+        let b = try ReadoutProvenanceTests.ok(predict + ["--probes", dir + "/post"])
+        #expect(!a.out.isEmpty && a.out != b.out && !a.err.contains("warning"), "\(a.err)")
+
+        let extractHelp = try ReadoutProvenanceTests.ok(["extract", "--help"]).out
+        for flag in ["--hooks <list>", "--position <last|mean|suffix-mean>", "--layers <all|list>"] {
+            #expect(extractHelp.contains(flag), "extract --help lacks \(flag)")
+        }
+        #expect(try ReadoutProvenanceTests.ok(["train", "--help"]).out.contains("--hook <name>"))
+    }
+}
