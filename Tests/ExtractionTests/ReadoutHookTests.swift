@@ -234,6 +234,15 @@ import Testing
         let b = try ReadoutProvenanceTests.ok(predict + ["--probes", dir + "/post"])
         #expect(!a.out.isEmpty && a.out != b.out && !a.err.contains("warning"), "\(a.err)")
 
+        // One hook alone, not resid_post: verify and export read it; train's default is refused naming it.
+        let only = dir + "/only"
+        try ReadoutProvenanceTests.ok(["extract", "--model", model, "--data", dir + "/d.csv", "--out", only, "--hooks", "attn_out", "--threads", "1"])
+        #expect(try ReadoutProvenanceTests.ok(["shards", "verify", only]).out.contains("complete"))
+        try ReadoutProvenanceTests.ok(["shards", "export", only, "--format", "safetensors", "--out", dir + "/only.safetensors"])
+        #expect(try SafeTensorsFile(path: dir + "/only.safetensors").floats("attn_out").count == 40 * 3 * 64)
+        let noPost = try llamaprobe(["train", "--shards", only, "--out", dir + "/x", "--epochs", "2"])
+        #expect(noPost.status != 0 && noPost.err.contains("--hook resid_post: the shards hold no 'resid_post' activations; available: attn_out"), "\(noPost.err)")
+
         let extractHelp = try ReadoutProvenanceTests.ok(["extract", "--help"]).out
         for flag in ["--hooks <list>", "--position <last|mean|suffix-mean>", "--layers <all|list>"] {
             #expect(extractHelp.contains(flag), "extract --help lacks \(flag)")
