@@ -92,6 +92,29 @@ import Testing
         #expect(s.positions.last == s.ids.count - 1)
     }
 
+    @Test("mean and suffix-mean with byte-level BPE (llama3 with BOS, qwen2 without) and with special-token text in a conversation: the tokens read spell the message and the suffix")
+    func positionsOtherTokenizers() throws {
+        let message = "Ça va?  I'm naïve — 12345 <|im_end|> done."
+        for family in ["llama3", "qwen2"] {
+            let tok = try Tokenizer(path: Paths.fixtures.appendingPathComponent("bpe/\(family)/tokenizer.json").path)
+            var r = ReadoutRecipe(renderer: PromptRenderer(template: .raw, suffix: " So, the feeling is"), maxTokens: 4096,
+                                  withEmbeddings: false, tokenizer: tok)
+            r.position = "mean"
+            let p = try r.prompt(.message(message), tokenizer: tok)
+            #expect(try tok.decode(p.positions.map { p.ids[$0] }) == message, "\(family)")
+            r.position = "suffix-mean"
+            let s = try r.prompt(.message(message), tokenizer: tok)
+            #expect(try tok.decode(s.positions.map { s.ids[$0] }) == " So, the feeling is", "\(family)")
+        }
+        // SentencePiece, a conversation: the literal <s> and </s> of earlier turns are tokens of the template.
+        let m = try LoadedModel.load(path: Paths.model("gqa-bf16"), threads: 1)
+        var r = ReadoutRecipe(renderer: PromptRenderer(), maxTokens: 4096, withEmbeddings: false, tokenizer: m.tokenizer)
+        r.position = "mean"
+        let turns: [(role: String, content: String)] = [("user", "first"), ("assistant", "reply"), ("user", " last one ")]
+        let p = try r.prompt(.conversation(turns), tokenizer: m.tokenizer)
+        #expect(try m.tokenizer.decode(p.positions.map { p.ids[$0] }) == "last one")
+    }
+
     @Test("position rules at the edges: nothing of the message left after truncation is a row error (skippable); an empty suffix is refused")
     func positionEdges() throws {
         let m = try LoadedModel.load(path: Paths.model("gqa-bf16"), threads: 1)
