@@ -26,7 +26,7 @@ import Testing
     }
 
     @Test("every hook at every position rule through extract matches HF's forward hooks within 1e-4 (tokens and positions read identical)",
-          arguments: ["gqa-bf16", "mha-f32"])
+          arguments: ["gqa-bf16", "mha-f32", "gqa-f16-theta"])
     func matchesHF(model name: String) throws {
         let ref = try SafeTensorsFile(path: Self.hooksDir.appendingPathComponent("readout-\(name).safetensors").path)
         let maxTokens = try #require(ref.metadata["max_tokens"].flatMap { Int($0) })
