@@ -73,6 +73,9 @@ public enum TrainJob {
         var inv = try ShardInventory(directories: o.shardDirectories)
         try inv.select(hook: o.hook)
         let meta = inv.metadata
+        if meta.hooks != [ReadoutRecipe.defaultHook] || (meta.readout?.position ?? "last") != "last" {
+            log("reading \(o.hook) (stored: \(meta.hooks.joined(separator: ", "))) at position \(meta.readout?.position ?? "last")")
+        }
         if meta.readout == nil { log("warning: \(meta.readoutDescription): predict will ask for the readout flags (--template, --suffix, --system-prompt, --max-tokens) or use its defaults") }
         for u in inv.unfinished { log("warning: \(u): this worker has not finished; training on its completed shards only") }
         if inv.datasets.count > 1 {
@@ -425,9 +428,10 @@ public enum TrainJob {
                                                 l2Strength: o.recipe == .logistic ? logisticC : nil,
                                                 logistic: logisticTrust.map { ($0, logisticC) }), to: path(ProbeFiles.layerSummary))
             if runs.count > 1 { try writeText(Trust.runsCSV(runs, testRows: test.count), to: path(folds != nil ? ProbeFiles.cv : ProbeFiles.seeds)) }
-            let ctx = TrainingReport.Context(shardDirectories: o.shardDirectories, metadata: meta, trainRows: train.count, valRows: val.count,
+            var ctx = TrainingReport.Context(shardDirectories: o.shardDirectories, metadata: meta, trainRows: train.count, valRows: val.count,
                                              config: config, streamed: streamed, seconds: trainSeconds, splitSource: splitSource, initSource: initSource,
                                              recipeText: o.recipe == .logistic ? LogisticProbe.description(c: o.l2Strength, seed: config.seed) : nil)
+            ctx.hook = o.hook
             try writeText(TrainingReport.summary(ctx, outcomes: outcomes, finalVal: finalVal, bestLayer: best.layer, bestReport: report,
                                                  bestFromCheckpoint: best.bestWeight != nil, trust: trustSection), to: path(ProbeFiles.summary))
             try install(tmp, at: out, files: files)

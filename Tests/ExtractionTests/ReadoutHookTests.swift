@@ -204,6 +204,8 @@ import Testing
         o.config.batchSize = 8
         let result = try TrainJob.run(o)
         #expect(result.outcomes.map(\.layer) == [1, 2])
+        let summary = try String(contentsOfFile: dir + "/probes/probe_training_summary.md", encoding: .utf8)
+        #expect(summary.contains("- Read: hook `mlp_out` at position `mean` (of the stored `resid_post`, `mlp_out`)."), "\(summary.prefix(600))")
         let probes = try ProbeSet.load(directory: dir + "/probes")
         #expect(probes.probes.keys.sorted() == [1, 2] && probes.readout?.hooks == ["mlp_out"] && probes.readout?.position == "mean")
         let m = try LoadedModel.load(path: ExtractionTests.model, threads: 1)
