@@ -103,7 +103,7 @@ struct Extract: ParsableCommand {
     @Flag(name: .customLong("with-embeddings"), help: "Also store the embedding output: layers + 1 rows per example, HF hidden_states indexing (resid_post only).")
     var withEmbeddings = false
 
-    @Option(help: ArgumentHelp("Block hook points to store, comma-separated, by TransformerLens name: resid_pre, attn_out, resid_mid, mlp_out, resid_post (default: resid_post). One tensor per hook in every shard, read in one pass; `train --hook NAME` picks one.", valueName: "list"))
+    @Option(help: ArgumentHelp("Block hook points to store, comma-separated, by TransformerLens name: resid_pre, attn_out, resid_mid, mlp_out, resid_post. One tensor per hook in every shard, read in one pass; `train --hook NAME` picks one.", valueName: "list"))
     var hooks = "resid_post"
 
     @Option(help: ArgumentHelp("Token(s) read: last (the last token), mean (the mean over the tokens of the message itself, the last user message's content: not the template's, not the suffix's) or suffix-mean (the mean over the readout suffix's tokens). A token belongs to a part when its last byte lies in that part of the rendered prompt (docs/shards.md).", valueName: "last|mean|suffix-mean"))

@@ -3,8 +3,8 @@ import Model
 import Probe
 import Formats
 
-/// Applying a readout recipe with a model's tokenizer: the one path from a row to the tokens whose last
-/// position's residuals a probe reads (extract, residuals and predict all come through here).
+/// Applying a readout recipe with a model's tokenizer: the one path from a row to the tokens a probe reads and
+/// the positions read among them (`prompt`; extract and predict come through here, residuals through `tokens`).
 extension ReadoutRecipe {
     /// The recipe of a renderer and token budget with `tokenizer`.
     public init(renderer: PromptRenderer, maxTokens: Int, withEmbeddings: Bool, tokenizer: Tokenizer) {
