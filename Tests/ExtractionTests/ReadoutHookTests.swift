@@ -182,6 +182,15 @@ import Testing
         sub.layers = [3, 0, 2]
         _ = try Extractor.run(sub)
         let a = try ShardDirectory(path: dir + "/full"), b = try ShardDirectory(path: dir + "/sub")
+        // Without --hooks/--position/--layers a shard is laid out as before they existed: the four tensors in
+        // this order, and a readout without 'hooks'.
+        let content = try Zstd.decompress(try Files.read(a.shardPaths[0]))
+        let n = content.prefix(8).enumerated().reduce(0) { $0 | Int($1.1) << (8 * $1.0) }
+        let header = String(decoding: content[8..<(8 + n)], as: UTF8.self)
+        let names = ["\"label\"", "\"row\"", "\"n_tokens\"", "\"resid_post\""].map { header.range(of: $0)?.lowerBound }
+        #expect(names.allSatisfy { $0 != nil } && names.map { $0! } == names.map { $0! }.sorted(), "\(header)")
+        for hook in ["resid_pre", "attn_out", "resid_mid", "mlp_out"] { #expect(!header.contains("\"\(hook)\"")) }
+        #expect(!header.contains("hooks") && a.metadata.readout?.hooks == nil && a.metadata.readout?.position == "last")
         #expect(b.metadata.layers == [0, 2, 3])
         for (pa, pb) in zip(a.shardPaths, b.shardPaths) {
             let x = try Shard.read(path: pa), y = try Shard.read(path: pb)
