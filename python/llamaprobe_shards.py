@@ -29,7 +29,8 @@ def _array(body, entry):
 
 
 def read_shard(path, raw=None):
-    """One shard: (arrays, metadata). `arrays` has resid_post [n, layers, d_model], label, row, n_tokens."""
+    """One shard: (arrays, metadata). `arrays` has resid_post [n, layers, d_model] (or, extracted with --hooks,
+    one array per hook point named by the hook), label, row, n_tokens."""
     if raw is None:
         with open(path, "rb") as f:
             raw = f.read()
@@ -48,7 +49,8 @@ def read_shard(path, raw=None):
 def read_directory(directory, dtype=None, verify=True):
     """Every shard every manifest lists, concatenated and sorted by input row.
 
-    Returns (data, meta): data has resid_post [rows, layers, d_model], label, row, n_tokens; meta is the shard
+    Returns (data, meta): data has resid_post [rows, layers, d_model] (one array per hook point the readout's
+    "hooks" lists, resid_post alone by default), label, row, n_tokens; meta is the shard
     metadata (labels, layers, model fingerprint, readout) plus "manifests" (the parsed manifest files).
     Raises ValueError for a manifest entry that is not a plain shard name, a missing, resized or corrupt shard
     (verify=True checks each SHA-256), workers that disagree, or a row present twice.
@@ -75,13 +77,17 @@ def read_directory(directory, dtype=None, verify=True):
                 raise ValueError(f"{path}: size or checksum differs from the manifest (corrupt or modified)")
             arrays, _ = read_shard(path, raw)
             parts.append(arrays)
-    data = {k: np.concatenate([p[k] for p in parts]) for k in ("resid_post", "label", "row", "n_tokens")}
+    readout = first.get("readout")
+    readout = json.loads(readout) if isinstance(readout, str) else readout
+    hooks = (readout or {}).get("hooks") or ["resid_post"]
+    data = {k: np.concatenate([p[k] for p in parts]) for k in (*hooks, "label", "row", "n_tokens")}
     order = np.argsort(data["row"], kind="stable")
     data = {k: v[order] for k, v in data.items()}
     if len(data["row"]) > 1 and (np.diff(data["row"]) == 0).any():
         raise ValueError(f"{directory}: a row appears in two shards")
     if dtype is not None:
-        data["resid_post"] = data["resid_post"].astype(dtype)
+        for h in hooks:
+            data[h] = data[h].astype(dtype)
     meta = {k: json.loads(v) if k in ("labels", "layers", "readout") and isinstance(v, str) else v for k, v in first.items()}
     meta["manifests"] = manifests
     return data, meta

@@ -58,13 +58,13 @@ public enum FuzzTargets {
             _ = try Dataset(path: path)
         },
         Target(name: "shard", fileName: Shard.fileName(worker: 0, index: 0)) { path, _ in
-            _ = try Shard.read(path: path)
+            try readEveryHook(path)
         },
         // The decompressed content of a shard (the zstd checksum would stop most mutations of the file).
         Target(name: "shard-content", fileName: Shard.fileName(worker: 0, index: 0)) { path, _ in
             let content = try Files.read(path)
             try AtomicFileWriter.write(try Zstd.compress(content), to: path)
-            _ = try Shard.read(path: path)
+            try readEveryHook(path)
         },
         Target(name: "manifest", fileName: Manifest.fileName(worker: 0)) { path, directory in
             _ = try Manifest.read(path: path)
@@ -86,6 +86,11 @@ public enum FuzzTargets {
             _ = try SplitFile.read(path: path)
         },
     ]
+
+    /// A shard read once per hook point its metadata lists (each read checks every hook's tensor).
+    static func readEveryHook(_ path: String) throws {
+        for h in try Shard.metadata(path: path).hooks { _ = try Shard.read(path: path, hook: h) }
+    }
 
     public static func target(named name: String) -> Target? { all.first { $0.name == name } }
 

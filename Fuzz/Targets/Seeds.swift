@@ -19,17 +19,22 @@ extension FuzzTargets {
                                              suffix: " I think the emotional state of this user is", systemPrompt: "",
                                              layers: [0, 1], withEmbeddings: false, dtype: .f32, dModel: 4)
 
-    static func shardContent() throws -> [UInt8] {
-        let resid = floats(2 * 2 * 4)
-        let st = try resid.withUnsafeBytes { r in
-            try [Int64(0), 2].withUnsafeBytes { l in try [Int64(0), 1].withUnsafeBytes { rows in try [Int32(9), 12].withUnsafeBytes { t in
-                let z = try Shard.encode(metadata: shardMetadata, residPost: r, labels: [0, 2], rows: [0, 1], nTokens: [9, 12])
-                _ = (l, rows, t)
-                return try Zstd.decompress(z)
-            } } }
-        }
-        return st
+    /// Shard metadata with a readout recipe storing two hook points (mlp_out, resid_post) read at `mean`.
+    static var hookedShardMetadata: ShardMetadata {
+        var m = shardMetadata
+        var r = ReadoutRecipe(template: "llama2-chat", suffix: m.suffix, systemPrompt: nil, maxTokens: 64, withEmbeddings: false,
+                              tokenizer: "sha256:" + String(repeating: "0", count: 64), position: "mean")
+        r.hooks = ["mlp_out", "resid_post"]
+        m.readout = r
+        return m
     }
+
+    static func shardContent(metadata: ShardMetadata = shardMetadata) throws -> [UInt8] {
+        let acts = metadata.hooks.indices.map { floats(2 * 2 * 4, 0.25 + Float($0)) }
+        let z = try Shard.withBytes(acts) { try Shard.encode(metadata: metadata, activations: $0, labels: [0, 2], rows: [0, 1], nTokens: [9, 12]) }
+        return try Zstd.decompress(z)
+    }
+
 
     /// The seed files of a target (valid inputs its reader accepts).
     public static func seeds(_ name: String) throws -> [[UInt8]] {
@@ -80,9 +85,9 @@ extension FuzzTargets {
         case "dataset-jsonl":
             return [utf8("{\"message\": \"I passed!\", \"label\": \"happy\"}\n{\"message\": \"no one came\\n\", \"label\": \"sad\"}\n")]
         case "shard":
-            return [try Zstd.compress(try shardContent())]
+            return [try Zstd.compress(try shardContent()), try Zstd.compress(try shardContent(metadata: hookedShardMetadata))]
         case "shard-content":
-            return [try shardContent()]
+            return [try shardContent(), try shardContent(metadata: hookedShardMetadata)]
         case "manifest":
             let z = try Zstd.compress(try shardContent())
             let meta = try JSONSerialization.jsonObject(with: JSONEncoder().encode(shardMetadata))

@@ -56,7 +56,9 @@ struct Extract: ParsableCommand {
         discussion: """
         Each row is wrapped in the template (default: LLaMA-2 chat plus the readout suffix), tokenized, run \
         through the model; resid_post of every layer at the last token goes to DIR/shard-WWWWW-SSSSS.safetensors.zst \
-        (format: docs/shards.md) with a manifest per worker. Rerunning the same command resumes; a different \
+        (format: docs/shards.md) with a manifest per worker. --hooks stores other points of every block as well \
+        (one tensor each), --position reads the mean over the message's or the suffix's tokens instead of the \
+        last token, --layers keeps a subset; all three are recorded in the readout. Rerunning the same command resumes; a different \
         configuration on the same DIR is refused. The readout recipe (template, suffix, system prompt, \
         --max-tokens, embeddings, tokenizer) and the model's fingerprint (from its weights) are recorded in every \
         shard; train and predict take them from there. `--worker I/N` takes the rows with row % N == I, so N machines \
@@ -67,6 +69,7 @@ struct Extract: ParsableCommand {
         Examples:
           llamaprobe extract --model llama-2-13b-chat.Q8_0.gguf --data emotions.csv --out shards/
           llamaprobe extract --model MODEL --data chats.jsonl --out shards/ --worker 2/8 --dtype f16
+          llamaprobe extract --model MODEL --data emotions.csv --out shards/ --hooks resid_post,mlp_out --position mean --layers 10-20
         """)
 
     @OptionGroup var modelOptions: ModelOptions
@@ -97,8 +100,17 @@ struct Extract: ParsableCommand {
     @Option(name: .customLong("max-tokens"), help: "Longer prompts lose tokens from the start of the content (after BOS); the readout suffix is kept.")
     var maxTokens = Self.defaults.maxTokens
 
-    @Flag(name: .customLong("with-embeddings"), help: "Also store the embedding output: layers + 1 rows per example, HF hidden_states indexing.")
+    @Flag(name: .customLong("with-embeddings"), help: "Also store the embedding output: layers + 1 rows per example, HF hidden_states indexing (resid_post only).")
     var withEmbeddings = false
+
+    @Option(help: ArgumentHelp("Block hook points to store, comma-separated, by TransformerLens name: resid_pre, attn_out, resid_mid, mlp_out, resid_post. One tensor per hook in every shard, read in one pass; `train --hook NAME` picks one.", valueName: "list"))
+    var hooks = "resid_post"
+
+    @Option(help: ArgumentHelp("Token(s) read: last (the last token), mean (the mean over the tokens of the message itself, the last user message's content: not the template's, not the suffix's) or suffix-mean (the mean over the readout suffix's tokens). A token belongs to a part when its last byte lies in that part of the rendered prompt (docs/shards.md).", valueName: "last|mean|suffix-mean"))
+    var position = Self.defaults.position
+
+    @Option(help: ArgumentHelp("Layers to store: all, or layer numbers and ranges, e.g. --layers 0,5,10-20 (with --with-embeddings 0 is the embedding output and block L is L + 1). Recorded; train names the probes by these numbers.", valueName: "all|list"))
+    var layers = LayerSelection()
 
     @Option(help: ArgumentHelp("Storage type of the residuals: f32 (the reference precision), f16 or bf16 (default: f32).", valueName: "type"),
             transform: ActivationType.argument)
@@ -121,6 +133,10 @@ struct Extract: ParsableCommand {
     func validate() throws {
         if rowsPerShard < 1 { throw ValidationError("--rows-per-shard must be at least 1") }
         if maxTokens < 8 { throw ValidationError("--max-tokens must be at least 8") }
+        do { _ = try Hook.parseList(hooks) } catch { throw ValidationError(error.localizedDescription) }
+        if !ReadoutRecipe.positions.contains(position) {
+            throw ValidationError("--position must be one of \(ReadoutRecipe.positions.joined(separator: ", ")), not '\(position)'")
+        }
         if let d = delimiter, Dataset.delimiter(named: d) == nil {
             throw ValidationError("--delimiter must be one character (not a quote or line break) or tab, not '\(d)'")
         }
@@ -137,6 +153,9 @@ struct Extract: ParsableCommand {
         cfg.renderer = templateOptions.renderer
         cfg.maxTokens = maxTokens
         cfg.withEmbeddings = withEmbeddings
+        cfg.hooks = try Hook.parseList(hooks)
+        cfg.position = position
+        cfg.layers = layers.layers
         cfg.dtype = dtype
         cfg.rowsPerShard = rowsPerShard
         cfg.threads = modelOptions.threads
@@ -188,10 +207,10 @@ struct ShardsVerify: ParsableCommand {
 struct ShardsExport: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "export",
-        abstract: "Write a shard directory as plain arrays (rows in input order, resid_post in float32).",
+        abstract: "Write a shard directory as plain arrays (rows in input order, each stored hook point in float32).",
         discussion: """
-        --format npy: OUT is a directory of resid_post.npy [rows, layers, d_model], label.npy, row.npy, \
-        n_tokens.npy and metadata.json. --format safetensors: OUT is one file with the same tensors and the \
+        --format npy: OUT is a directory of resid_post.npy [rows, layers, d_model] (one HOOK.npy per hook point \
+        stored with extract --hooks), label.npy, row.npy, n_tokens.npy and metadata.json. --format safetensors: OUT is one file with the same tensors and the \
         shard metadata. In Python without llamaprobe: python/llamaprobe_shards.py reads shard directories directly.
 
         Example: llamaprobe shards export shards/ --format npy --out arrays/
@@ -226,11 +245,12 @@ struct ShardsInfo: ParsableCommand {
         let m = dir.metadata, cfg = dir.manifests[0].config
         let bytes = dir.manifests.flatMap(\.shards).reduce(0.0) { $0 + Double($1.bytes) }
         let elem = m.dtype.size
-        let raw = Double(dir.totalRows) * Double(m.layers.count * m.dModel * elem + 20)   // counts bounded by Manifest.validate
+        let raw = Double(dir.totalRows) * Double(m.hooks.count * m.layers.count * m.dModel * elem + 20)   // counts bounded by Manifest.validate
         print("model: \(m.model)\(m.quantization.map { " (\($0))" } ?? "")")
         print("data: \(cfg["data_file"] ?? "?") (\(cfg["rows_total"] ?? "?") rows), workers: \(dir.manifests[0].workers), manifests: \(dir.manifests.count), complete: \(dir.manifests.filter(\.complete).count)")
         print("shards: \(dir.shardPaths.count), rows: \(dir.totalRows), skipped: \(dir.manifests.flatMap(\.skipped).count), truncated: \(dir.manifests.flatMap(\.shards).flatMap(\.truncated).count)")
-        print("layout: resid_post [n, \(m.layers.count), \(m.dModel)] \(m.dtype.rawValue)\(m.withEmbeddings ? " (row 0 = embeddings, HF indexing)" : "")")
+        print("layout: \(m.hooks.joined(separator: ", ")) [n, \(m.layers.count), \(m.dModel)] \(m.dtype.rawValue)\(m.withEmbeddings ? " (row 0 = embeddings, HF indexing)" : ""), layers \(m.layers.map(String.init).joined(separator: ","))")
+        print("position: \(m.readout?.position ?? "last")")
         print("labels: \(m.labels.joined(separator: ", "))")
         print("template: \(m.template), suffix: \(jsonString(m.suffix)), system prompt: \(jsonString(m.systemPrompt))")
         print("readout: \(m.readoutDescription)")

@@ -11,8 +11,9 @@ struct Predict: ParsableCommand {
         abstract: "Run trained probes on new messages: class probabilities per message.",
         discussion: """
         Reads each message with the readout recipe recorded with the probes (template, suffix, system prompt, \
-        token budget, tokenizer; a flag that contradicts it is refused unless --override-readout) and the forward \
-        pass of extraction, then the chosen layer's probe (Linear + \
+        token budget, tokenizer, the hook point and position read: train --hook, extract --position; a flag that \
+        contradicts it is refused unless --override-readout) and the forward pass of extraction, then the chosen \
+        layer's probe (Linear + \
         sigmoid; one-vs-rest probabilities that need not sum to 1). The best layer is the one with the highest \
         validation accuracy in training. Probes whose d_model or layers do not fit the model are refused, and so are \
         probes trained on another checkpoint (model fingerprint; --allow-other-model uses them with a warning).

@@ -120,6 +120,9 @@ struct Train: ParsableCommand {
     @Option(help: ArgumentHelp("Layers to train: all, or a list of layer numbers and ranges as stored in the shards, e.g. --layers 0-9,20,39.", valueName: "all|list"))
     var layers = LayerSelection()
 
+    @Option(help: ArgumentHelp("Hook point to train on, one the shards hold (extract --hooks), e.g. --hook mlp_out; recorded with the probes, and predict reads it.", valueName: "name"))
+    var hook = ReadoutRecipe.defaultHook
+
     @Option(help: "Threads (the default is this machine's core count), e.g. --threads 2.")
     var threads = Self.defaults.threads
 
@@ -159,6 +162,7 @@ struct Train: ParsableCommand {
         c.plateauOn = plateauOn; c.shuffle = !noShuffle; c.threads = threads; c.earlyStopping = earlyStopping
         o.config = c
         o.layers = layers.layers
+        o.hook = hook
         o.splitPath = split
         o.initPath = initPath
         o.overwrite = overwrite

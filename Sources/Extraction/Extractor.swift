@@ -26,6 +26,12 @@ public struct ExtractionConfig: Sendable {
     public var renderer = PromptRenderer()
     public var maxTokens = 2048
     public var withEmbeddings = false
+    /// Hook points stored, one tensor each, in this order (`--hooks`).
+    public var hooks: [Hook] = [.residPost]
+    /// The position read: one of `ReadoutRecipe.positions` (`--position`).
+    public var position = "last"
+    /// Layers kept, in the shards' numbering (with embeddings: 0 = the embedding output); nil = all (`--layers`).
+    public var layers: [Int]?
     public var dtype: ActivationType = .f32
     public var rowsPerShard = 256
     public var threads = ThreadPool.defaultThreadCount
@@ -76,6 +82,8 @@ public enum Extractor {
         let label: Int
         let ids: [Int32]
         let truncated: Bool
+        /// Positions read (averaged when several).
+        let positions: [Int]
     }
 
     public static func run(_ cfg: ExtractionConfig, log: (String) -> Void = { _ in },
@@ -84,6 +92,13 @@ public enum Extractor {
             throw ExtractionError("worker \(cfg.worker)/\(cfg.workers) is not valid: need 0 <= I < N")
         }
         guard cfg.maxTokens >= 8 else { throw ExtractionError("--max-tokens \(cfg.maxTokens) is too small") }
+        guard !cfg.hooks.isEmpty, Set(cfg.hooks).count == cfg.hooks.count else { throw ExtractionError("--hooks must name distinct hook points") }
+        guard !cfg.withEmbeddings || cfg.hooks == [.residPost] else {
+            throw ExtractionError("--with-embeddings stores the embedding output as layer 0 of resid_post; it cannot be combined with --hooks \(cfg.hooks.map(\.rawValue).joined(separator: ",")) (resid_pre of layer 0 is the embedding output)")
+        }
+        guard ReadoutRecipe.positions.contains(cfg.position) else {
+            throw ExtractionError("--position '\(cfg.position)' is not one of \(ReadoutRecipe.positions.joined(separator: ", "))")
+        }
         let data = try Dataset(path: cfg.dataPath, textColumn: cfg.textColumn, labelColumn: cfg.labelColumn, delimiter: cfg.delimiter)
         let labels = try labelNames(cfg, data)
         let labelID = Dictionary(uniqueKeysWithValues: labels.enumerated().map { ($1, $0) })
@@ -96,6 +111,8 @@ public enum Extractor {
         // Tokenize this worker's rows first: every row error is found before anything is written.
         let tokenizer = try cfg.tokenizerPath.map { try Tokenizer(path: $0) } ?? LoadedModel.tokenizer(forModel: cfg.modelPath)
         var readout = ReadoutRecipe(renderer: cfg.renderer, maxTokens: cfg.maxTokens, withEmbeddings: cfg.withEmbeddings, tokenizer: tokenizer)
+        readout.position = cfg.position
+        readout.hooks = cfg.hooks == [.residPost] ? nil : cfg.hooks.map(\.rawValue)
         var jobs: [Job] = [], skipped: [BadRow] = []
         for (index, r) in data.rows.enumerated() where index % cfg.workers == cfg.worker {
             do {
@@ -104,13 +121,13 @@ public enum Extractor {
                     throw DatasetError(file: cfg.dataPath, row: index, line: row.line,
                                        reason: "unknown label '\(row.label)' (labels: \(labels.joined(separator: ", ")))")
                 }
-                let ids: [Int32], truncated: Bool
+                let p: ReadoutPrompt
                 do {
-                    (ids, truncated) = try readout.tokens(row.content, tokenizer: tokenizer)
+                    p = try readout.prompt(row.content, tokenizer: tokenizer)
                 } catch {
                     throw DatasetError(file: cfg.dataPath, row: index, line: row.line, reason: error.localizedDescription)
                 }
-                jobs.append(Job(row: index, line: row.line, label: id, ids: ids, truncated: truncated))
+                jobs.append(Job(row: index, line: row.line, label: id, ids: p.ids, truncated: p.truncated, positions: p.positions))
             } catch let e as DatasetError {
                 guard cfg.onError == .skip else { throw e }
                 skipped.append(BadRow(index: index, line: e.line ?? 0, reason: e.reason))
@@ -133,8 +150,11 @@ public enum Extractor {
         let steering = try Steering(cfg.interventions, config: c)
         readout.steering = steering.records
         let layerCount = c.numHiddenLayers + (cfg.withEmbeddings ? 1 : 0)
+        let kept = try keptLayers(cfg.layers, count: layerCount, withEmbeddings: cfg.withEmbeddings)
+        var slotOfLayer = [Int](repeating: -1, count: layerCount)
+        for (i, l) in kept.enumerated() { slotOfLayer[l] = i }
         let metadata = ShardMetadata(model: loaded.fingerprint, quantization: loaded.quantization, labels: labels, readout: readout,
-                                     layers: Array(0..<layerCount), dtype: cfg.dtype, dModel: c.hiddenSize)
+                                     layers: kept, dtype: cfg.dtype, dModel: c.hiddenSize)
         let writer = try ShardWriter(directory: cfg.outDir, worker: cfg.worker, workers: cfg.workers, metadata: metadata,
                                      rowsPerShard: cfg.rowsPerShard, config: try manifestConfig(cfg, data: data, compute: computeDescription(loaded.model)),
                                      lock: lock)
@@ -150,7 +170,9 @@ public enum Extractor {
         events.sort { $0.row < $1.row }
         let todo = events.compactMap(\.job).count
         let d = c.hiddenSize
-        var rowBuffer = [Float](repeating: 0, count: layerCount * d)
+        let hookSlot = Dictionary(uniqueKeysWithValues: cfg.hooks.enumerated().map { ($1, $0) })
+        let hookStride = kept.count * d
+        var rowBuffer = [Float](repeating: 0, count: cfg.hooks.count * hookStride)
         let start = Date()
         var done = 0
         for e in events {
@@ -163,16 +185,21 @@ public enum Extractor {
             let job = e.job!
             try rowBuffer.withUnsafeMutableBufferPointer { buf in
                 let base = buf.baseAddress!
-                try loaded.model.forward(job.ids, positions: .last, steering: steering) { point, view in
-                    switch point {
-                    case .embedding where cfg.withEmbeddings: base.update(from: view.row(position: job.ids.count - 1), count: d)
-                    case .embedding: break
-                    case .residPost(let l):
-                        (base + (l + (cfg.withEmbeddings ? 1 : 0)) * d).update(from: view.row(position: job.ids.count - 1), count: d)
-                    default: break   // only resid_post is requested
+                try loaded.model.forward(job.ids, positions: cfg.position == "last" ? .last : .all, steering: steering,
+                                         hooks: Set(cfg.hooks)) { point, view in
+                    let h: Int, layer: Int
+                    if let (hook, l) = point.hook {
+                        guard let k = hookSlot[hook] else { return }
+                        (h, layer) = (k, l + (cfg.withEmbeddings ? 1 : 0))
+                    } else {
+                        guard cfg.withEmbeddings else { return }   // the embedding: layer 0 of resid_post (the only hook then)
+                        (h, layer) = (0, 0)
                     }
+                    let slot = slotOfLayer[layer]
+                    guard slot >= 0 else { return }
+                    Self.read(view, positions: job.positions, into: base + h * hookStride + slot * d)
                 }
-                try writer.append(row: job.row, label: job.label, nTokens: job.ids.count, residPost: base, truncated: job.truncated,
+                try writer.append(row: job.row, label: job.label, nTokens: job.ids.count, activations: base, truncated: job.truncated,
                                   line: job.line)
             }
             done += 1
@@ -189,6 +216,31 @@ public enum Extractor {
         return summary
     }
 
+    /// Row `positions[0]` of `view`, or the mean of the rows at `positions` (summed in Double in order, then
+    /// divided), into `out` (`view.width` floats).
+    static func read(_ view: ResidualRows, positions: [Int], into out: UnsafeMutablePointer<Float>) {
+        let d = view.width
+        if positions.count == 1 { out.update(from: view.row(position: positions[0]), count: d); return }
+        var sum = [Double](repeating: 0, count: d)
+        for p in positions {
+            let r = view.row(position: p)
+            for j in 0..<d { sum[j] += Double(r[j]) }
+        }
+        let n = Double(positions.count)
+        for j in 0..<d { out[j] = Float(sum[j] / n) }
+    }
+
+    /// `--layers`: the layers kept, ascending; nil = all `count`. Refuses numbers outside the model, naming them.
+    static func keptLayers(_ wanted: [Int]?, count: Int, withEmbeddings: Bool) throws -> [Int] {
+        guard let wanted else { return Array(0..<count) }
+        guard !wanted.isEmpty else { throw ExtractionError("--layers names no layer") }
+        if let bad = wanted.first(where: { !(0..<count).contains($0) }) {
+            throw ExtractionError("--layers: layer \(bad) is not in 0...\(count - 1) (the model's \(count) \(withEmbeddings ? "hidden states, 0 = the embedding output" : "layers"))")
+        }
+        guard Set(wanted).count == wanted.count else { throw ExtractionError("--layers lists a layer twice") }
+        return wanted.sorted()
+    }
+
     /// The tokens the model reads for one row: the rendered prompt, and when it has more than `maxTokens`
     /// tokens, BOS (when the tokenizer adds one) plus its last `maxTokens - 1` (content is dropped from the start: the readout suffix must
     /// survive). Only a tail of a long prompt is tokenized: 16 bytes per kept token, cut after a whitespace
@@ -197,20 +249,33 @@ public enum Extractor {
     /// of a field. Extraction and prediction both use it.
     public static func promptTokens(_ content: DatasetRow.Content, tokenizer: Tokenizer, renderer: PromptRenderer,
                                     maxTokens: Int) throws -> (ids: [Int32], truncated: Bool) {
+        let e = try encodePrompt(try renderer.render(content), tokenizer: tokenizer, maxTokens: maxTokens)
+        return (e.ids, e.truncated)
+    }
+
+    /// A rendered prompt and how it was tokenized: `encoded` are the ids of `text[start...]` (the whole text
+    /// unless a long prompt was cut, see `promptTokens`), `ids` the ones kept; `kept[i]` is the index in
+    /// `encoded` of `ids[i]`.
+    struct EncodedPrompt {
+        let text: [UInt8]
+        let start: Int
+        let encoded: [Int32]
+        let ids: [Int32]
+        let kept: [Int]
+        var truncated: Bool { ids.count < encoded.count }
+    }
+
+    static func encodePrompt(_ text: String, tokenizer: Tokenizer, maxTokens: Int) throws -> EncodedPrompt {
         guard maxTokens >= 2 else { throw ExtractionError("--max-tokens \(maxTokens) is too small") }
-        let text: String
-        switch content {
-        case .message(let m): text = renderer.render(m)
-        case .conversation(let t): text = try renderer.render(messages: t.map { ChatMessage(role: $0.role, content: $0.content) })
-        }
         let bytes = Array(text.utf8)
         let (b, o) = max(maxTokens, 1).multipliedReportingOverflow(by: 16)
         var budget = o ? Int.max / 8 : b
         while true {
-            var ids: [Int32]
+            let ids: [Int32]
+            var start = 0
             let cut = budget < bytes.count
             if cut {
-                var start = bytes.count - budget
+                start = bytes.count - budget
                 let limit = min(bytes.count, start + 1024)
                 func space(_ c: UInt8) -> Bool { c == 0x20 || c == 0x0A || c == 0x09 || c == 0x0D }
                 var i = start
@@ -229,13 +294,13 @@ public enum Extractor {
             } else {
                 ids = try tokenizer.encode(text)
             }
-            let truncated = ids.count > maxTokens
-            if truncated {
+            var kept = Array(ids.indices)
+            if ids.count > maxTokens {
                 // BOS stays first when the tokenizer adds one (Qwen2's adds none: the tail alone).
-                if tokenizer.addsBOS, let bos = ids.first { ids = [bos] + ids[(ids.count - maxTokens + 1)...] }
-                else { ids = Array(ids[(ids.count - maxTokens)...]) }
+                kept = tokenizer.addsBOS && !ids.isEmpty ? [0] + Array((ids.count - maxTokens + 1)..<ids.count)
+                    : Array((ids.count - maxTokens)..<ids.count)
             }
-            return (ids, truncated)
+            return EncodedPrompt(text: bytes, start: start, encoded: ids, ids: kept.map { ids[$0] }, kept: kept)
         }
     }
 

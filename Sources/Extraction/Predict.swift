@@ -26,18 +26,24 @@ public enum Predictor {
     public static func run(model m: LoadedModel, probes: ProbeSet, readout: ReadoutRecipe,
                            messages: [DatasetRow.Content], layers: [Int], steering: Steering = .none) throws -> [[Int: [Float]]] {
         try probes.check(against: m.config)
+        let hook = try readout.probeHook
+        var buffer = [Float](repeating: 0, count: m.config.hiddenSize)
         return try messages.map { content in
-            let ids = try readout.tokens(content, tokenizer: m.tokenizer).ids
+            let p = try readout.prompt(content, tokenizer: m.tokenizer)
             var out: [Int: [Float]] = [:]
             let wanted = Set(layers)
-            try m.model.forward(ids, positions: .last, steering: steering) { point, view in
+            try m.model.forward(p.ids, positions: readout.position == "last" ? .last : .all, steering: steering, hooks: [hook]) { point, view in
                 let index: Int
-                switch point {
-                case .embedding: guard probes.withEmbeddings else { return }; index = 0
-                case .residPost(let l): index = l + (probes.withEmbeddings ? 1 : 0)
-                default: return   // only resid_post is requested
+                if let (h, l) = point.hook {
+                    guard h == hook else { return }
+                    index = l + (probes.withEmbeddings ? 1 : 0)
+                } else {
+                    guard probes.withEmbeddings else { return }
+                    index = 0
                 }
-                if wanted.contains(index) { out[index] = probes.probabilities(layer: index, residual: view.row(position: ids.count - 1)) }
+                guard wanted.contains(index) else { return }
+                buffer.withUnsafeMutableBufferPointer { b in Extractor.read(view, positions: p.positions, into: b.baseAddress!) }
+                out[index] = probes.probabilities(layer: index, residual: buffer)
             }
             return out
         }

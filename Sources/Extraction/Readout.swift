@@ -3,8 +3,8 @@ import Model
 import Probe
 import Formats
 
-/// Applying a readout recipe with a model's tokenizer: the one path from a row to the tokens whose last
-/// position's residuals a probe reads (extract, residuals and predict all come through here).
+/// Applying a readout recipe with a model's tokenizer: the one path from a row to the tokens a probe reads and
+/// the positions read among them (`prompt`; extract and predict come through here, residuals through `tokens`).
 extension ReadoutRecipe {
     /// The recipe of a renderer and token budget with `tokenizer`.
     public init(renderer: PromptRenderer, maxTokens: Int, withEmbeddings: Bool, tokenizer: Tokenizer) {
@@ -26,6 +26,95 @@ extension ReadoutRecipe {
         try Extractor.promptTokens(content, tokenizer: tokenizer, renderer: try renderer, maxTokens: maxTokens)
     }
 
+    /// The tokens the model reads for one row and the positions whose activations are read (averaged when
+    /// several): the last for `last`; for `mean` the tokens of the row's message (the last user message's
+    /// content), for `suffix-mean` those of the readout suffix, by the rule of `positions(in:region:tokenizer:)`.
+    public func prompt(_ content: DatasetRow.Content, tokenizer: Tokenizer) throws -> ReadoutPrompt {
+        let r = try renderer
+        let e = try Extractor.encodePrompt(try r.render(content), tokenizer: tokenizer, maxTokens: maxTokens)
+        guard !e.ids.isEmpty else { throw ExtractionError("the prompt has no tokens") }
+        let region: Range<Int>
+        switch position {
+        case "last": return ReadoutPrompt(ids: e.ids, truncated: e.truncated, positions: [e.ids.count - 1])
+        case "mean":
+            region = try Self.span(in: e.text, what: "the message") { try r.render(content.replacingLastUserMessage(with: $0)) }
+        case "suffix-mean":
+            guard !suffix.isEmpty else { throw ExtractionError("--position suffix-mean: the readout suffix is empty (pass --suffix TEXT)") }
+            region = try Self.span(in: e.text, what: "the readout suffix") { var s = r; s.suffix = $0; return try s.render(content) }
+        default: throw ExtractionError("readout recipe: position '\(position)' is not one of \(Self.positions.joined(separator: ", "))")
+        }
+        let p = try Self.positions(in: e, region: region, tokenizer: tokenizer, position: position)
+        guard !p.isEmpty else {
+            throw ExtractionError(e.truncated
+                ? "--position \(position): no token of \(position == "mean" ? "the message" : "the readout suffix") is left after cutting the prompt to --max-tokens \(maxTokens) (content is dropped from the start); raise --max-tokens"
+                : "--position \(position): \(position == "mean" ? "the message" : "the readout suffix") has no token of its own")
+        }
+        return ReadoutPrompt(ids: e.ids, truncated: e.truncated, positions: p)
+    }
+
+    /// The one hook point probes with this recipe read.
+    public var probeHook: Hook {
+        get throws {
+            let h = hookList
+            guard h.count == 1, let hook = Hook(rawValue: h[0]) else {
+                throw ExtractionError("readout recipe: probes read one hook point; this recipe lists \(h.joined(separator: ","))")
+            }
+            return hook
+        }
+    }
+
+    /// Stands for the value whose span is sought; text never contains it (private-use code points).
+    static let sentinel = "\u{E000}llamaprobe-span\u{E001}"
+
+    /// The byte range of a value in `text` (the prompt rendered with it), found without knowing the template:
+    /// `render(sentinel)` must hold the sentinel once; the bytes before it must begin `text` and the bytes after
+    /// it must end it; what lies between is the value as rendered (a template may strip it).
+    static func span(in text: [UInt8], what: String, render: (String) throws -> String) throws -> Range<Int> {
+        let marked = Array(try render(sentinel).utf8), s = Array(sentinel.utf8)
+        var hits: [Int] = []
+        if marked.count >= s.count {
+            for i in 0...(marked.count - s.count) where marked[i] == s[0] && Array(marked[i..<(i + s.count)]) == s { hits.append(i) }
+        }
+        guard hits.count == 1, let at = hits.first else {
+            throw ExtractionError("cannot locate \(what) in the rendered prompt: the template renders it \(hits.count) times, not once")
+        }
+        let before = marked[..<at], after = marked[(at + s.count)...]
+        guard text.count >= before.count + after.count, text.starts(with: before), text.reversed().starts(with: after.reversed()) else {
+            throw ExtractionError("cannot locate \(what) in the rendered prompt: the template renders the text around it differently with another value")
+        }
+        return before.count..<(text.count - after.count)
+    }
+
+    /// The positions (indices into `e.ids`) of the tokens that belong to `region`, a byte range of the
+    /// rendered text. The rule: each token spells bytes (`Tokenizer.pieceBytes`: `▁` is a space, byte pieces
+    /// their byte, control pieces their text); walking the text from where its tokenization began, a token
+    /// takes the bytes it spells, or, when it starts with a space the text lacks there (SentencePiece's dummy
+    /// prefix), the rest of them; the BOS the tokenizer adds takes none. A token belongs to the region when it
+    /// takes at least one byte and its last byte lies in the region. (Tests/fixtures/hooks/make_readout_fixtures.py
+    /// applies the same rule.) A tokenizer whose pieces do not spell the text (a normalizer that rewrites it)
+    /// is refused.
+    static func positions(in e: Extractor.EncodedPrompt, region: Range<Int>, tokenizer: Tokenizer, position: String) throws -> [Int] {
+        var end = [Int](repeating: -1, count: e.encoded.count)   // one past the token's last byte; -1: takes none
+        var at = e.start
+        let text = e.text
+        for (k, id) in e.encoded.enumerated() {
+            if k == 0 && tokenizer.addsBOS { continue }
+            let b = tokenizer.pieceBytes(id)
+            func matches(_ p: ArraySlice<UInt8>) -> Bool { at + p.count <= text.count && text[at..<(at + p.count)].elementsEqual(p) }
+            let took: Int
+            if matches(b[...]) { took = b.count }
+            else if b.first == 0x20, matches(b.dropFirst()) { took = b.count - 1 }
+            else {
+                throw ExtractionError("--position \(position): token \(k) (\(jsonString(tokenizer.piece(id)))) does not spell the prompt at byte \(at): this tokenizer rewrites the text, so only --position last can be used with it")
+            }
+            at += took
+            if took > 0 { end[k] = at }
+        }
+        return e.kept.enumerated().compactMap { i, k in
+            end[k] > 0 && region.contains(end[k] - 1) ? i : nil
+        }
+    }
+
     /// sha256 over the tokenizer's pieces and scores in id order; trailing `[PADn]` pieces (added to fill
     /// a GGUF's embedding rows) are left out, so a tokenizer.model and the GGUF vocabulary made from it agree.
     public static func fingerprint(of t: Tokenizer) -> String {
@@ -39,6 +128,36 @@ extension ReadoutRecipe {
             withUnsafeBytes(of: &s) { h.update($0) }
         }
         return "sha256:" + h.finalize().map { String(format: "%02x", $0) }.joined()
+    }
+}
+
+/// What a readout reads from one row: the tokens, whether they were cut to the budget, and the positions
+/// (indices into `ids`) whose activations are read, averaged when there are several.
+public struct ReadoutPrompt: Sendable, Equatable {
+    public var ids: [Int32]
+    public var truncated: Bool
+    public var positions: [Int]
+}
+
+extension PromptRenderer {
+    /// A dataset row's content as the prompt text.
+    public func render(_ content: DatasetRow.Content) throws -> String {
+        switch content {
+        case .message(let m): return render(m)
+        case .conversation(let t): return try render(messages: t.map { ChatMessage(role: $0.role, content: $0.content) })
+        }
+    }
+}
+
+extension DatasetRow.Content {
+    /// The content with its message (a conversation's last user message) replaced by `text`.
+    func replacingLastUserMessage(with text: String) -> DatasetRow.Content {
+        switch self {
+        case .message: return .message(text)
+        case .conversation(var t):
+            if let i = t.lastIndex(where: { $0.role == "user" }) { t[i].content = text }
+            return .conversation(t)
+        }
     }
 }
 

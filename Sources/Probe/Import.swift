@@ -184,7 +184,7 @@ public enum ShardImport {
                 if let bad = r.firstIndex(where: { !$0.isFinite }) {
                     throw fail("row \(i): NaN or infinite activation at layer \(bad / d), element \(bad % d)")
                 }
-                try writer.append(row: i, label: Int(labels[i]), nTokens: 0, residPost: UnsafePointer(r.baseAddress!))
+                try writer.append(row: i, label: Int(labels[i]), nTokens: 0, activations: UnsafePointer(r.baseAddress!))
             }
         }
         try writer.finish()

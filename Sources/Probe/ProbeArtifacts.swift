@@ -94,6 +94,9 @@ public struct ProbeSetMetadata: Equatable, Sendable {
         model = m["model"]
         quantization = m["quantization"]
         readout = try m["readout"].map { try ReadoutRecipe.parse($0, file: file) }
+        if let h = readout?.hookList, h.count != 1 {
+            throw fail("metadata 'readout' lists the hooks \(h.joined(separator: ",")); probes are trained on one (train --hook)")
+        }
         let epochs = (m["best_epochs"].flatMap { try? JSONDecoder().decode([String: Int].self, from: Data($0.utf8)) }) ?? [:]
         bestEpochs = Dictionary(uniqueKeysWithValues: epochs.compactMap { k, v in Int(k).map { ($0, v) } })
         guard let out = ProbeOutput(rawValue: m["output"] ?? ProbeOutput.sigmoid.rawValue) else {

@@ -17,8 +17,12 @@ public struct ReadoutRecipe: Codable, Equatable, Sendable {
     public var maxTokens: Int
     /// How a longer prompt is cut: `Self.dropStartKeepBOS`.
     public var truncation: String
-    /// The token read: "last".
+    /// The token(s) read: `Self.positions` ("last", "mean" over the message's own tokens, "suffix-mean" over
+    /// the readout suffix's tokens; the rule is `ReadoutRecipe.span` in the Extraction module).
     public var position: String
+    /// Hook points stored (shards: one tensor each, in this order) or read (probes: the one they were
+    /// trained on), by TransformerLens name (`Self.hookNames`); nil (absent from the JSON) = resid_post only.
+    public var hooks: [String]?
     /// Layer 0 is the embedding output (HF hidden_states indexing).
     public var withEmbeddings: Bool
     /// "sha256:<hex>" over the tokenizer's pieces and scores (padding pieces excluded).
@@ -43,8 +47,25 @@ public struct ReadoutRecipe: Codable, Equatable, Sendable {
     /// BOS, then the last `maxTokens - 1` tokens: content is dropped from the start, the suffix survives.
     public static let dropStartKeepBOS = "drop-start-keep-bos"
 
+    /// The positions a recipe may read.
+    public static let positions = ["last", "mean", "suffix-mean"]
+    /// The block hook points by TransformerLens name, in the order the forward pass reaches them (Model's
+    /// `Hook` has exactly these raw values; a test holds them equal).
+    public static let hookNames = ["resid_pre", "attn_out", "resid_mid", "mlp_out", "resid_post"]
+    public static let defaultHook = "resid_post"
+
+    /// The hook points stored or read: `hooks`, or resid_post when nil.
+    public var hookList: [String] { hooks ?? [Self.defaultHook] }
+
+    /// The recipe of probes trained on `hook` of shards with this recipe (`hooks` names that one only).
+    public func reading(hook: String) -> ReadoutRecipe {
+        var r = self
+        r.hooks = hook == Self.defaultHook ? nil : [hook]
+        return r
+    }
+
     enum CodingKeys: String, CodingKey {
-        case template, suffix, truncation, position, tokenizer, steering
+        case template, suffix, truncation, position, tokenizer, steering, hooks
         case systemPrompt = "system_prompt", maxTokens = "max_tokens", withEmbeddings = "with_embeddings"
     }
 
@@ -75,7 +96,19 @@ public struct ReadoutRecipe: Codable, Equatable, Sendable {
         func fail(_ r: String) -> ShardError { ShardError(file: file, reason: "readout recipe: " + r) }
         guard (2...(1 << 30)).contains(maxTokens) else { throw fail("'max_tokens' \(maxTokens) is not in 2...\(1 << 30)") }
         guard truncation == Self.dropStartKeepBOS else { throw fail("'truncation' '\(truncation)' is not '\(Self.dropStartKeepBOS)'") }
-        guard position == "last" else { throw fail("'position' '\(position)' is not 'last'") }
+        guard Self.positions.contains(position) else {
+            throw fail("'position' '\(position)' is not one of \(Self.positions.joined(separator: ", "))")
+        }
+        if let h = hooks {
+            guard !h.isEmpty else { throw fail("'hooks' is empty (leave it out for resid_post)") }
+            if let bad = h.first(where: { !Self.hookNames.contains($0) }) {
+                throw fail("'hooks': '\(bad)' is not a hook point (\(Self.hookNames.joined(separator: ", ")))")
+            }
+            guard Set(h).count == h.count else { throw fail("'hooks' lists a hook twice") }
+            guard !withEmbeddings || h == [Self.defaultHook] else {
+                throw fail("'with_embeddings' (the embedding output as layer 0) needs 'hooks' resid_post alone, not \(h.joined(separator: ","))")
+            }
+        }
         for s in steering ?? [] {
             guard (0..<(1 << 20)).contains(s.layer) else { throw fail("'steering': layer \(s.layer) is not a block number") }
             guard s.strength.isFinite else { throw fail("'steering': strength \(s.strength) is not finite") }
@@ -91,7 +124,8 @@ public struct ReadoutRecipe: Codable, Equatable, Sendable {
         if systemPrompt != other.systemPrompt { d.append(("--system-prompt", q(systemPrompt), q(other.systemPrompt))) }
         if maxTokens != other.maxTokens { d.append(("--max-tokens", String(maxTokens), String(other.maxTokens))) }
         if truncation != other.truncation { d.append(("truncation", truncation, other.truncation)) }
-        if position != other.position { d.append(("position", position, other.position)) }
+        if position != other.position { d.append(("--position", position, other.position)) }
+        if hookList != other.hookList { d.append(("--hooks", hookList.joined(separator: ","), other.hookList.joined(separator: ","))) }
         if withEmbeddings != other.withEmbeddings { d.append(("--with-embeddings", String(withEmbeddings), String(other.withEmbeddings))) }
         if tokenizer != other.tokenizer { d.append(("tokenizer", tokenizer, other.tokenizer)) }
         if steering != other.steering {

@@ -130,6 +130,8 @@ public enum TrainingReport {
         public var initSource: String
         /// Replaces the reference recipe's description (--recipe logistic).
         public var recipeText: String?
+        /// The hook point trained on (`--hook`).
+        public var hook = ReadoutRecipe.defaultHook
         public init(shardDirectories: [String], metadata: ShardMetadata, trainRows: Int, valRows: Int, config: TrainConfig,
                     streamed: Bool, seconds: Double, splitSource: String, initSource: String, recipeText: String? = nil) {
             self.shardDirectories = shardDirectories; self.metadata = metadata; self.trainRows = trainRows; self.valRows = valRows
@@ -147,6 +149,10 @@ public enum TrainingReport {
         s += "- Data: \(ctx.trainRows + ctx.valRows) rows from \(ctx.shardDirectories.map { "`\($0)`" }.joined(separator: ", ")) "
         s += "(model `\(ctx.metadata.model)`, d_model \(ctx.metadata.dModel), stored \(ctx.metadata.dtype.rawValue)); "
         s += "\(ctx.trainRows) training, \(ctx.valRows) validation rows (\(ctx.splitSource)).\n"
+        let position = ctx.metadata.readout?.position ?? "last"
+        if ctx.hook != ReadoutRecipe.defaultHook || position != "last" {
+            s += "- Read: hook `\(ctx.hook)` at position `\(position)` (of the stored \(ctx.metadata.hooks.map { "`\($0)`" }.joined(separator: ", "))).\n"
+        }
         s += "- Classes (\(ctx.metadata.labels.count)): \(ctx.metadata.labels.map { "`\($0)`" }.joined(separator: ", ")).\n"
         if let r = ctx.recipeText { s += "- Recipe: \(r)\n" } else {
         s += "- Recipe: Linear + sigmoid, BCELoss, Adam (lr \(c.learningRate), betas (\(c.adam.beta1), \(c.adam.beta2)), eps \(c.adam.eps), "

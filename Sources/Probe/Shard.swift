@@ -90,8 +90,15 @@ public struct ShardMetadata: Codable, Equatable, Sendable {
     /// these numbers inside Int and every allocation they size finite).
     public static let maxDModel = 1 << 20, maxLayers = 1 << 12, maxLabels = 1 << 16, maxRowElements = 1 << 28
 
-    /// Bytes of one row of resid_post in the storage type (valid after `validate`).
-    var rowBytes: Int { layers.count * dModel * dtype.size }
+    /// The hook points stored, one tensor each (named by the hook), in this order: the readout's, resid_post
+    /// when unknown (imports, older shards).
+    public var hooks: [String] { readout?.hookList ?? [ReadoutRecipe.defaultHook] }
+
+    /// Elements of one row of one hook: [layers, dModel].
+    public var hookRowElements: Int { layers.count * dModel }
+
+    /// Bytes of one row of every hook in the storage type (valid after `validate`).
+    var rowBytes: Int { hooks.count * layers.count * dModel * dtype.size }
 
     /// Every number and name checked before anything is sized by it; throws naming `file` and the field.
     public func validate(file: String) throws {
@@ -107,8 +114,8 @@ public struct ShardMetadata: Codable, Equatable, Sendable {
         }
         guard Set(labels).count == labels.count else { throw fail("'labels' names a class twice") }
         try readout?.validate(file: file)
-        guard layers.count * dModel <= Self.maxRowElements else {
-            throw fail("a row of \(layers.count) layers × d_model \(dModel) values is more than \(Self.maxRowElements)")
+        guard hooks.count * layers.count * dModel <= Self.maxRowElements else {
+            throw fail("a row of \(hooks.count) hook(s) × \(layers.count) layers × d_model \(dModel) values is more than \(Self.maxRowElements)")
         }
     }
 
@@ -154,8 +161,9 @@ public struct ShardMetadata: Codable, Equatable, Sendable {
     }
 }
 
-/// One decoded shard: resid_post [count, layers, dModel] in f32 (converted from the stored type), labels,
-/// the index of each row in the input file, and each row's token count.
+/// One decoded shard: one hook's activations (resid_post unless another was asked for) [count, layers, dModel]
+/// in f32 (converted from the stored type), labels, the index of each row in the input file, and each row's
+/// token count.
 public struct ShardBatch: Sendable {
     public var metadata: ShardMetadata
     public var residPost: [Float]
@@ -171,8 +179,9 @@ public struct ShardBatch: Sendable {
 }
 
 /// The shard file format (docs/shards.md): one zstd frame (content size and checksum recorded) whose content
-/// is a safetensors file with `resid_post` [n, layers, d_model], `label` I64 [n], `row` I64 [n],
-/// `n_tokens` I32 [n] and the ShardMetadata as `__metadata__`.
+/// is a safetensors file with `label` I64 [n], `row` I64 [n], `n_tokens` I32 [n], one tensor [n, layers,
+/// d_model] per hook point named by the hook (`resid_post`, … in the readout's `hooks` order; resid_post
+/// alone by default) and the ShardMetadata as `__metadata__`.
 public enum Shard {
     public static let compressionLevel: Int32 = 3
 
@@ -180,30 +189,45 @@ public enum Shard {
         "shard-\(String(worker).leftPadded(5))-\(String(index).leftPadded(5)).safetensors.zst"
     }
 
-    /// The compressed bytes of a shard whose resid_post is already in the storage type.
-    public static func encode(metadata: ShardMetadata, residPost: UnsafeRawBufferPointer, labels: [Int64], rows: [Int64],
+    /// The compressed bytes of a shard whose activations (one buffer per hook of `metadata.hooks`, each
+    /// [n, layers, dModel]) are already in the storage type.
+    public static func encode(metadata: ShardMetadata, activations: [UnsafeRawBufferPointer], labels: [Int64], rows: [Int64],
                               nTokens: [Int32]) throws -> [UInt8] {
         let dt = metadata.storage
         let n = labels.count
+        precondition(activations.count == metadata.hooks.count)
         let st = labels.withUnsafeBytes { l in rows.withUnsafeBytes { r in nTokens.withUnsafeBytes { t in
-            SafeTensors.encode([
-                // the small tensors first: a reader that needs only labels and rows stops before the activations
-                (.init("label", .i64, [n]), l), (.init("row", .i64, [n]), r), (.init("n_tokens", .i32, [n]), t),
-                (.init("resid_post", dt, [n, metadata.layers.count, metadata.dModel]), residPost),
-            ], metadata: metadata.stringMap)
+            // the small tensors first: a reader that needs only labels and rows stops before the activations
+            SafeTensors.encode([(.init("label", .i64, [n]), l), (.init("row", .i64, [n]), r), (.init("n_tokens", .i32, [n]), t)]
+                + zip(metadata.hooks, activations).map { (.init($0, dt, [n, metadata.layers.count, metadata.dModel]), $1) },
+                metadata: metadata.stringMap)
         } } }
         return try Zstd.compress(st, level: compressionLevel)
+    }
+
+    /// A shard's metadata, read and checked (with its labels, rows and token counts) without decompressing
+    /// the activations.
+    public static func metadata(path: String) throws -> ShardMetadata {
+        try ShardStream.read(path: path, hook: nil, labelsOnly: true) { _, _ in }.metadata
+    }
+
+    /// The bytes of every array (e.g. one per hook for `encode`), valid during `body`.
+    public static func withBytes<T, R>(_ arrays: [[T]], _ body: ([UnsafeRawBufferPointer]) throws -> R) throws -> R {
+        func go(_ i: Int, _ acc: [UnsafeRawBufferPointer]) throws -> R {
+            i == arrays.count ? try body(acc) : try arrays[i].withUnsafeBytes { try go(i + 1, acc + [$0]) }
+        }
+        return try go(0, [])
     }
 
     /// Reads a whole shard into memory (tests, tools; training streams with ShardStream). The one shard
     /// reader is ShardStream: the file is decompressed in pieces, so memory follows the data actually present,
     /// never a size declared in the frame header or the safetensors header.
-    public static func read(path: String) throws -> ShardBatch {
+    public static func read(path: String, hook: String = ReadoutRecipe.defaultHook) throws -> ShardBatch {
         var resid: [Float] = []
         var rowElements = 0
         var type = ActivationType.f32
-        let c = try ShardStream.read(path: path, header: { m, _ in
-            rowElements = m.layers.count * m.dModel
+        let c = try ShardStream.read(path: path, hook: hook, header: { m, _ in
+            rowElements = m.hookRowElements
             type = m.dtype
         }, rowSink: { _, bytes in
             let start = resid.count
@@ -378,9 +402,10 @@ public final class ShardWriter {
     public let rowsPerShard: Int
     public private(set) var manifest: Manifest
     private let storage: SafeTensorsDType
+    /// Elements of one row of one hook ([layers, dModel]).
     private let rowElements: Int
-    // The shard being filled.
-    private var resid: [UInt8] = []
+    // The shard being filled: one buffer per hook.
+    private var resid: [[UInt8]] = []
     private var labels: [Int64] = [], rows: [Int64] = [], nTokens: [Int32] = []
     private var skipped: [SkippedRow] = [], truncated: [Int] = [], truncatedLines: [Int] = []
     private var nextIndex = 0
@@ -427,7 +452,7 @@ public final class ShardWriter {
         self.worker = worker
         self.rowsPerShard = rowsPerShard
         storage = st
-        rowElements = metadata.layers.count * metadata.dModel
+        rowElements = metadata.hookRowElements
         processLock = try heldLock ?? Self.lock(directory: directory, worker: worker)
         let fresh = Manifest(worker: worker, workers: workers, config: config, metadata: metadata, shards: [], complete: false)
         let path = directory + "/" + Manifest.fileName(worker: worker)
@@ -475,7 +500,12 @@ public final class ShardWriter {
         nextIndex = manifest.shards.count
         manifest.skippedAfterLastShard = []
         removeStaleFiles()
-        resid.reserveCapacity(rowsPerShard * rowElements * st.elementSize)
+        resid = Array(repeating: [], count: metadata.hooks.count)
+        reserve()
+    }
+
+    private func reserve() {
+        for h in resid.indices { resid[h].reserveCapacity(rowsPerShard * rowElements * storage.elementSize) }
     }
 
     /// What differs between two manifests' configurations, or nil.
@@ -500,14 +530,17 @@ public final class ShardWriter {
         }
     }
 
+    /// `activations`: the row of every hook of the metadata, hook after hook, each [layers, dModel].
     /// `line`: the data file's line of the row (recorded for truncated rows).
-    public func append(row: Int, label: Int, nTokens n: Int, residPost: UnsafePointer<Float>, truncated wasTruncated: Bool = false,
+    public func append(row: Int, label: Int, nTokens n: Int, activations: UnsafePointer<Float>, truncated wasTruncated: Bool = false,
                        line: Int? = nil) throws {
         try throwBackgroundError()
         let bytes = storage.quantType!.byteCount(elements: rowElements)
-        let start = resid.count
-        resid.append(contentsOf: repeatElement(0, count: bytes))
-        resid.withUnsafeMutableBytes { storage.quantType!.fromFloat(residPost, $0.baseAddress! + start, rowElements) }
+        for h in resid.indices {
+            let start = resid[h].count
+            resid[h].append(contentsOf: repeatElement(0, count: bytes))
+            resid[h].withUnsafeMutableBytes { storage.quantType!.fromFloat(activations + h * rowElements, $0.baseAddress! + start, rowElements) }
+        }
         labels.append(Int64(label))
         rows.append(Int64(row))
         nTokens.append(Int32(n))
@@ -529,15 +562,15 @@ public final class ShardWriter {
                                  sha256: "", skipped: skipped, truncated: truncated,
                                  truncatedLines: truncatedLines.contains(where: { $0 > 0 }) ? truncatedLines : nil)
         let (r, l, ro, t) = (resid, labels, rows, nTokens)
-        resid = []; labels = []; rows = []; nTokens = []; skipped = []; truncated = []; truncatedLines = []
-        resid.reserveCapacity(rowsPerShard * rowElements * storage.elementSize)
+        resid = Array(repeating: [], count: r.count); labels = []; rows = []; nTokens = []; skipped = []; truncated = []; truncatedLines = []
+        reserve()
         slots.wait()
         let meta = manifest.metadata
         queue.async { [self] in
             defer { slots.signal() }
             if currentError() != nil { return }
             do {
-                let z = try r.withUnsafeBytes { try Shard.encode(metadata: meta, residPost: $0, labels: l, rows: ro, nTokens: t) }
+                let z = try Shard.withBytes(r) { try Shard.encode(metadata: meta, activations: $0, labels: l, rows: ro, nTokens: t) }
                 let path = directory + "/" + record.file
                 let w = try AtomicFileWriter(path: path)
                 try w.write(z)
@@ -548,7 +581,7 @@ public final class ShardWriter {
                 lock.lock()
                 manifest.shards.append(done)
                 bytesWritten += z.count
-                rawBytes += r.count
+                rawBytes += r.reduce(0) { $0 + $1.count }
                 let snapshot = manifest
                 lock.unlock()
                 try snapshot.write(to: manifestPath)

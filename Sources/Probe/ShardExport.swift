@@ -2,10 +2,11 @@ import Foundation
 import Quant
 import Formats
 
-/// `llamaprobe shards export`: a whole shard directory as plain arrays, rows in input order, resid_post in f32.
-/// - `npy`: OUT/ is a directory of `resid_post.npy` (f32 [rows, layers, d_model]), `label.npy` (i64),
-///   `row.npy` (i64), `n_tokens.npy` (i32) and `metadata.json` (the shard metadata).
-/// - `safetensors`: OUT is one file with the same four tensors and the shard metadata as `__metadata__`.
+/// `llamaprobe shards export`: a whole shard directory as plain arrays, rows in input order, every stored hook
+/// point (resid_post unless extracted with --hooks) in f32.
+/// - `npy`: OUT/ is a directory of `HOOK.npy` per hook (`resid_post.npy`: f32 [rows, layers, d_model]),
+///   `label.npy` (i64), `row.npy` (i64), `n_tokens.npy` (i32) and `metadata.json` (the shard metadata).
+/// - `safetensors`: OUT is one file with the same tensors and the shard metadata as `__metadata__`.
 public enum ShardExport {
     public enum Format: String, CaseIterable, Sendable { case npy, safetensors }
     public struct Result: Sendable { public var rows: Int; public var layers: Int; public var dModel: Int }
@@ -19,7 +20,7 @@ public enum ShardExport {
         var rows: [Int64] = []
         var perShard: [(path: String, count: Int)] = []
         for path in dir.shardPaths {
-            let c = try ShardStream.read(path: path, labelsOnly: true) { _, _ in }
+            let c = try ShardStream.read(path: path, hook: nil, labelsOnly: true) { _, _ in }
             rows += c.rows
             perShard.append((path, c.count))
         }
@@ -31,18 +32,24 @@ public enum ShardExport {
         for (r, i) in order.enumerated() { rank[i] = r }
         let n = rows.count
         let (total, overflow) = n.multipliedReportingOverflow(by: width)
-        guard !overflow else { throw ShardError(file: directory, reason: "\(n) rows of \(width) values do not fit in memory") }
-        // Pass 2: each row decoded straight to f32 at its rank.
-        var values = [Float](repeating: 0, count: total)
+        guard !overflow, !total.multipliedReportingOverflow(by: meta.hooks.count).overflow else {
+            throw ShardError(file: directory, reason: "\(n) rows of \(meta.hooks.count) × \(width) values do not fit in memory")
+        }
+        // Pass 2: each row decoded straight to f32 at its rank, hook by hook.
+        var values = [[Float]](repeating: [Float](repeating: 0, count: total), count: meta.hooks.count)
         var labels = [Int64](repeating: 0, count: n), sortedRows = [Int64](repeating: 0, count: n), nTokens = [Int32](repeating: 0, count: n)
         var base = 0
         for (path, count) in perShard {
-            let c = try values.withUnsafeMutableBufferPointer { v in
-                try ShardStream.read(path: path) { i, bytes in
-                    guard i < count else { throw ShardError(file: path, reason: "more rows than its first read") }
-                    storage.toFloat(bytes, v.baseAddress! + rank[base + i] * width, width)
+            var c: ShardStream.Contents? = nil
+            for (h, hook) in meta.hooks.enumerated() {
+                c = try values[h].withUnsafeMutableBufferPointer { v in
+                    try ShardStream.read(path: path, hook: hook) { i, bytes in
+                        guard i < count else { throw ShardError(file: path, reason: "more rows than its first read") }
+                        storage.toFloat(bytes, v.baseAddress! + rank[base + i] * width, width)
+                    }
                 }
             }
+            guard let c else { continue }
             guard c.count == count else { throw ShardError(file: path, reason: "\(c.count) rows, \(count) on the first read") }
             for i in 0..<count {
                 let r = rank[base + i]
@@ -55,16 +62,17 @@ public enum ShardExport {
         let shape = [n, meta.layers.count, meta.dModel]
         switch format {
         case .safetensors:
-            let w = try SafeTensorsWriter(path: out, tensors: [.init("resid_post", .f32, shape), .init("label", .i64, [n]),
+            let w = try SafeTensorsWriter(path: out, tensors: meta.hooks.map { .init($0, .f32, shape) } + [.init("label", .i64, [n]),
                                                               .init("row", .i64, [n]), .init("n_tokens", .i32, [n])],
                                           metadata: meta.stringMap)
-            try w.write(values); try w.write(labels); try w.write(sortedRows); try w.write(nTokens)
+            for v in values { try w.write(v) }
+            try w.write(labels); try w.write(sortedRows); try w.write(nTokens)
             try w.commit()
         case .npy:
             do { try FileManager.default.createDirectory(atPath: out, withIntermediateDirectories: true) } catch {
                 throw ShardError(file: out, reason: "cannot create the output directory: \(error.localizedDescription)")
             }
-            try writeNpy(out + "/resid_post.npy", descr: "<f4", shape: shape, values)
+            for (hook, v) in zip(meta.hooks, values) { try writeNpy(out + "/\(hook).npy", descr: "<f4", shape: shape, v) }
             try writeNpy(out + "/label.npy", descr: "<i8", shape: [n], labels)
             try writeNpy(out + "/row.npy", descr: "<i8", shape: [n], sortedRows)
             try writeNpy(out + "/n_tokens.npy", descr: "<i4", shape: [n], nTokens)

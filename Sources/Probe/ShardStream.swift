@@ -5,7 +5,8 @@ import Formats
 
 /// Reads a shard file as a stream: the zstd frame is decompressed in small pieces straight into the
 /// caller's memory, so neither the compressed file nor its decompressed content is ever held whole.
-/// `resid_post` is delivered row by row; `label`, `row`, `n_tokens` and the metadata are returned.
+/// One hook's tensor (resid_post by default) is delivered row by row, the other hooks' are skipped;
+/// `label`, `row`, `n_tokens` and the metadata are returned.
 /// Every failure is a ShardError naming the file (and the row for bad values).
 struct ShardStream {
     struct Contents {
@@ -19,13 +20,14 @@ struct ShardStream {
     /// Bytes of the input buffer read from the file at a time.
     static let inputChunk = 1 << 20
 
-    /// Streams `path`. `rowSink(i, bytes)` receives row i of resid_post ([layers, dModel] in the stored
+    /// Streams `path`. `rowSink(i, bytes)` receives row i of `hook` ([layers, dModel] in the stored
     /// type, `bytes` valid only during the call). `header` is called with the metadata and row count before the first row.
     /// When `rowTarget(i)` returns memory (rowBytes long), row i is decompressed straight into it and `rowSink`
     /// receives that memory: no copy through the scratch row.
     /// `labelsOnly`: stop as soon as label, row and n_tokens are read (shards written since they come first;
     /// older shards are decompressed through resid_post), without checking the frame's checksum.
-    static func read(path: String, header: (ShardMetadata, Int) throws -> Void = { _, _ in },
+    /// `hook`: nil = the first the metadata lists.
+    static func read(path: String, hook wanted: String? = ReadoutRecipe.defaultHook, header: (ShardMetadata, Int) throws -> Void = { _, _ in },
                      labelsOnly: Bool = false,
                      rowTarget: (Int) -> UnsafeMutableRawPointer? = { _ in nil },
                      rowSink: (Int, UnsafeRawPointer) throws -> Void) throws -> Contents {
@@ -49,13 +51,21 @@ struct ShardStream {
             guard let e = entries.first(where: { $0.name == name }) else { throw fail("shard lacks the tensor '\(name)'") }
             return e
         }
-        let resid = try entry("resid_post")
-        let n = resid.shape.first ?? 0
-        guard resid.shape == [n, metadata.layers.count, metadata.dModel] else {
-            throw fail("resid_post has shape \(resid.shape), expected [n, \(metadata.layers.count), \(metadata.dModel)]")
+        let hook = wanted ?? metadata.hooks[0]
+        guard metadata.hooks.contains(hook) else {
+            throw fail("holds no '\(hook)' activations; its hooks: \(metadata.hooks.joined(separator: ", "))")
         }
-        guard resid.dtype == metadata.dtype.safeTensors else {
-            throw fail("resid_post is \(resid.dtype.rawValue) but the metadata says \(metadata.dtype.rawValue)")
+        // Every hook the metadata lists is there with the same shape and type (not only the one read).
+        var n = 0
+        for (k, h) in metadata.hooks.enumerated() {
+            let t = try entry(h)
+            if k == 0 { n = t.shape.first ?? 0 }
+            guard t.shape == [n, metadata.layers.count, metadata.dModel] else {
+                throw fail("\(h) has shape \(t.shape), expected [\(n), \(metadata.layers.count), \(metadata.dModel)]")
+            }
+            guard t.dtype == metadata.dtype.safeTensors else {
+                throw fail("\(h) is \(t.dtype.rawValue) but the metadata says \(metadata.dtype.rawValue)")
+            }
         }
         for name in ["label", "row", "n_tokens"] {
             let e = try entry(name)
@@ -67,7 +77,7 @@ struct ShardStream {
 
         var position = 0   // bytes of the data section consumed
         var values: [String: [Int64]] = [:]
-        let rowBytes = metadata.layers.count * metadata.dModel * resid.dtype.elementSize   // bounded by validate
+        let rowBytes = metadata.hookRowElements * metadata.dtype.safeTensors.elementSize   // bounded by validate
         // The scratch row grows as decompressed bytes actually arrive (never to a size only declared).
         var scratch = Scratch()   // freed in its deinit
         var stoppedEarly = false
@@ -77,7 +87,7 @@ struct ShardStream {
             try s.skip(e.begin - position)
             position = e.begin
             switch e.name {
-            case "resid_post":
+            case hook:
                 for i in 0..<n {
                     if let dst = rowTarget(i) {
                         try s.read(into: dst, count: rowBytes)

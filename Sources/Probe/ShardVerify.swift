@@ -35,7 +35,7 @@ public struct ShardVerification: Sendable {
                 do {
                     // Streamed: memory follows the data, never the sizes the file declares.
                     var sameMetadata = true
-                    let c = try ShardStream.read(path: path, header: { meta, _ in sameMetadata = meta == dir.metadata }, rowSink: { _, _ in })
+                    let c = try ShardStream.read(path: path, hook: nil, header: { meta, _ in sameMetadata = meta == dir.metadata }, rowSink: { _, _ in })
                     guard sameMetadata else { v.problems.append("\(s.file): metadata differs from the manifest"); continue }
                     if c.count != s.count { v.problems.append("\(s.file): \(c.count) rows, the manifest says \(s.count)") }
                     for r in c.rows {

@@ -9,6 +9,8 @@ public struct TrainJobOptions: Sendable {
     public var config = TrainConfig()
     /// Layer numbers to train (as stored in the shards); nil = all.
     public var layers: [Int]?
+    /// The hook point to train on (one the shards hold); resid_post by default.
+    public var hook = ReadoutRecipe.defaultHook
     /// Decoded data up to this many bytes is kept in memory; more is streamed every epoch.
     public var maxMemory: Int
     public var splitPath: String?
@@ -68,8 +70,12 @@ public enum TrainJob {
         let out = o.outDirectory
         try checkOutput(out, overwrite: o.overwrite)
         let t0 = Date()
-        let inv = try ShardInventory(directories: o.shardDirectories)
+        var inv = try ShardInventory(directories: o.shardDirectories)
+        try inv.select(hook: o.hook)
         let meta = inv.metadata
+        if meta.hooks != [ReadoutRecipe.defaultHook] || (meta.readout?.position ?? "last") != "last" {
+            log("reading \(o.hook) (stored: \(meta.hooks.joined(separator: ", "))) at position \(meta.readout?.position ?? "last")")
+        }
         if meta.readout == nil { log("warning: \(meta.readoutDescription): predict will ask for the readout flags (--template, --suffix, --system-prompt, --max-tokens) or use its defaults") }
         for u in inv.unfinished { log("warning: \(u): this worker has not finished; training on its completed shards only") }
         if inv.datasets.count > 1 {
@@ -399,7 +405,7 @@ public enum TrainJob {
             func path(_ f: String) -> String { files.append(f); return tmp + "/" + f }
             let probeMeta = ProbeSetMetadata(
                 labels: meta.labels, layers: layerNumbers, bestLayer: best.layer, dModel: meta.dModel,
-                withEmbeddings: meta.withEmbeddings, model: meta.model, quantization: meta.quantization, readout: meta.readout,
+                withEmbeddings: meta.withEmbeddings, model: meta.model, quantization: meta.quantization, readout: meta.readout?.reading(hook: o.hook),
                 output: o.recipe == .logistic ? .softmax : .sigmoid,
                 bestEpochs: Dictionary(uniqueKeysWithValues: outcomes.compactMap { o in o.bestEpoch.map { (o.layer, $0) } }))
             let trained = outcomes.map { o in
@@ -422,9 +428,10 @@ public enum TrainJob {
                                                 l2Strength: o.recipe == .logistic ? logisticC : nil,
                                                 logistic: logisticTrust.map { ($0, logisticC) }), to: path(ProbeFiles.layerSummary))
             if runs.count > 1 { try writeText(Trust.runsCSV(runs, testRows: test.count), to: path(folds != nil ? ProbeFiles.cv : ProbeFiles.seeds)) }
-            let ctx = TrainingReport.Context(shardDirectories: o.shardDirectories, metadata: meta, trainRows: train.count, valRows: val.count,
+            var ctx = TrainingReport.Context(shardDirectories: o.shardDirectories, metadata: meta, trainRows: train.count, valRows: val.count,
                                              config: config, streamed: streamed, seconds: trainSeconds, splitSource: splitSource, initSource: initSource,
                                              recipeText: o.recipe == .logistic ? LogisticProbe.description(c: o.l2Strength, seed: config.seed) : nil)
+            ctx.hook = o.hook
             try writeText(TrainingReport.summary(ctx, outcomes: outcomes, finalVal: finalVal, bestLayer: best.layer, bestReport: report,
                                                  bestFromCheckpoint: best.bestWeight != nil, trust: trustSection), to: path(ProbeFiles.summary))
             try install(tmp, at: out, files: files)

@@ -102,6 +102,17 @@ public struct ShardInventory {
     /// The distinct datasets, in the order first given, with the number their rows start at (rows of the
     /// second dataset are numbered after the first dataset's rows_total, and so on: row numbers in split.json).
     public let datasets: [(name: String, firstRow: Int)]
+    /// The hook point whose activations are read (one of `metadata.hooks`; `select(hook:)`).
+    public private(set) var hook = ReadoutRecipe.defaultHook
+
+    /// Reads `name`'s activations from now on; refused naming the hooks the shards hold when absent.
+    public mutating func select(hook name: String) throws {
+        guard metadata.hooks.contains(name) else {
+            throw TrainError("--hook \(name): the shards hold no '\(name)' activations; available: \(metadata.hooks.joined(separator: ", "))"
+                + (ReadoutRecipe.hookNames.contains(name) ? " (extract with --hooks \(name) to store it)" : " ('\(name)' is not a hook point: \(ReadoutRecipe.hookNames.joined(separator: ", ")))"))
+        }
+        hook = name
+    }
 
     /// What tells datasets apart: the data file's hash recorded by `extract` (or the imported file's).
     /// Directories that record neither count as one dataset (their rows must then be distinct).
@@ -300,7 +311,7 @@ enum DataLoader {
                         let ref = inv.shards[si]
                         do {
                             var stored = ActivationType.f32
-                            let c = try ShardStream.read(path: ref.path, header: { m, n in
+                            let c = try ShardStream.read(path: ref.path, hook: inv.hook, header: { m, n in
                                 if let diff = ShardInventory.difference(meta, m) {
                                     throw ShardError(file: ref.path, reason: "metadata differs from its manifest: \(diff)")
                                 }
@@ -409,7 +420,7 @@ public final class StreamingActivations: ActivationSource, @unchecked Sendable {
 
         for si in shardOrder {
             let ref = inventory.shards[si]
-            _ = try ShardStream.read(path: ref.path, rowSink: { i, bytes in
+            _ = try ShardStream.read(path: ref.path, hook: inventory.hook, rowSink: { i, bytes in
                 let slot = ref.firstSlot + i
                 guard wanted[self.positionOfSlot[slot]] else { return }
                 if held == capacity { try emit(batchSize) }

@@ -114,6 +114,14 @@ import Testing
         Self.expectError([st("nan"), "layer 1: weight element 5 is inf; probe weights must be finite"]) { _ = try ProbeSet.load(directory: base + "/nan") }
         try Self.probesFile(base + "/one", widths: [0: 8], classes: 1, metadata: ["labels": "[\"a\"]"])
         Self.expectError([st("one"), "metadata 'labels' names 1 classes; a probe has at least 2"]) { _ = try ProbeSet.load(directory: base + "/one") }
+        var two = ReadoutRecipe(template: "raw", suffix: "", systemPrompt: nil, maxTokens: 64, withEmbeddings: false, tokenizer: "sha256:0")
+        two.hooks = ["mlp_out", "resid_post"]
+        try Self.probesFile(base + "/hooks", widths: [0: 8, 1: 8], metadata: ["readout": two.json])
+        Self.expectError([st("hooks"), "metadata 'readout' lists the hooks mlp_out,resid_post; probes are trained on one"]) { _ = try ProbeSet.load(directory: base + "/hooks") }
+        two.hooks = ["mlp_out"]
+        two.position = "middle"
+        try Self.probesFile(base + "/position", widths: [0: 8, 1: 8], metadata: ["readout": two.json])
+        Self.expectError([st("position"), "readout recipe: 'position' 'middle' is not one of last, mean, suffix-mean"]) { _ = try ProbeSet.load(directory: base + "/position") }
         try Self.probesFile(base + "/neg", widths: [0: 8], metadata: ["layers": "[-1]", "best_layer": "-1"])
         Self.expectError([st("neg"), "layer -1 is not a layer number"]) { _ = try ProbeSet.load(directory: base + "/neg") }
         try? FileManager.default.removeItem(atPath: base)

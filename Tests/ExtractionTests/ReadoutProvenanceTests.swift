@@ -200,7 +200,7 @@ func llamaprobe(_ args: [String]) throws -> (status: Int32, out: String, err: St
         let meta = ShardMetadata(model: "sha256:0123456789abcdef01234567", labels: ["a", "b"], template: "llama2-chat", suffix: " x",
                                  systemPrompt: "", layers: [0, 1], withEmbeddings: false, dtype: .f32, dModel: 4)
         let rows: [Float] = Array(repeating: 0.5, count: 2 * 2 * 4)
-        let z = try rows.withUnsafeBytes { try Shard.encode(metadata: meta, residPost: $0, labels: [0, 1], rows: [0, 1], nTokens: [3, 3]) }
+        let z = try rows.withUnsafeBytes { try Shard.encode(metadata: meta, activations: [$0], labels: [0, 1], rows: [0, 1], nTokens: [3, 3]) }
         let path = tempDir() + "/" + Shard.fileName(worker: 0, index: 0)
         try Data(z).write(to: URL(fileURLWithPath: path))
         let back = try Shard.read(path: path)
@@ -214,7 +214,7 @@ func llamaprobe(_ args: [String]) throws -> (status: Int32, out: String, err: St
         let out = tempDir("older")
         defer { try? FileManager.default.removeItem(atPath: out) }
         let w = try ShardWriter(directory: out, worker: 0, workers: 1, metadata: meta, rowsPerShard: 4, config: ["rows_total": "2"])
-        try rows.withUnsafeBufferPointer { try w.append(row: 0, label: 0, nTokens: 3, residPost: $0.baseAddress!) }
+        try rows.withUnsafeBufferPointer { try w.append(row: 0, label: 0, nTokens: 3, activations: $0.baseAddress!) }
         try w.finish()
         #expect(throws: ShardError.self) { try ShardWriter(directory: out, worker: 0, workers: 1, metadata: withRecipe, rowsPerShard: 4, config: ["rows_total": "2"]) }
         do { _ = try ShardWriter(directory: out, worker: 0, workers: 1, metadata: withRecipe, rowsPerShard: 4, config: ["rows_total": "2"]) } catch let e as ShardError {

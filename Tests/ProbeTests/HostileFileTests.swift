@@ -261,7 +261,7 @@ import Testing
         // Redo the rows: the directory verifies complete again.
         let values = (0..<(30 * 16)).map { Float(sin(Double($0))) }
         try values.withUnsafeBufferPointer { v in
-            for i in 8..<30 { try w.append(row: i, label: i % 3, nTokens: 5, residPost: v.baseAddress! + i * 16) }
+            for i in 8..<30 { try w.append(row: i, label: i % 3, nTokens: 5, activations: v.baseAddress! + i * 16) }
         }
         try w.finish()
         let v = try ShardVerification.run(directory: s)

@@ -16,7 +16,7 @@ import Testing
         let resid = (0..<(n * 2 * 8)).map { Float($0) * 0.25 - 3 }
         let labels: [Int64] = [2, 0, 1, 1, 0], rows: [Int64] = [10, 11, 12, 13, 14], tokens: [Int32] = [7, 8, 9, 10, 11]
         let current = dir + "/current.safetensors.zst", old = dir + "/old.safetensors.zst"
-        try Data(try resid.withUnsafeBytes { try Shard.encode(metadata: meta, residPost: $0, labels: labels, rows: rows, nTokens: tokens) })
+        try Data(try resid.withUnsafeBytes { try Shard.encode(metadata: meta, activations: [$0], labels: labels, rows: rows, nTokens: tokens) })
             .write(to: URL(fileURLWithPath: current))
         let oldContent = resid.withUnsafeBytes { r in labels.withUnsafeBytes { l in rows.withUnsafeBytes { w in tokens.withUnsafeBytes { t in
             SafeTensors.encode([(.init("resid_post", .f32, [n, 2, 8]), r), (.init("label", .i64, [n]), l),

@@ -89,7 +89,7 @@ func writeShards(_ dir: String, values: [Float], labels: [Int], layers: Int, dMo
     let per = layers * dModel
     try values.withUnsafeBufferPointer { v in
         for i in 0..<labels.count {
-            try w.append(row: rowIDs?[i] ?? i, label: labels[i], nTokens: 5, residPost: v.baseAddress! + i * per)
+            try w.append(row: rowIDs?[i] ?? i, label: labels[i], nTokens: 5, activations: v.baseAddress! + i * per)
         }
     }
     try w.finish()
