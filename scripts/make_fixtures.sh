@@ -11,6 +11,7 @@ scripts=(
   Tests/fixtures/make_bf16_fixtures.py                 # bf16 checkpoints of the arch models
   Tests/fixtures/make_bpe_fixtures.py                  # tokenizer.json (byte-level BPE) ids
   Tests/fixtures/hooks/make_hook_fixtures.py           # resid_pre/attn_out/resid_mid/mlp_out/resid_post
+  Tests/fixtures/hooks/make_readout_fixtures.py        # hooks × positions through extract
   Tests/fixtures/generation/make_generation_fixtures.py
   Tests/fixtures/gguf/make_gguf_fixtures.py
   Tests/fixtures/probe/make_probe_fixtures.py          # the PyTorch reference recipe
