@@ -64,7 +64,10 @@ struct Extract: ParsableCommand {
         shard; train and predict take them from there. `--worker I/N` takes the rows with row % N == I, so N machines \
         can fill one directory; `llamaprobe shards verify DIR` checks the result. A rerun checks every shard the \
         manifest lists (size and sha256) and redoes missing or corrupt ones, saying so; one process per worker \
-        and directory (a lock on DIR/.lock-WWWWW, released when the process ends; a second run names the holder).         --steer-… adds interventions as in `generate` (A·v/‖v‖ at the output of block L); they are recorded in         the readout, so steered shards say so.
+        and directory (a lock on DIR/.lock-WWWWW, released when the process ends; a second run names the holder).
+
+        --steer-… adds interventions as in `generate` (A·v/‖v‖ at the output of block L); they are recorded in \
+        the readout, so steered shards say so.
 
         Examples:
           llamaprobe extract --model llama-2-13b-chat.Q8_0.gguf --data emotions.csv --out shards/

@@ -71,6 +71,7 @@ struct Residuals: ParsableCommand {
         // Steered residuals say so: the interventions are part of the recorded readout.
         let steering = try steer.steering(for: loaded)
         recipe.steering = steering.records
+        if hookList != [.residPost] { recipe.hooks = hookList.map(\.rawValue) }   // the hooks stored, as extract records them
         for iv in steering.interventions { note("steering: block \(iv.layer) += \(iv.strength) · v/‖v‖, v = \(iv.source)") }
         try ResidualsJob.run(model: loaded, prompts: list, renderer: templateOptions.renderer,
                              options: CaptureOptions(positions: positions, embeddings: withEmbeddings, logits: logits, hooks: hookList),
