@@ -1,0 +1,191 @@
+import Foundation
+import Model
+import Testing
+
+/// The Jinja renderer against transformers' renders of the real chat templates (Tests/fixtures/chat, made by
+/// Tests/fixtures/chat/make_chat_fixtures.py), the built-in templates against the same renders, and the
+/// renderer's errors and limits.
+@Suite struct ChatTemplateTests {
+    struct Case: Decodable {
+        let template: String
+        let conversation: String
+        let bos_token: String?
+        let eos_token: String?
+        let date_string: String?
+        let text: String?
+        let error: String?
+    }
+    struct Renders: Decodable {
+        let conversations: [String: [ChatMessage]]
+        let cases: [Case]
+    }
+
+    static let dir = Fixtures.root.appendingPathComponent("chat")
+    static let renders: Renders = {
+        let data = try! Data(contentsOf: dir.appendingPathComponent("renders.json"))
+        return try! JSONDecoder().decode(Renders.self, from: data)
+    }()
+    static func source(_ name: String) throws -> String {
+        try String(contentsOf: dir.appendingPathComponent("templates/\(name).jinja"), encoding: .utf8)
+    }
+
+    static func render(_ t: ChatTemplate, _ c: Case) -> Result<String, Error> {
+        Result { try t.render(renders.conversations[c.conversation]!, bosToken: c.bos_token, eosToken: c.eos_token, dateString: c.date_string) }
+    }
+
+    @Test("each real template renders every conversation byte for byte as transformers does (errors too)",
+          arguments: ["llama-3.1-8b-instruct", "llama-3.2-1b-instruct", "qwen2.5-7b-instruct", "mistral-7b-instruct-v0.1",
+                      "mistral-7b-instruct-v0.2", "mistral-7b-instruct-v0.3", "llama-2-7b-chat"])
+    func realTemplates(name: String) throws {
+        let t = try ChatTemplate(name: "checkpoint", source: try Self.source(name))
+        let cases = Self.renders.cases.filter { $0.template == name }
+        #expect(cases.count >= 13)
+        for c in cases {
+            switch Self.render(t, c) {
+            case .success(let text):
+                #expect(c.error == nil, "\(name)/\(c.conversation): rendered where transformers raised \(c.error ?? "")")
+                #expect(text == c.text, "\(name)/\(c.conversation) date=\(c.date_string ?? "-")")
+            case .failure(let e):
+                let j = e as? JinjaError
+                #expect(j?.kind == .raised && j?.message == c.error, "\(name)/\(c.conversation): \(e.localizedDescription)")
+            }
+        }
+    }
+
+    @Test("the fixtures can fail: a changed conversation renders differently and a raising case is an error")
+    func sensitivity() throws {
+        let t = try ChatTemplate(name: "checkpoint", source: try Self.source("llama-3.1-8b-instruct"))
+        let c = try #require(Self.renders.cases.first { $0.template == "llama-3.1-8b-instruct" && $0.conversation == "whitespace" && $0.date_string == nil })
+        let text = try t.render(Self.renders.conversations["whitespace"]!, bosToken: c.bos_token, eosToken: c.eos_token)
+        #expect(text == c.text)
+        let other = try t.render(Self.renders.conversations["whitespace"]!, bosToken: c.bos_token, eosToken: c.eos_token, dateString: "01 Jan 2025")
+        #expect(other != c.text)
+        let v1 = try ChatTemplate(name: "checkpoint", source: try Self.source("mistral-7b-instruct-v0.1"))
+        #expect(throws: JinjaError(kind: .raised, message: "Conversation roles must alternate user/assistant/user/assistant/...", line: 1)) {
+            try v1.render([ChatMessage(role: "user", content: "a"), ChatMessage(role: "user", content: "b")], bosToken: "<s>", eosToken: "</s>")
+        }
+    }
+
+    @Test("Llama-3.2's strftime_now reads the clock it is given: '%d %b %Y'")
+    func strftimeNow() throws {
+        let t = try ChatTemplate(name: "checkpoint", source: try Self.source("llama-3.2-1b-instruct"))
+        let now = Date(timeIntervalSince1970: 1_764_633_600)  // 2025-12-02 00:00:00 UTC
+        let text = try t.render([ChatMessage(role: "user", content: "hi")], bosToken: "<|begin_of_text|>", eosToken: "<|eot_id|>",
+                                now: now, timeZone: TimeZone(identifier: "UTC")!)
+        #expect(text.contains("Today Date: 02 Dec 2025\n\n"))
+        let given = try t.render([ChatMessage(role: "user", content: "hi")], bosToken: "<|begin_of_text|>", eosToken: "<|eot_id|>",
+                                 dateString: "05 May 2024", now: now)
+        #expect(given.contains("Today Date: 05 May 2024\n\n"))
+    }
+
+    /// The cases a built-in template must reproduce: `family`'s renders, with `adjust` applied to the expected text.
+    func checkBuiltin(_ name: String, against family: String, skip: Set<String> = [], adjust: (Case, String) -> String = { $1 }) throws {
+        let t = try #require(ChatTemplate.builtin(name))
+        var compared = 0
+        for c in Self.renders.cases where c.template == family && !skip.contains(c.conversation) {
+            switch Self.render(t, c) {
+            case .success(let text):
+                #expect(c.text.map { adjust(c, $0) } == text, "\(name) vs \(family)/\(c.conversation) date=\(c.date_string ?? "-")")
+            case .failure(let e):
+                #expect((e as? JinjaError)?.message == c.error, "\(name) vs \(family)/\(c.conversation): \(e.localizedDescription)")
+            }
+            compared += 1
+        }
+        #expect(compared >= 10)
+    }
+
+    @Test("built-in llama3 renders as Llama-3.1-8B-Instruct and Llama-3.2-1B-Instruct (date given) do")
+    func builtinLlama3() throws {
+        try checkBuiltin("llama3", against: "llama-3.1-8b-instruct")
+        try checkBuiltin("llama3", against: "llama-3.2-1b-instruct")
+    }
+
+    @Test("built-in mistral renders as Mistral-7B-Instruct-v0.3 does")
+    func builtinMistral() throws {
+        try checkBuiltin("mistral", against: "mistral-7b-instruct-v0.3")
+    }
+
+    @Test("built-in chatml renders as Qwen2.5-7B-Instruct does, without Qwen's default system prompt")
+    func builtinChatML() throws {
+        let qwenDefault = "<|im_start|>system\nYou are Qwen, created by Alibaba Cloud. You are a helpful assistant.<|im_end|>\n"
+        // (Qwen's template drops a message of another role, "narrator"; ChatML renders every role.)
+        try checkBuiltin("chatml", against: "qwen2.5-7b-instruct", skip: ["other_role"]) { c, text in
+            Self.renders.conversations[c.conversation]!.first?.role == "system" ? text : String(text.dropFirst(qwenDefault.count))
+        }
+    }
+}
+
+/// Small templates, one construct each, against transformers' own Jinja environment (renders.json "snippets").
+@Suite struct JinjaSnippetTests {
+    struct Snippet: Decodable {
+        let source: String
+        let text: String?
+        let error: String?
+    }
+    struct File: Decodable { let snippets: [Snippet] }
+
+    static let snippets: [Snippet] = {
+        let data = try! Data(contentsOf: ChatTemplateTests.dir.appendingPathComponent("renders.json"))
+        return try! JSONDecoder().decode(File.self, from: data).snippets
+    }()
+
+    static let context: [String: JinjaValue] = [
+        "messages": .list([("system", " s "), ("user", "u1"), ("assistant", "a1")].map {
+            .dict(JinjaDict([("role", .string($0.0)), ("content", .string($0.1))]))
+        }),
+        "name": .string("n"),
+        "d": .dict(JinjaDict([("b", .list([.int(1), .string("x")])), ("a", .none)])),
+    ]
+
+    @Test("every snippet renders as transformers renders it, or fails where it fails")
+    func snippets() throws {
+        #expect(Self.snippets.count >= 30)
+        for s in Self.snippets {
+            let result = Result { try JinjaTemplate(s.source).render(Self.context) }
+            switch result {
+            case .success(let text):
+                #expect(s.error == nil, "\(s.source): rendered \(text.debugDescription) where transformers failed: \(s.error ?? "")")
+                #expect(text == s.text, "\(s.source)")
+            case .failure(let e):
+                #expect(s.error != nil, "\(s.source): \(e.localizedDescription)")
+                #expect(e is JinjaError)
+            }
+        }
+    }
+
+    @Test("errors name the construct and the line; raise_exception carries the template's message")
+    func errors() throws {
+        func message(_ source: String) -> String {
+            do { _ = try JinjaTemplate(source).render(Self.context); return "rendered" } catch { return error.localizedDescription }
+        }
+        #expect(message("a\n{{ raise_exception('boom: ' ~ name) }}") == "the chat template raised an error: boom: n")
+        #expect(message("a\nb\n{% for %}") == "chat template line 3: unexpected 'end of the tag' where an expression should start"
+                || message("a\nb\n{% for %}").hasPrefix("chat template line 3:"))
+        #expect(message("x\n{{ name | nosuchfilter }}") == "chat template line 2: the filter 'nosuchfilter' is not supported")
+        #expect(message("{% include 'x' %}") == "chat template line 1: the statement {% include %} is not supported")
+        #expect(message("\n\n{{ x.y }}") == "chat template line 3: 'x' is undefined")
+        #expect(message("{{ 1 + 'a' }}") == "chat template line 1: unsupported operand type(s) for +: 'int' and 'str'")
+        #expect(message("{% if true %}x") == "chat template line 1: {% if %} is never closed (expected {% elif or else or endif %})")
+        #expect(message("{{ 'abc }}") == "chat template line 1: a string literal is never closed")
+        #expect(message("{{ name is nosuchtest }}") == "chat template line 1: the test 'nosuchtest' is not supported")
+        #expect(message("{% endfor %}") == "chat template line 1: {% endfor %} without a matching opening tag")
+    }
+
+    @Test("hostile templates end in errors: overflow, runaway loops, huge output, deep nesting, recursion")
+    func limits() throws {
+        func message(_ source: String) -> String {
+            do { _ = try JinjaTemplate(source).render(Self.context); return "rendered" } catch { return error.localizedDescription }
+        }
+        #expect(message("{{ 9223372036854775807 + 1 }}").contains("integer overflow"))
+        #expect(message("{{ 2 ** 70 }}").contains("integer overflow"))
+        #expect(message("{{ 99999999999999999999 }}").contains("too large"))
+        #expect(message("{% for i in range(2000) %}{% for j in range(2000) %}{% endfor %}{% endfor %}").contains("loop iterations"))
+        #expect(message("{{ 'x' * 100000000 }}").contains("too long"))
+        #expect(message("{% set s = 'x' * 1000 %}{% for i in range(20000) %}{{ s }}{% endfor %}").contains("output grew past"))
+        #expect(message(String(repeating: "(", count: 5000) + "1" + String(repeating: ")", count: 5000)).contains("nested more than") ||
+                message("{{ " + String(repeating: "(", count: 5000) + "1" + String(repeating: ")", count: 5000) + " }}").contains("nested more than"))
+        #expect(message(String(repeating: "{% if true %}", count: 500) + String(repeating: "{% endif %}", count: 500)).contains("nested more than"))
+        #expect(message("{% macro f(n) %}{{ f(n + 1) }}{% endmacro %}{{ f(0) }}").contains("macro calls nested more than"))
+        #expect(message("{{ range(9223372036854775807) }}").contains("too long"))
+    }
+}
