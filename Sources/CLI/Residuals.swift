@@ -66,15 +66,16 @@ struct Residuals: ParsableCommand {
         var tokens = 0
         var lastNote = t1
         // The readout recipe of extract (no truncation: every token of the prompt is kept), recorded in the file.
-        var recipe = ReadoutRecipe(renderer: templateOptions.renderer, maxTokens: 1 << 30, withEmbeddings: withEmbeddings,
+        let renderer = try templateOptions.renderer(for: loaded)
+        var recipe = ReadoutRecipe(renderer: renderer, maxTokens: 1 << 30, withEmbeddings: withEmbeddings,
                                    tokenizer: loaded.tokenizer)
         // Steered residuals say so: the interventions are part of the recorded readout.
         let steering = try steer.steering(for: loaded)
         recipe.steering = steering.records
         for iv in steering.interventions { note("steering: block \(iv.layer) += \(iv.strength) · v/‖v‖, v = \(iv.source)") }
-        try ResidualsJob.run(model: loaded, prompts: list, renderer: templateOptions.renderer,
+        try ResidualsJob.run(model: loaded, prompts: list, renderer: renderer,
                              options: CaptureOptions(positions: positions, embeddings: withEmbeddings, logits: logits, hooks: hookList),
-                             outPath: out, readout: (recipe.json, { try recipe.tokens(.message($0), tokenizer: loaded.tokenizer).ids }),
+                             outPath: out, readout: (recipe.json, { try recipe.tokens(.message($0), tokenizer: loaded.tokenizer, renderer: renderer).ids }),
                              steering: steering) { done, total, t in
             tokens += t
             let dt = now() - t1

@@ -95,7 +95,14 @@ public enum Extractor {
 
         // Tokenize this worker's rows first: every row error is found before anything is written.
         let tokenizer = try cfg.tokenizerPath.map { try Tokenizer(path: $0) } ?? LoadedModel.tokenizer(forModel: cfg.modelPath)
-        var readout = ReadoutRecipe(renderer: cfg.renderer, maxTokens: cfg.maxTokens, withEmbeddings: cfg.withEmbeddings, tokenizer: tokenizer)
+        // The chat templates render with the model's own template and special tokens.
+        var renderer = cfg.renderer
+        if renderer.template.isJinja {
+            let (r, note) = try renderer.resolved(for: try LoadedModel.chatInfo(forModel: cfg.modelPath), tokenizer: tokenizer)
+            renderer = r
+            if let note { log(note) }
+        }
+        var readout = ReadoutRecipe(renderer: renderer, maxTokens: cfg.maxTokens, withEmbeddings: cfg.withEmbeddings, tokenizer: tokenizer)
         var jobs: [Job] = [], skipped: [BadRow] = []
         for (index, r) in data.rows.enumerated() where index % cfg.workers == cfg.worker {
             do {
@@ -106,7 +113,7 @@ public enum Extractor {
                 }
                 let ids: [Int32], truncated: Bool
                 do {
-                    (ids, truncated) = try readout.tokens(row.content, tokenizer: tokenizer)
+                    (ids, truncated) = try readout.tokens(row.content, tokenizer: tokenizer, renderer: renderer)
                 } catch {
                     throw DatasetError(file: cfg.dataPath, row: index, line: row.line, reason: error.localizedDescription)
                 }
@@ -200,9 +207,11 @@ public enum Extractor {
         guard maxTokens >= 2 else { throw ExtractionError("--max-tokens \(maxTokens) is too small") }
         let text: String
         switch content {
-        case .message(let m): text = renderer.render(m)
+        case .message(let m): text = try renderer.render(m)
         case .conversation(let t): text = try renderer.render(messages: t.map { ChatMessage(role: $0.role, content: $0.content) })
         }
+        // A chat template's render carries its BOS text: no second one (apply_chat_template(tokenize=True)).
+        let addBOS = renderer.addsBOS(to: text)
         let bytes = Array(text.utf8)
         let (b, o) = max(maxTokens, 1).multipliedReportingOverflow(by: 16)
         var budget = o ? Int.max / 8 : b
@@ -221,13 +230,13 @@ public enum Extractor {
                 } else {
                     while start < bytes.count && bytes[start] & 0xC0 == 0x80 { start += 1 }   // a character boundary
                 }
-                ids = try tokenizer.encode(String(decoding: bytes[start...], as: UTF8.self))
+                ids = try tokenizer.encode(String(decoding: bytes[start...], as: UTF8.self), addBOS: true)
                 if ids.count < maxTokens + 16 {   // the tail was too short: keep more of the text
                     budget = budget > Int.max / 8 ? bytes.count : budget * 4
                     continue
                 }
             } else {
-                ids = try tokenizer.encode(text)
+                ids = try tokenizer.encode(text, addBOS: addBOS)
             }
             let truncated = ids.count > maxTokens
             if truncated {

@@ -26,8 +26,9 @@ public enum Predictor {
     public static func run(model m: LoadedModel, probes: ProbeSet, readout: ReadoutRecipe,
                            messages: [DatasetRow.Content], layers: [Int], steering: Steering = .none) throws -> [[Int: [Float]]] {
         try probes.check(against: m.config)
+        let renderer = try readout.renderer(for: m.chat, tokenizer: m.tokenizer)
         return try messages.map { content in
-            let ids = try readout.tokens(content, tokenizer: m.tokenizer).ids
+            let ids = try readout.tokens(content, tokenizer: m.tokenizer, renderer: renderer).ids
             var out: [Int: [Float]] = [:]
             let wanted = Set(layers)
             try m.model.forward(ids, positions: .last, steering: steering) { point, view in

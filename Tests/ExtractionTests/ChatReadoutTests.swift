@@ -1,0 +1,157 @@
+import Extraction
+import Foundation
+import Model
+import Probe
+import Testing
+
+/// The chat templates in the readout: `auto` resolves to the checkpoint's template (or llama2-chat), the
+/// render is tokenized as apply_chat_template(tokenize=True) does (no second BOS, special-token text as special
+/// ids; Tests/fixtures/chat/tokens.json), and the recipe records the template and date.
+@Suite struct ChatReadoutTests {
+    static let chatDir = Paths.fixtures.appendingPathComponent("chat")
+    struct TokenCase: Decodable { let template: String; let conversation: String; let ids: [Int32]; let ids_with_suffix: [Int32] }
+    struct Tokens: Decodable { let suffix: String; let date_string: String; let bpe: [TokenCase]; let spm: [TokenCase] }
+    struct Conversations: Decodable { let conversations: [String: [ChatMessage]] }
+    static let tokens = try! JSONDecoder().decode(Tokens.self, from: Data(contentsOf: chatDir.appendingPathComponent("tokens.json")))
+    static let conversations = try! JSONDecoder().decode(Conversations.self, from: Data(contentsOf: chatDir.appendingPathComponent("renders.json"))).conversations
+    static func source(_ name: String) -> String {
+        try! String(contentsOf: chatDir.appendingPathComponent("templates/\(name).jinja"), encoding: .utf8)
+    }
+
+    /// A checkpoint-like directory: the Llama-3 BPE fixture tokenizer and a tokenizer_config.json with `template`.
+    static func bpeDirectory(template: String?) throws -> String {
+        let dir = tempDir("chat")
+        try FileManager.default.copyItem(atPath: Paths.fixtures.appendingPathComponent("bpe/llama3/tokenizer.json").path, toPath: dir + "/tokenizer.json")
+        var config: [String: Any] = ["bos_token": "<|begin_of_text|>", "eos_token": "<|eot_id|>"]
+        if let template { config["chat_template"] = template }
+        try JSONSerialization.data(withJSONObject: config).write(to: URL(fileURLWithPath: dir + "/tokenizer_config.json"))
+        return dir
+    }
+
+    static func content(_ name: String) -> DatasetRow.Content {
+        .conversation(conversations[name]!.map { ($0.role, $0.content) })
+    }
+
+    @Test("auto with a Llama-3 checkpoint (tokenizer.json): ids equal apply_chat_template(tokenize=True), and with the suffix")
+    func bpeIDs() throws {
+        for name in ["llama-3.1-8b-instruct", "llama-3.2-1b-instruct"] {
+            let dir = try Self.bpeDirectory(template: Self.source(name))
+            defer { try? FileManager.default.removeItem(atPath: dir) }
+            let tok = try Tokenizer(path: dir + "/tokenizer.json")
+            let info = try LoadedModel.chatInfo(forModel: dir)
+            #expect(info.template == Self.source(name) && info.bosToken == "<|begin_of_text|>")
+            for withSuffix in [false, true] {
+                let base = PromptRenderer(template: .auto, suffix: withSuffix ? Self.tokens.suffix : "", dateString: Self.tokens.date_string)
+                let r = try base.resolved(for: info, tokenizer: tok).renderer
+                #expect(r.chat?.template.name == "checkpoint")
+                let cases = Self.tokens.bpe.filter { $0.template == name }
+                #expect(cases.count == 5)
+                for c in cases {
+                    let ids = try Extractor.promptTokens(Self.content(c.conversation), tokenizer: tok, renderer: r, maxTokens: 4096).ids
+                    #expect(ids == (withSuffix ? c.ids_with_suffix : c.ids), "\(name)/\(c.conversation) suffix \(withSuffix)")
+                    #expect(ids.filter { $0 == tok.bosID }.count == 1 && ids.first == tok.bosID, "one BOS, first")
+                }
+            }
+        }
+    }
+
+    @Test("SentencePiece with control pieces ([INST], [/INST]): Mistral v0.3's render tokenizes as HF's LlamaTokenizer does")
+    func spmIDs() throws {
+        let tok = try Tokenizer(path: Self.chatDir.appendingPathComponent("spm-inst.model").path)
+        let info = ModelChatInfo(template: Self.source("mistral-7b-instruct-v0.3"), bosToken: "<s>", eosToken: "</s>", source: "mistral-v0.3 test")
+        for withSuffix in [false, true] {
+            let r = try PromptRenderer(template: .auto, suffix: withSuffix ? Self.tokens.suffix : "").resolved(for: info, tokenizer: tok).renderer
+            for c in Self.tokens.spm {
+                let ids = try Extractor.promptTokens(Self.content(c.conversation), tokenizer: tok, renderer: r, maxTokens: 4096).ids
+                #expect(ids == (withSuffix ? c.ids_with_suffix : c.ids), "\(c.conversation) suffix \(withSuffix)")
+            }
+            // The built-in mistral template gives the same ids for these conversations.
+            let b = try PromptRenderer(template: .mistral, suffix: withSuffix ? Self.tokens.suffix : "").resolved(for: info, tokenizer: tok).renderer
+            for c in Self.tokens.spm {
+                #expect(try Extractor.promptTokens(Self.content(c.conversation), tokenizer: tok, renderer: b, maxTokens: 4096).ids
+                        == (withSuffix ? c.ids_with_suffix : c.ids))
+            }
+        }
+    }
+
+    @Test("auto without a chat template is llama2-chat (the reference recipe), said in one note")
+    func autoFallsBack() throws {
+        let dir = try Self.bpeDirectory(template: nil)
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let tok = try Tokenizer(path: dir + "/tokenizer.json")
+        let (r, note) = try PromptRenderer(template: .auto).resolved(for: try LoadedModel.chatInfo(forModel: dir), tokenizer: tok)
+        #expect(r == PromptRenderer(template: .llama2Chat))
+        #expect(note == "note: \(dir) has no chat template: using --template llama2-chat (the reference recipe's LLaMA-2 chat format)")
+        let recipe = ReadoutRecipe(renderer: r, maxTokens: 64, withEmbeddings: false, tokenizer: tok)
+        #expect(recipe.chat == nil && !recipe.json.contains("\"chat\"") && recipe.template == "llama2-chat")
+    }
+
+    @Test("a template the renderer cannot render is an error naming the --template choices, never another format")
+    func unrenderable() throws {
+        let tok = try Tokenizer(path: Paths.fixtures.appendingPathComponent("bpe/llama3/tokenizer.json").path)
+        for bad in ["{% include 'other.jinja' %}", "{{ messages[0].content | wordwrap(5) }}", "{% if %}"] {
+            let info = ModelChatInfo(template: bad, bosToken: nil, eosToken: nil, source: "ckpt")
+            do {
+                _ = try PromptRenderer(template: .auto).resolved(for: info, tokenizer: tok)
+                Issue.record("\(bad) was accepted")
+            } catch {
+                #expect(error.localizedDescription.contains("--template llama2-chat|llama3|chatml|mistral|raw"), "\(error.localizedDescription)")
+                #expect(error.localizedDescription.contains("chat template"))
+            }
+        }
+        // A row the template refuses (raise_exception) is that row's error, in the template's words.
+        let info = ModelChatInfo(template: Self.source("mistral-7b-instruct-v0.2"), bosToken: "<s>", eosToken: "</s>", source: "ckpt")
+        let r = try PromptRenderer(template: .auto).resolved(for: info, tokenizer: tok).renderer
+        #expect(throws: TemplateError(reason: "the checkpoint's chat template refused the conversation: After the optional system message, conversation roles must alternate user/assistant/user/assistant/...")) {
+            try Extractor.promptTokens(.conversation([("user", "a"), ("user", "b")]), tokenizer: tok, renderer: r, maxTokens: 64)
+        }
+    }
+
+    @Test("the recipe records the template's sha256 and the date; predict's renderer refuses another template naming both")
+    func recipeRecordsTemplate() throws {
+        let dir = try Self.bpeDirectory(template: Self.source("llama-3.2-1b-instruct"))
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let tok = try Tokenizer(path: dir + "/tokenizer.json")
+        let info = try LoadedModel.chatInfo(forModel: dir)
+        let r = try PromptRenderer(template: .auto).resolved(for: info, tokenizer: tok, today: "2025-03-04").renderer
+        let recipe = ReadoutRecipe(renderer: r, maxTokens: 256, withEmbeddings: false, tokenizer: tok)
+        let sha = try #require(r.chat?.template.sha256)
+        #expect(recipe.chat == ReadoutRecipe.ChatRecord(template: "sha256:" + sha, dateString: nil, today: "2025-03-04"))
+        #expect(recipe.json.contains("\"chat\":{\"template_sha256\":\"sha256:\(sha)\",\"today\":\"2025-03-04\"}"))
+        // Read back (as predict does): same template, the recorded day rendered.
+        let back = try ReadoutRecipe.parse(recipe.json, file: "readout.json")
+        let again = try back.renderer(for: info, tokenizer: tok)
+        #expect(try again.render("hi").contains("Today Date: 04 Mar 2025\n\n"))
+        #expect(try back.tokens(.message("hi"), tokenizer: tok, renderer: again).ids == recipe.tokens(.message("hi"), tokenizer: tok, renderer: r).ids)
+        // Another checkpoint template: refused, both named.
+        let other = ModelChatInfo(template: Self.source("llama-3.1-8b-instruct"), bosToken: "<|begin_of_text|>", eosToken: "<|eot_id|>", source: "other-model")
+        let otherSHA = try ChatTemplate(name: "checkpoint", source: Self.source("llama-3.1-8b-instruct")).sha256
+        do {
+            _ = try back.renderer(for: other, tokenizer: tok)
+            Issue.record("another template was accepted")
+        } catch {
+            #expect(error.localizedDescription.contains("sha256:\(sha)") && error.localizedDescription.contains("sha256:\(otherSHA)")
+                    && error.localizedDescription.contains("other-model"), "\(error.localizedDescription)")
+        }
+        // A checkpoint without a template: refused too.
+        #expect(throws: ExtractionError.self) {
+            try back.renderer(for: ModelChatInfo(template: nil, bosToken: nil, eosToken: nil, source: "plain"), tokenizer: tok)
+        }
+        // --date is the template's date_string, recorded instead of the day.
+        let dated = try PromptRenderer(template: .auto, dateString: "09 Sep 2029").resolved(for: info, tokenizer: tok).renderer
+        #expect(try dated.render("hi").contains("Today Date: 09 Sep 2029\n\n"))
+        #expect(ReadoutRecipe(renderer: dated, maxTokens: 256, withEmbeddings: false, tokenizer: tok).chat?.dateString == "09 Sep 2029")
+        #expect(ReadoutRecipe(renderer: dated, maxTokens: 256, withEmbeddings: false, tokenizer: tok).chat?.today == nil)
+    }
+
+    @Test("llama2-chat stays the reference recipe: same text, same ids, no chat record")
+    func llama2Unchanged() throws {
+        let tok = try Tokenizer(path: Paths.fixtures.appendingPathComponent("llama2-tokenizer/tokenizer.model").path)
+        let r = PromptRenderer(template: .llama2Chat)
+        #expect(try r.render(" hi ") == "[INST] hi [/INST] I think the emotional state of this user is")
+        #expect(r.addsBOS(to: "<s>x"))
+        let ids = try Extractor.promptTokens(.message("hi"), tokenizer: tok, renderer: r, maxTokens: 64).ids
+        #expect(ids == (try tok.encode("[INST] hi [/INST] I think the emotional state of this user is")))
+        #expect(ReadoutRecipe(renderer: r, maxTokens: 64, withEmbeddings: false, tokenizer: tok).chat == nil)
+    }
+}
