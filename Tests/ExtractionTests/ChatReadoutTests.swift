@@ -1,4 +1,5 @@
 import Extraction
+import Formats
 import Foundation
 import Model
 import Probe
@@ -153,5 +154,53 @@ import Testing
         let ids = try Extractor.promptTokens(.message("hi"), tokenizer: tok, renderer: r, maxTokens: 64).ids
         #expect(ids == (try tok.encode("[INST] hi [/INST] I think the emotional state of this user is")))
         #expect(ReadoutRecipe(renderer: r, maxTokens: 64, withEmbeddings: false, tokenizer: tok).chat == nil)
+    }
+}
+
+/// End to end: chat rows through `extract --template auto` on a Llama-3-style checkpoint with a tokenizer.json
+/// and the real Llama-3.1 template, against Hugging Face (Tests/fixtures/chat/make_chat_model.py).
+@Suite struct ChatExtractionTests {
+    static let dir = Paths.fixtures.appendingPathComponent("chat")
+
+    @Test("extract --template auto --date D: ids = HF's apply_chat_template + suffix, residuals within 1e-4 of HF float32")
+    func extractChatRows() throws {
+        let out = tempDir("chatextract")
+        defer { try? FileManager.default.removeItem(atPath: out) }
+        var cfg = ExtractionConfig(modelPath: Self.dir.appendingPathComponent("model-llama3").path,
+                                   dataPath: Self.dir.appendingPathComponent("model-llama3-rows.jsonl").path, outDir: out + "/shards")
+        cfg.renderer = PromptRenderer(template: .auto, dateString: "02 Dec 2026")
+        cfg.withEmbeddings = true
+        cfg.threads = 1
+        var notes: [String] = []
+        let s = try Extractor.run(cfg, log: { notes.append($0) })
+        #expect(s.rows == 3 && s.skipped == 0 && s.truncated == 0)
+        #expect(notes.contains { $0.hasPrefix("note: using the chat template of \(cfg.modelPath)/tokenizer_config.json") }, "\(notes)")
+        let ref = try SafeTensorsFile(path: Self.dir.appendingPathComponent("model-llama3-reference.safetensors").path)
+        let data = try Dataset(path: cfg.dataPath)
+        let tok = try LoadedModel.tokenizer(forModel: cfg.modelPath)
+        let r = try cfg.renderer.resolved(for: try LoadedModel.chatInfo(forModel: cfg.modelPath), tokenizer: tok).renderer
+        var seen = 0
+        var worst: Float = 0
+        for path in try ShardDirectory(path: out + "/shards").shardPaths {
+            let b = try Shard.read(path: path)
+            #expect(b.metadata.readout?.template == "auto" && b.metadata.readout?.chat?.dateString == "02 Dec 2026")
+            let w = b.layerCount * b.metadata.dModel
+            for i in 0..<b.count {
+                let row = Int(b.rows[i])
+                let hfIDs = try ref.integers("r\(row).ids").map { Int32($0) }
+                let ids = try Extractor.promptTokens(try data.rows[row].get().content, tokenizer: tok, renderer: r, maxTokens: 2048).ids
+                #expect(ids == hfIDs, "row \(row)")
+                #expect(Int(b.nTokens[i]) == hfIDs.count)
+                let mine = Array(b.residPost[(i * w)..<((i + 1) * w)]), theirs = try ref.floats("r\(row).resid")
+                #expect(mine.count == theirs.count)
+                // max|a - b| / max|b|
+                let e = zip(mine, theirs).map { abs($0 - $1) }.max()! / theirs.map(abs).max()!
+                worst = max(worst, e)
+                #expect(e < 1e-4, "row \(row): relative error \(e)")
+                seen += 1
+            }
+        }
+        #expect(seen == 3)
+        print("chat extract: worst relative error \(worst)")
     }
 }
