@@ -30,9 +30,11 @@ extension ReadoutRecipe {
         let base = try renderer
         guard base.template.isJinja else { return base }
         let r = try base.resolved(for: model, tokenizer: tokenizer, today: chat?.today).renderer
+        // No record (--override-readout with another --template, imported activations): nothing to check.
+        guard let chat else { return r }
         let now = r.chat.map { "sha256:" + $0.template.sha256 }
-        guard now == chat?.template else {
-            let mine = "template \(template)" + (chat.map { " (\($0.template))" } ?? "")
+        guard now == chat.template else {
+            let mine = "template \(template) (\(chat.template))"
             let theirs = r.chat == nil ? "has no chat template" : "gives \(template == "auto" ? "its own" : "the built-in \(template)") chat template \(now ?? "")"
             throw ExtractionError("the readout was rendered with \(mine), but \(model.source) \(theirs): the prompts would differ; "
                 + "use the checkpoint the readout was made with, or pass --template \(PromptTemplate.choices) with --override-readout")
@@ -89,6 +91,7 @@ public struct ReadoutFlags: Sendable {
         var r = base ?? ReadoutRecipe(renderer: PromptRenderer(), maxTokens: 2048, withEmbeddings: withEmbeddings, tokenizer: tokenizer)
         if let t = template {
             guard let pt = PromptTemplate(rawValue: t) else { throw ExtractionError("--template '\(t)' is not one of auto|\(PromptTemplate.choices)") }
+            if t != r.template { r.chat = nil }   // another template: the recorded one's record does not apply
             r.template = t
             if suffix == nil && base == nil { r.suffix = pt.defaultSuffix }
         }

@@ -204,3 +204,75 @@ import Testing
         print("chat extract: worst relative error \(worst)")
     }
 }
+
+/// The command line: extract → train → predict with the checkpoint's chat template, its GGUF, a changed
+/// template refused, --override-readout, and tokenize --messages.
+@Suite(.serialized) struct ChatCLITests {
+    @discardableResult
+    static func ok(_ args: [String]) throws -> (status: Int32, out: String, err: String) {
+        let r = try llamaprobe(args)
+        try #require(r.status == 0, "llamaprobe \(args.joined(separator: " ")): \(r.err)")
+        return r
+    }
+
+    @Test("extract/train/predict with --template auto: recorded, reused, a changed template refused naming both")
+    func roundTrip() throws {
+        let dir = tempDir("chatcli")
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let model = dir + "/m"
+        try FileManager.default.copyItem(atPath: ChatExtractionTests.dir.appendingPathComponent("model-llama3").path, toPath: model)
+        // 60 chat rows from the demo data: a system prompt, a user turn, an assistant reply, the message.
+        let demo = try Dataset(path: Paths.repo.appendingPathComponent("data/demo/emotions.csv").path)
+        var jsonl = ""
+        for case .success(let r) in demo.rows.prefix(60) {
+            guard case .message(let m) = r.content else { continue }
+            let row: [String: Any] = ["label": r.label, "messages": [["role": "system", "content": "Be kind."], ["role": "user", "content": "Hi"],
+                                                                     ["role": "assistant", "content": "Hello!"], ["role": "user", "content": m]]]
+            jsonl += String(decoding: try JSONSerialization.data(withJSONObject: row, options: [.sortedKeys]), as: UTF8.self) + "\n"
+        }
+        writeFile(dir + "/d.jsonl", jsonl)
+        let shards = dir + "/shards", probes = dir + "/probes"
+        let ex = try Self.ok(["extract", "--model", model, "--data", dir + "/d.jsonl", "--out", shards, "--threads", "1"])
+        #expect(ex.err.contains("note: using the chat template of \(model)/tokenizer_config.json"), "\(ex.err)")
+        let recipe = try #require(try ShardDirectory(path: shards).metadata.readout)
+        #expect(recipe.template == "auto" && recipe.chat?.template.hasPrefix("sha256:") == true && recipe.chat?.today == nil)
+        try Self.ok(["train", "--shards", shards, "--out", probes, "--epochs", "2", "--val-every", "1", "--val-fraction", "0.3"])
+        let base = ["predict", "--probes", probes, "--data", dir + "/d.jsonl", "--label-column", "label", "--layer", "all", "--json", "--threads", "1"]
+        let bare = try Self.ok(base + ["--model", model])
+        #expect(!bare.out.isEmpty && !bare.err.contains("warning"), "\(bare.err)")
+        // The GGUF quantized from it carries the template: same readout, no refusal.
+        try Self.ok(["quantize", "--model", model, "--out", dir + "/m.gguf"])
+        let viaGGUF = try Self.ok(base + ["--model", dir + "/m.gguf"])
+        #expect(!viaGGUF.out.isEmpty && !viaGGUF.err.contains("chat template") && !viaGGUF.err.contains("warning"), "\(viaGGUF.err)")
+        // Another template in the checkpoint: refused, both named; --template llama3 --override-readout runs with a warning.
+        var config = try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: model + "/tokenizer_config.json"))) as! [String: Any]
+        config["chat_template"] = (config["chat_template"] as! String) + "{# edited #}"
+        try JSONSerialization.data(withJSONObject: config).write(to: URL(fileURLWithPath: model + "/tokenizer_config.json"))
+        let edited = try ChatTemplate(name: "checkpoint", source: config["chat_template"] as! String).sha256
+        let refused = try llamaprobe(base + ["--model", model])
+        #expect(refused.status != 0 && refused.err.contains(recipe.chat!.template) && refused.err.contains("sha256:" + edited), "\(refused.err)")
+        let overridden = try Self.ok(base + ["--model", model, "--template", "llama3", "--override-readout"])
+        #expect(overridden.err.contains("warning: --override-readout") && overridden.err.contains("--template llama3 contradicts the recorded auto"), "\(overridden.err)")
+    }
+
+    @Test("tokenize --messages shows the render and the ids of a multi-turn row; --help documents the new flags")
+    func tokenizeMessages() throws {
+        let model = ChatExtractionTests.dir.appendingPathComponent("model-llama3").path
+        let msgs = #"[{"role":"system","content":"Answer briefly."},{"role":"user","content":"Who are you?"},{"role":"assistant","content":"   I am an assistant   "},{"role":"user","content":"Another question"}]"#
+        let r = try Self.ok(["tokenize", "--model", model, "--date", "02 Dec 2026", "--suffix", "", "--messages", msgs])
+        // transformers' render of this conversation (renders.json, llama-3.1-8b-instruct / system_multi_turn)
+        let expected = "<|begin_of_text|><|start_header_id|>system<|end_header_id|>\n\nCutting Knowledge Date: December 2023\nToday Date: 02 Dec 2026\n\nAnswer briefly.<|eot_id|><|start_header_id|>user<|end_header_id|>\n\nWho are you?<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\nI am an assistant<|eot_id|><|start_header_id|>user<|end_header_id|>\n\nAnother question<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\n"
+        #expect(r.out.contains("prompt: \(jsonString(expected))"), "\(r.out)")
+        #expect(r.out.contains("901\t<|begin_of_text|>\n904\t<|start_header_id|>"), "\(r.out)")
+        let ids = try Self.ok(["tokenize", "--model", model, "--date", "02 Dec 2026", "--suffix", "", "--messages", msgs, "--ids"])
+        let tc = ChatReadoutTests.tokens.bpe.first { $0.template == "llama-3.1-8b-instruct" && $0.conversation == "system_multi_turn" }!
+        #expect(ids.out == tc.ids.map(String.init).joined(separator: " ") + "\n")
+        let bad = try llamaprobe(["tokenize", "--model", model, "--messages", "{\"role\":1}"])
+        #expect(bad.status != 0 && bad.err.contains("--messages must be a JSON list"), "\(bad.err)")
+        for cmd in ["tokenize", "extract", "residuals", "generate", "predict"] {
+            let h = try Self.ok([cmd, "--help"])
+            #expect(h.out.contains("--template") && h.out.contains("chatml") && h.out.contains("mistral"), "\(cmd) --help")
+            if cmd != "predict" { #expect(h.out.contains("--date"), "\(cmd) --help lacks --date") }
+        }
+    }
+}
