@@ -41,7 +41,7 @@ struct Generate: ParsableCommand {
     @Option(name: .customLong("system-prompt"), help: ArgumentHelp("System prompt: a system message before the message (llama2-chat: <<SYS>>…<</SYS>>).", valueName: "text"))
     var systemPrompt: String?
 
-    @Option(name: .long, help: ArgumentHelp("The date a chat template puts in the prompt (its date_string, e.g. \"26 Jul 2024\"); default: the template's own.", valueName: "date"))
+    @Option(name: .long, help: ArgumentHelp("The date a chat template puts in the prompt: its date_string (e.g. \"26 Jul 2024\") or YYYY-MM-DD (the day strftime_now formats); default: the template's own.", valueName: "date"))
     var date: String?
 
     @Option(name: [.customLong("max-new-tokens"), .customLong("count")], help: ArgumentHelp("Most tokens to generate (EOS stops earlier).", valueName: "n"))
@@ -68,7 +68,10 @@ struct Generate: ParsableCommand {
     var text: String
 
     /// The prompt as rendered: the template with `--suffix` (nothing by default).
-    var renderer: PromptRenderer { PromptRenderer(template: template, suffix: suffix ?? "", systemPrompt: systemPrompt, dateString: date) }
+    var renderer: PromptRenderer {
+        let (dateString, clockDay) = PromptRenderer.date(date)
+        return PromptRenderer(template: template, suffix: suffix ?? "", systemPrompt: systemPrompt, dateString: dateString, clockDay: clockDay)
+    }
 
     func validate() throws {
         if template == .raw && systemPrompt != nil {

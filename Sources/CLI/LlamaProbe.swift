@@ -70,10 +70,13 @@ struct TemplateOptions: ParsableArguments {
     @Option(name: .customLong("system-prompt"), help: ArgumentHelp("System prompt: a system message before the first user message (llama2-chat: <<SYS>>…<</SYS>>).", valueName: "text"))
     var systemPrompt: String?
 
-    @Option(name: .long, help: ArgumentHelp("The date a chat template puts in the prompt (its date_string, e.g. \"26 Jul 2024\": Llama-3.x's \"Today Date\"); default: the template's own (Llama-3.2: today, recorded in the readout).", valueName: "date"))
+    @Option(name: .long, help: ArgumentHelp("The date a chat template puts in the prompt: its date_string (e.g. \"26 Jul 2024\", Llama-3.x's \"Today Date\"), or YYYY-MM-DD: the day strftime_now formats (Llama-3.2; default today, recorded in the readout: pass the recorded day to resume an extraction on another day).", valueName: "date"))
     var date: String?
 
-    var renderer: PromptRenderer { PromptRenderer(template: template, suffix: suffix, systemPrompt: systemPrompt, dateString: date) }
+    var renderer: PromptRenderer {
+        let (dateString, clockDay) = PromptRenderer.date(date)
+        return PromptRenderer(template: template, suffix: suffix, systemPrompt: systemPrompt, dateString: dateString, clockDay: clockDay)
+    }
 
     /// The renderer resolved against a loaded model (its chat template for auto), the note on stderr.
     func renderer(for m: LoadedModel) throws -> PromptRenderer {

@@ -108,16 +108,26 @@ public struct PromptRenderer: Sendable, Equatable {
     public var template: PromptTemplate
     public var suffix: String
     public var systemPrompt: String?
-    /// `--date`: the template's `date_string` (Llama-3.x: "26 Jul 2024" style).
+    /// `--date "26 Jul 2024"`: the template's `date_string` (Llama-3.x's "Today Date").
     public var dateString: String?
+    /// `--date 2024-07-26`: the day `strftime_now` formats instead of today (a template that reads the clock).
+    public var clockDay: String?
     /// The resolved chat template (set by `resolved`).
     public var chat: ChatSetup?
 
-    public init(template: PromptTemplate = .llama2Chat, suffix: String? = nil, systemPrompt: String? = nil, dateString: String? = nil) {
+    public init(template: PromptTemplate = .llama2Chat, suffix: String? = nil, systemPrompt: String? = nil, dateString: String? = nil,
+                clockDay: String? = nil) {
         self.template = template
         self.suffix = suffix ?? template.defaultSuffix
         self.systemPrompt = systemPrompt
         self.dateString = dateString
+        self.clockDay = clockDay
+    }
+
+    /// `--date D`: a YYYY-MM-DD day is the clock's (`clockDay`), anything else the template's `date_string`.
+    public static func date(_ d: String?) -> (dateString: String?, clockDay: String?) {
+        guard let d else { return (nil, nil) }
+        return ChatSetup.clock(d) != nil && d.utf8.count == 10 ? (nil, d) : (d, nil)
     }
 
     /// The renderer for `model`: `auto` becomes the checkpoint's template, or llama2-chat when it has none
@@ -146,8 +156,11 @@ public struct PromptRenderer: Sendable, Equatable {
         var setup = ChatSetup(template: t, bosToken: model.bosToken ?? text(tokenizer.bosID), eosToken: model.eosToken ?? text(tokenizer.eosID),
                               dateString: dateString, today: nil)
         if t.template.readsClock, dateString == nil {
-            if let today, ChatSetup.clock(today) == nil { throw TemplateError(reason: "the recorded date '\(today)' is not YYYY-MM-DD") }
-            setup.today = today ?? ChatSetup.localToday()
+            let day = today ?? clockDay
+            if let day, ChatSetup.clock(day) == nil { throw TemplateError(reason: "the date '\(day)' is not YYYY-MM-DD") }
+            setup.today = day ?? ChatSetup.localToday()
+        } else if let clockDay {
+            throw TemplateError(reason: "--date \(clockDay): this template does not read the clock (strftime_now); give its date_string instead, e.g. --date \"26 Jul 2024\"")
         }
         r.chat = setup
         // A template that cannot render the simplest conversation is refused before any row is read.

@@ -143,6 +143,14 @@ import Testing
         #expect(try dated.render("hi").contains("Today Date: 09 Sep 2029\n\n"))
         #expect(ReadoutRecipe(renderer: dated, maxTokens: 256, withEmbeddings: false, tokenizer: tok).chat?.dateString == "09 Sep 2029")
         #expect(ReadoutRecipe(renderer: dated, maxTokens: 256, withEmbeddings: false, tokenizer: tok).chat?.today == nil)
+        // --date YYYY-MM-DD is the day strftime_now formats (how an extraction is resumed on another day).
+        #expect(PromptRenderer.date("2030-01-02") == (nil, "2030-01-02") && PromptRenderer.date("26 Jul 2024") == ("26 Jul 2024", nil))
+        let day = try PromptRenderer(template: .auto, clockDay: "2030-01-02").resolved(for: info, tokenizer: tok).renderer
+        #expect(try day.render("hi").contains("Today Date: 02 Jan 2030\n\n"))
+        #expect(ReadoutRecipe(renderer: day, maxTokens: 256, withEmbeddings: false, tokenizer: tok).chat?.today == "2030-01-02")
+        // Llama-3.1's template does not read the clock: a day is refused (its date_string is what it takes).
+        let l31 = ModelChatInfo(template: Self.source("llama-3.1-8b-instruct"), bosToken: "<|begin_of_text|>", eosToken: "<|eot_id|>", source: "l31")
+        #expect(throws: TemplateError.self) { try PromptRenderer(template: .auto, clockDay: "2030-01-02").resolved(for: l31, tokenizer: tok) }
     }
 
     @Test("llama2-chat stays the reference recipe: same text, same ids, no chat record")
