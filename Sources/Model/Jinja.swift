@@ -43,13 +43,17 @@ public indirect enum JinjaValue: Equatable {
 
     public static func == (a: JinjaValue, b: JinjaValue) -> Bool { JinjaValue.equal(a, b) }
 
-    static func equal(_ a: JinjaValue, _ b: JinjaValue) -> Bool {
+    /// Values nested deeper than this (a template can build them in a loop) compare unequal and do not print.
+    static let maxNesting = 100
+
+    static func equal(_ a: JinjaValue, _ b: JinjaValue, depth: Int = 0) -> Bool {
+        guard depth < maxNesting else { return false }
         switch (a, b) {
         case (.undefined, .undefined), (.none, .none): return true
         case (.string(let x), .string(let y)): return x.unicodeScalars.elementsEqual(y.unicodeScalars)
-        case (.list(let x), .list(let y)): return x.count == y.count && zip(x, y).allSatisfy { equal($0, $1) }
+        case (.list(let x), .list(let y)): return x.count == y.count && zip(x, y).allSatisfy { equal($0, $1, depth: depth + 1) }
         case (.dict(let x), .dict(let y)):
-            return x.keys.count == y.keys.count && x.keys.allSatisfy { k in y[k].map { equal(x[k]!, $0) } ?? false }
+            return x.keys.count == y.keys.count && x.keys.allSatisfy { k in y[k].map { equal(x[k]!, $0, depth: depth + 1) } ?? false }
         case (.namespace(let x), .namespace(let y)): return x === y
         case (.macro(let x), .macro(let y)): return x === y
         case (.builtin(let x), .builtin(let y)): return x == y
@@ -494,7 +498,9 @@ struct JinjaExprParser {
     mutating func conditional() throws -> JinjaExpr {
         try enter(); defer { depth -= 1 }
         var e = try or()
+        var n = 0; defer { depth -= n }
         while isName("if") {
+            try link(&n)
             i += 1
             let cond = try or()
             var otherwise: JinjaExpr? = nil
@@ -504,15 +510,20 @@ struct JinjaExprParser {
         return e
     }
 
+    /// A left-nested chain (`a + b + c …`, `x.y.z …`) is as deep as it is long: each link counts as a level.
+    mutating func link(_ n: inout Int) throws { try enter(); n += 1 }
+
     mutating func or() throws -> JinjaExpr {
         var e = try and()
-        while isName("or") { i += 1; e = .or(e, try and()) }
+        var n = 0; defer { depth -= n }
+        while isName("or") { try link(&n); i += 1; e = .or(e, try and()) }
         return e
     }
 
     mutating func and() throws -> JinjaExpr {
         var e = try not()
-        while isName("and") { i += 1; e = .and(e, try not()) }
+        var n = 0; defer { depth -= n }
+        while isName("and") { try link(&n); i += 1; e = .and(e, try not()) }
         return e
     }
 
@@ -527,7 +538,9 @@ struct JinjaExprParser {
 
     mutating func compare() throws -> JinjaExpr {
         var e = try math1()
+        var n = 0; defer { depth -= n }
         while true {
+            try link(&n)
             if case .op(let o)? = peek(), ["==", "!=", "<", "<=", ">", ">="].contains(o) {
                 i += 1; e = .binary(o, e, try math1())
             } else if isName("in") {
@@ -542,25 +555,29 @@ struct JinjaExprParser {
 
     mutating func math1() throws -> JinjaExpr {
         var e = try concat()
-        while case .op(let o)? = peek(), o == "+" || o == "-" { i += 1; e = .binary(o, e, try concat()) }
+        var n = 0; defer { depth -= n }
+        while case .op(let o)? = peek(), o == "+" || o == "-" { try link(&n); i += 1; e = .binary(o, e, try concat()) }
         return e
     }
 
     mutating func concat() throws -> JinjaExpr {
         var e = try math2()
-        while isOp("~") { i += 1; e = .binary("~", e, try math2()) }
+        var n = 0; defer { depth -= n }
+        while isOp("~") { try link(&n); i += 1; e = .binary("~", e, try math2()) }
         return e
     }
 
     mutating func math2() throws -> JinjaExpr {
         var e = try pow()
-        while case .op(let o)? = peek(), ["*", "/", "//", "%"].contains(o) { i += 1; e = .binary(o, e, try pow()) }
+        var n = 0; defer { depth -= n }
+        while case .op(let o)? = peek(), ["*", "/", "//", "%"].contains(o) { try link(&n); i += 1; e = .binary(o, e, try pow()) }
         return e
     }
 
     mutating func pow() throws -> JinjaExpr {
         var e = try unary()
-        while isOp("**") { i += 1; e = .binary("**", e, try unary()) }
+        var n = 0; defer { depth -= n }
+        while isOp("**") { try link(&n); i += 1; e = .binary("**", e, try unary()) }
         return e
     }
 
@@ -622,7 +639,9 @@ struct JinjaExprParser {
 
     mutating func postfix(_ base: JinjaExpr) throws -> JinjaExpr {
         var e = base
+        var n = 0; defer { depth -= n }
         while true {
+            try link(&n)
             if isOp(".") {
                 i += 1
                 if case .int(let n)? = peek() { i += 1; e = .item(e, .literal(.int(n))); continue }
@@ -680,7 +699,9 @@ struct JinjaExprParser {
 
     mutating func filterTests(_ base: JinjaExpr) throws -> JinjaExpr {
         var e = base
+        var n = 0; defer { depth -= n }
         while true {
+            try link(&n)
             if isOp("|") {
                 i += 1
                 var n = try name()
@@ -900,6 +921,33 @@ final class JinjaRenderer {
     static let maxOutput = 16 << 20
     static let maxIterations = 1_000_000
     static let maxCallDepth = 64
+    /// Elements of lists and dicts a render may create or walk (bounds the time of list-building loops).
+    static let maxWork = 20_000_000
+    var work = 0
+
+    func spend(_ n: Int) throws {
+        work += n
+        guard work <= Self.maxWork else { throw fail("the template built more than \(Self.maxWork) list or dict elements") }
+    }
+
+    /// A value stored in a variable or namespace must be nested at most `JinjaValue.maxNesting` deep: stores
+    /// are the only way a template accumulates nesting (in a loop), and a deeper value could not even be freed
+    /// without exhausting the stack.
+    func checkNesting(_ v: JinjaValue, _ depth: Int = 0) throws {
+        guard depth <= JinjaValue.maxNesting else { throw fail("a value nested more than \(JinjaValue.maxNesting) deep") }
+        switch v {
+        case .list(let l):
+            try spend(l.count)
+            for x in l { try checkNesting(x, depth + 1) }
+        case .dict(let d):
+            try spend(d.keys.count)
+            for (_, x) in d.pairs { try checkNesting(x, depth + 1) }
+        case .namespace(let ns):
+            try spend(ns.attributes.keys.count)
+            for (_, x) in ns.attributes.pairs { try checkNesting(x, depth + 1) }
+        default: break
+        }
+    }
 
     var scopes: [[String: JinjaValue]]
     var out = ""
@@ -918,6 +966,12 @@ final class JinjaRenderer {
     enum Flow { case normal, breakLoop, continueLoop }
 
     func fail(_ message: String) -> JinjaError { JinjaError.at(line, message) }
+
+    /// A string a template builds may not outgrow the output limit (doubling it in a loop would exhaust memory).
+    func sized(_ s: String) throws -> String {
+        guard s.utf8.count <= Self.maxOutput else { throw fail("a string grew past \(Self.maxOutput) bytes") }
+        return s
+    }
 
     func emit(_ s: String) throws {
         outBytes += s.utf8.count
@@ -970,14 +1024,19 @@ final class JinjaRenderer {
                         throw fail("{% set \(targets[0]).\(attribute) = … %} needs '\(targets[0])' to be a namespace()")
                     }
                     ns.attributes[attribute] = v
+                    do { try checkNesting(.namespace(ns)) } catch {   // too deep, or the namespace now contains itself
+                        ns.attributes[attribute] = JinjaValue.none
+                        throw error
+                    }
                 } else if targets.count == 1 {
+                    try checkNesting(v)
                     assign(targets[0], v)
                 } else {
                     let items = try iterate(v)
                     guard items.count == targets.count else {
                         throw fail("{% set %} unpacks \(items.count) values into \(targets.count) names")
                     }
-                    for (t, x) in zip(targets, items) { assign(t, x) }
+                    for (t, x) in zip(targets, items) { try checkNesting(x); assign(t, x) }
                 }
             case .assignBlock(let name, let body, let l):
                 line = l
@@ -1057,8 +1116,8 @@ final class JinjaRenderer {
     func iterate(_ v: JinjaValue) throws -> [JinjaValue] {
         switch v {
         case .list(let l): return l
-        case .dict(let d): return d.keys.map { .string($0) }
-        case .string(let s): return s.unicodeScalars.map { .string(String($0)) }
+        case .dict(let d): try spend(d.keys.count); return d.keys.map { .string($0) }
+        case .string(let s): try spend(s.utf8.count); return s.unicodeScalars.map { .string(String($0)) }
         case .undefined: return []
         default: throw fail("'\(v.typeName)' object is not iterable")
         }
@@ -1081,7 +1140,9 @@ final class JinjaRenderer {
         switch e {
         case .literal(let v): return v
         case .name(let n): return lookup(n)
-        case .list(let items): return .list(try items.map { try eval($0) })
+        case .list(let items):
+            try spend(items.count)
+            return .list(try items.map { try eval($0) })
         case .dict(let pairs):
             var d = JinjaDict()
             for (k, v) in pairs {
@@ -1244,7 +1305,7 @@ final class JinjaRenderer {
             default: throw fail("argument of type '\(b.typeName)' is not iterable")
             }
             return .bool(op == "in" ? r : !r)
-        case "~": return .string(try string(a) + string(b))
+        case "~": return .string(try sized(try string(a) + string(b)))
         case "<", "<=", ">", ">=":
             let c: Int
             if case .string(let x) = a, case .string(let y) = b {
@@ -1272,8 +1333,11 @@ final class JinjaRenderer {
         if case .undefined = a { throw undefinedError(a) }
         if case .undefined = b { throw undefinedError(b) }
         switch (op, a, b) {
-        case ("+", .string(let x), .string(let y)): return .string(x + y)
-        case ("+", .list(let x), .list(let y)): return .list(x + y)
+        case ("+", .string(let x), .string(let y)): return .string(try sized(x + y))
+        case ("+", .list(let x), .list(let y)):
+            guard x.count + y.count <= Self.maxIterations else { throw fail("a list of more than \(Self.maxIterations) items") }
+            try spend(x.count + y.count)
+            return .list(x + y)
         case ("*", .string(let s), _), ("*", _, .string(let s)):
             guard let n = intIndex(op == "*" && a.typeName == "str" ? b : a) else { break }
             guard n <= 0 || s.utf8.count.multipliedReportingOverflow(by: n).partialValue <= Self.maxOutput,
@@ -1283,6 +1347,7 @@ final class JinjaRenderer {
             guard let n = intIndex(a.typeName == "list" ? b : a) else { break }
             guard n <= 0 || l.count.multipliedReportingOverflow(by: n).partialValue <= Self.maxIterations,
                   !l.count.multipliedReportingOverflow(by: max(n, 0)).overflow else { throw fail("a list repeated \(n) times is too long") }
+            try spend(max(n, 0) * l.count)
             return .list(n <= 0 ? [] : Array((0..<n).map { _ in l }.joined()))
         default: break
         }
@@ -1354,6 +1419,7 @@ final class JinjaRenderer {
                 guard s != 0 else { throw fail("range() step must not be zero") }
                 let count = s > 0 ? (z > a ? (z - a - 1) / s + 1 : 0) : (a > z ? (a - z - 1) / -s + 1 : 0)
                 guard count <= Self.maxIterations else { throw fail("range() of \(count) items is too long") }
+                try spend(count)
                 return .list((0..<count).map { .int(a + $0 * s) })
             case "namespace", "dict":
                 var d = JinjaDict()
@@ -1362,6 +1428,7 @@ final class JinjaRenderer {
                     for (k, v) in x.pairs { d[k] = v }
                 }
                 for (k, v) in kwargs { d[k] = v }
+                try checkNesting(.dict(d))
                 return name == "dict" ? .dict(d) : .namespace(JinjaNamespace(d))
             default: break
             }
@@ -1407,7 +1474,12 @@ enum JinjaFormat {
     }
 
     /// Python's `str(v)`.
-    static func str(_ v: JinjaValue) throws -> String {
+    static func str(_ v: JinjaValue, depth: Int = 0) throws -> String {
+        guard depth < JinjaValue.maxNesting else {
+            throw JinjaError(kind: .template, message: "a value nested more than \(JinjaValue.maxNesting) deep cannot be printed", line: nil)
+        }
+        func repr(_ v: JinjaValue) throws -> String { try JinjaFormat.repr(v, depth: depth + 1) }
+        func str(_ v: JinjaValue) throws -> String { try JinjaFormat.str(v, depth: depth + 1) }
         switch v {
         case .undefined: return ""
         case .none: return "None"
@@ -1424,8 +1496,8 @@ enum JinjaFormat {
     }
 
     /// Python's `repr(v)`.
-    static func repr(_ v: JinjaValue) throws -> String {
-        guard case .string(let s) = v else { return try str(v) }
+    static func repr(_ v: JinjaValue, depth: Int = 0) throws -> String {
+        guard case .string(let s) = v else { return try str(v, depth: depth) }
         let quote: Unicode.Scalar = s.unicodeScalars.contains("'") && !s.unicodeScalars.contains("\"") ? "\"" : "'"
         var out = String.UnicodeScalarView()
         out.append(quote)
@@ -1630,7 +1702,7 @@ enum JinjaMethods {
                 return .int(s.unicodeScalars.distance(from: s.unicodeScalars.startIndex, to: range.lowerBound))
             case "join":
                 guard let items = arg(0, "iterable") else { throw r.fail("join() needs an iterable") }
-                return .string(try r.iterate(items).map { try r.string($0) }.joined(separator: s))
+                return .string(try r.sized(try r.iterate(items).map { try r.string($0) }.joined(separator: s)))
             case "isdigit": return .bool(!s.isEmpty && s.unicodeScalars.allSatisfy { $0.properties.numericType == .decimal })
             case "isspace": return .bool(!s.isEmpty && s.unicodeScalars.allSatisfy(PromptRenderer.isPythonWhitespace))
             default: return nil
@@ -1748,7 +1820,7 @@ enum JinjaFilters {
             if case .string(let attr)? = kw.first(where: { $0.0 == "attribute" })?.1 {
                 items = try items.map { try r.attribute($0, attr, described: attr) }
             }
-            return .string(try items.map { try r.string($0) }.joined(separator: sep))
+            return .string(try r.sized(try items.map { try r.string($0) }.joined(separator: sep)))
         case "replace":
             guard case .string(let old)? = arg(0, "old"), case .string(let new)? = arg(1, "new") else {
                 throw r.fail("replace needs two strings")

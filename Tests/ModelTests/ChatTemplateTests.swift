@@ -187,5 +187,18 @@ import Testing
         #expect(message(String(repeating: "{% if true %}", count: 500) + String(repeating: "{% endif %}", count: 500)).contains("nested more than"))
         #expect(message("{% macro f(n) %}{{ f(n + 1) }}{% endmacro %}{{ f(0) }}").contains("macro calls nested more than"))
         #expect(message("{{ range(9223372036854775807) }}").contains("too long"))
+        // Long left-nested chains are as deep as they are long; values built in a loop stay bounded.
+        #expect(message("{{ " + String(repeating: "1 + ", count: 5000) + "1 }}").contains("nested more than"))
+        #expect(message("{{ name" + String(repeating: ".a", count: 5000) + " }}").contains("nested more than"))
+        #expect(message("{{ name" + String(repeating: " | trim", count: 5000) + " }}").contains("nested more than"))
+        #expect(message("{% set ns = namespace(s='ab') %}{% for i in range(40) %}{% set ns.s = ns.s ~ ns.s %}{% endfor %}").contains("grew past"))
+        #expect(message("{% set ns = namespace(s='ab') %}{% for i in range(40) %}{% set ns.s = ns.s + ns.s %}{% endfor %}").contains("grew past"))
+        #expect(message("{% set ns = namespace(l=[1]) %}{% for i in range(40) %}{% set ns.l = ns.l + ns.l %}{% endfor %}").contains("items"))
+        #expect(message("{% set ns = namespace(l=[]) %}{% for i in range(100000) %}{% set ns.l = [ns.l] %}{% endfor %}{{ ns.l }}").contains("nested more than"))
+        #expect(message("{% set ns = namespace(h=none) %}{% for i in range(100000) %}{% set ns.h = namespace(n=ns.h) %}{% endfor %}").contains("nested more than"))
+        #expect(message("{% set ns = namespace() %}{% set ns.me = ns %}").contains("nested more than"))
+        #expect(message(String(repeating: "{% set x = [x] %}", count: 2000)).contains("nested more than"))
+        #expect(message("{% set ns = namespace(l=[]) %}{% for i in range(1000000) %}{% set ns.l = ns.l + [i] %}{% endfor %}").contains("list or dict elements"))
+        #expect(message("{{ " + String(repeating: "[", count: 3000) + String(repeating: "]", count: 3000) + " }}").contains("nested more than"))
     }
 }
