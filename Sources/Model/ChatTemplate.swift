@@ -22,9 +22,6 @@ public struct ChatTemplate: @unchecked Sendable {
         template = try JinjaTemplate(source)
     }
 
-    /// Does the render depend on the date (Llama-3.x: `date_string`, `strftime_now`)?
-    public var readsDate: Bool { source.contains("strftime_now") || source.contains("date_string") }
-
     /// The context transformers gives a template: `messages`, `add_generation_prompt`, `tools` and `documents`
     /// (none), the special tokens that are set, and `date_string` only when given.
     public func render(_ messages: [ChatMessage], bosToken: String?, eosToken: String?, dateString: String? = nil,

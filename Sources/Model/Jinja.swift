@@ -101,21 +101,6 @@ public indirect enum JinjaValue: Equatable {
         case .builtin: return "function"
         }
     }
-
-    /// From JSON-like Swift values (String, Bool, Int, Double, arrays, dictionaries, nil as none).
-    public init(_ any: Any?) {
-        switch any {
-        case nil, is NSNull: self = .none
-        case let s as String: self = .string(s)
-        case let b as Bool: self = .bool(b)
-        case let i as Int: self = .int(i)
-        case let d as Double: self = .float(d)
-        case let v as JinjaValue: self = v
-        case let a as [Any?]: self = .list(a.map { JinjaValue($0) })
-        case let d as [(String, Any?)]: self = .dict(JinjaDict(d.map { ($0.0, JinjaValue($0.1)) }))
-        default: self = .none
-        }
-    }
 }
 
 /// An insertion-ordered string-keyed dictionary.

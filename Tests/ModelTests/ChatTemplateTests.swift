@@ -202,3 +202,48 @@ import Testing
         #expect(message("{{ " + String(repeating: "[", count: 3000) + String(repeating: "]", count: 3000) + " }}").contains("nested more than"))
     }
 }
+
+/// Mutated real templates (seeded): every one ends in a render or a JinjaError, quickly; none crashes.
+@Suite struct JinjaMutationTests {
+    @Test("2,100 mutations of the seven real templates end in a render or a JinjaError")
+    func mutations() throws {
+        let names = ["llama-3.1-8b-instruct", "llama-3.2-1b-instruct", "qwen2.5-7b-instruct", "mistral-7b-instruct-v0.1",
+                     "mistral-7b-instruct-v0.2", "mistral-7b-instruct-v0.3", "llama-2-7b-chat"]
+        let fragments = ["{%", "%}", "{{", "}}", "{#", "#}", "-", "(", ")", "[", "]", "'", "\"", " if ", " for ", " in ", "|", ".",
+                         ",", ":", "endif", "endfor", "{% set ns.x = ns %}", "{% for i in range(9999) %}", "**", "~", " is ", " not ",
+                         "{% macro m() %}{{ m() }}{% endmacro %}{{ m() }}", "loop.", "namespace(", "\\", "\n", "9999999999999999999"]
+        var state: UInt64 = 0x9E3779B97F4A7C15
+        func next(_ n: Int) -> Int {
+            state = state &* 6364136223846793005 &+ 1442695040888963407
+            return Int((state >> 33) % UInt64(max(n, 1)))
+        }
+        let messages = [ChatMessage(role: "system", content: "s"), ChatMessage(role: "user", content: "u"),
+                        ChatMessage(role: "assistant", content: "a"), ChatMessage(role: "user", content: "v")]
+        var rendered = 0, failed = 0
+        let start = Date()
+        for name in names {
+            let source = Array(try ChatTemplateTests.source(name).unicodeScalars)
+            for _ in 0..<300 {
+                var s = source
+                for _ in 0..<(1 + next(4)) {
+                    let at = next(s.count)
+                    switch next(4) {
+                    case 0: s.removeSubrange(at..<min(s.count, at + 1 + next(12)))
+                    case 1: s.insert(contentsOf: fragments[next(fragments.count)].unicodeScalars, at: at)
+                    case 2: let len = min(s.count - at, 1 + next(40)); s.insert(contentsOf: s[at..<(at + len)], at: min(s.count, at + len))
+                    default: s.replaceSubrange(at..<min(s.count, at + 1), with: fragments[next(fragments.count)].unicodeScalars)
+                    }
+                }
+                do {
+                    let t = try ChatTemplate(name: "checkpoint", source: String(String.UnicodeScalarView(s)))
+                    _ = try t.render(messages, bosToken: "<s>", eosToken: "</s>", dateString: nil, now: Date(timeIntervalSince1970: 0))
+                    rendered += 1
+                } catch is JinjaError {
+                    failed += 1
+                }
+            }
+        }
+        print("mutations: \(rendered) rendered, \(failed) errors in \(Date().timeIntervalSince(start)) s")
+        #expect(rendered + failed == 2100 && rendered > 100 && failed > 100)
+    }
+}
