@@ -22,14 +22,15 @@ public struct ChatTemplate: @unchecked Sendable {
         template = try JinjaTemplate(source)
     }
 
-    /// The context transformers gives a template: `messages`, `add_generation_prompt`, `tools` and `documents`
-    /// (none), the special tokens that are set, and `date_string` only when given.
+    /// The context transformers gives a template: `messages`, `add_generation_prompt`, `tools` (JSON schemas;
+    /// none by default) and `documents` (none), the special tokens that are set, and `date_string` only when given.
     public func render(_ messages: [ChatMessage], bosToken: String?, eosToken: String?, dateString: String? = nil,
-                       now: Date = Date(), timeZone: TimeZone = .current, addGenerationPrompt: Bool = true) throws -> String {
+                       now: Date = Date(), timeZone: TimeZone = .current, addGenerationPrompt: Bool = true,
+                       tools: [JinjaValue]? = nil) throws -> String {
         var context: [String: JinjaValue] = [
             "messages": .list(messages.map { .dict(JinjaDict([("role", .string($0.role)), ("content", .string($0.content))])) }),
             "add_generation_prompt": .bool(addGenerationPrompt),
-            "tools": .none,
+            "tools": tools.map { .list($0) } ?? .none,
             "documents": .none,
         ]
         if let bosToken { context["bos_token"] = .string(bosToken) }

@@ -52,6 +52,34 @@ import Testing
         }
     }
 
+    struct ToolRenders: Decodable { let tool_cases: [Case] }
+
+    /// The fixture's TOOLS, in its key order (tojson prints dicts in insertion order).
+    static let tools: [JinjaValue] = {
+        func d(_ p: [(String, JinjaValue)]) -> JinjaValue { .dict(JinjaDict(p)) }
+        return [d([("type", .string("function")), ("function", d([
+            ("name", .string("get_weather")), ("description", .string("Get the weather in a city, \"quoted\" and ünïcode")),
+            ("parameters", d([("type", .string("object")),
+                              ("properties", d([("city", d([("type", .string("string")), ("description", .string("The city"))])),
+                                                ("days", d([("type", .string("integer")), ("enum", .list([.int(1), .int(2), .int(3)]))]))])),
+                              ("required", .list([.string("city")]))])),
+            ("return", d([("type", .string("string"))])),
+        ]))])]
+    }()
+
+    @Test("the tools branches (Llama-3.1/3.2 tools in the user message, Qwen2.5's <tools>, Mistral v0.3's [AVAILABLE_TOOLS]) render as transformers does")
+    func toolBranches() throws {
+        let data = try Data(contentsOf: Self.dir.appendingPathComponent("renders.json"))
+        let cases = try JSONDecoder().decode(ToolRenders.self, from: data).tool_cases
+        #expect(cases.count == 12)
+        for c in cases {
+            let t = try ChatTemplate(name: "checkpoint", source: try Self.source(c.template))
+            let text = try t.render(Self.renders.conversations[c.conversation]!, bosToken: c.bos_token, eosToken: c.eos_token,
+                                    dateString: c.date_string, tools: Self.tools)
+            #expect(text == c.text, "\(c.template)/\(c.conversation) with tools")
+        }
+    }
+
     @Test("the fixtures can fail: a changed conversation renders differently and a raising case is an error")
     func sensitivity() throws {
         let t = try ChatTemplate(name: "checkpoint", source: try Self.source("llama-3.1-8b-instruct"))
