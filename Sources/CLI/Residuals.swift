@@ -92,6 +92,18 @@ struct Residuals: ParsableCommand {
     }
 }
 
+/// What `--template auto` does with a checkpoint: its template (sha256), or llama2-chat, or why it cannot render.
+func chatTemplateLine(_ chat: ModelChatInfo, tokenizer: Tokenizer) throws -> String {
+    guard let source = chat.template else { return "chat template: none (--template auto uses llama2-chat)" }
+    let sha = (try? ChatTemplate(name: "checkpoint", source: source).sha256).map { "sha256 \($0.prefix(12))…" } ?? "\(source.utf8.count) bytes"
+    do {
+        _ = try PromptRenderer(template: .auto).resolved(for: chat, tokenizer: tokenizer)
+        return "chat template: \(chat.source) (\(sha)), rendered by --template auto"
+    } catch {
+        return "chat template: \(chat.source) (\(sha)) cannot be rendered: \(error.localizedDescription)"
+    }
+}
+
 struct Info: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Validate a checkpoint (Hugging Face directory or GGUF file) and print its configuration and tensors.",
@@ -116,6 +128,7 @@ struct Info: ParsableCommand {
             if !missing.isEmpty {
                 throw CLIError("\(model): \(missing.count) tensor(s) a LLaMA model needs are missing, e.g. \(missing.prefix(3).joined(separator: ", "))")
             }
+            print(try chatTemplateLine(try LoadedModel.chatInfo(forModel: model), tokenizer: try Tokenizer.fromGGUF(g)))
             return
         }
         let ck = try HFCheckpoint(directory: model)
@@ -126,6 +139,7 @@ struct Info: ParsableCommand {
             throw CLIError("\(tok.source): has \(tok.vocabSize) tokens but the model's vocab_size is \(ck.config.vocabSize)")
         }
         print("tokenizer: \(tok.source): \(tok.bpe == nil ? "SentencePiece" : "byte-level BPE"), \(tok.vocabSize) tokens")
+        print(try chatTemplateLine(try LoadedModel.chatInfo(forModel: model), tokenizer: tok))
         print("storage: \(ck.config.storageDtype ?? "unspecified"), \(ck.files.count) safetensors file(s)")
         for f in ck.files {
             let bytes = f.tensors.values.reduce(0) { $0 + $1.byteCount }

@@ -277,6 +277,9 @@ import Testing
         #expect(ids.out == tc.ids.map(String.init).joined(separator: " ") + "\n")
         let bad = try llamaprobe(["tokenize", "--model", model, "--messages", "{\"role\":1}"])
         #expect(bad.status != 0 && bad.err.contains("--messages must be a JSON list"), "\(bad.err)")
+        let info = try Self.ok(["info", "--model", model])
+        #expect(info.out.contains("chat template: \(model)/tokenizer_config.json (sha256 6903113f396c…), rendered by --template auto"), "\(info.out)")
+        #expect(try Self.ok(["info", "--model", Paths.model("gqa-bf16")]).out.contains("chat template: none (--template auto uses llama2-chat)"))
         for cmd in ["tokenize", "extract", "residuals", "generate", "predict"] {
             let h = try Self.ok([cmd, "--help"])
             #expect(h.out.contains("--template") && h.out.contains("chatml") && h.out.contains("mistral"), "\(cmd) --help")
