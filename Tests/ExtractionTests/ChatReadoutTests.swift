@@ -56,6 +56,21 @@ import Testing
         }
     }
 
+    @Test("a long chat row cut to --max-tokens: BOS first, then the last tokens of the full render (suffix kept)")
+    func truncation() throws {
+        let dir = try Self.bpeDirectory(template: Self.source("llama-3.1-8b-instruct"))
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let tok = try Tokenizer(path: dir + "/tokenizer.json")
+        let r = try PromptRenderer(template: .auto).resolved(for: try LoadedModel.chatInfo(forModel: dir), tokenizer: tok).renderer
+        let long = String(repeating: "I walked to the market and it rained the whole way. ", count: 60)
+        let row = DatasetRow.Content.conversation([("system", "Be kind."), ("user", long), ("assistant", "Oh no."), ("user", long)])
+        let full = try Extractor.promptTokens(row, tokenizer: tok, renderer: r, maxTokens: 100_000)
+        #expect(!full.truncated && full.ids.first == tok.bosID && full.ids.filter { $0 == tok.bosID }.count == 1)
+        let cut = try Extractor.promptTokens(row, tokenizer: tok, renderer: r, maxTokens: 64)
+        #expect(cut.truncated && cut.ids.count == 64)
+        #expect(cut.ids == [tok.bosID] + full.ids.suffix(63))
+    }
+
     @Test("SentencePiece with control pieces ([INST], [/INST]): Mistral v0.3's render tokenizes as HF's LlamaTokenizer does")
     func spmIDs() throws {
         let tok = try Tokenizer(path: Self.chatDir.appendingPathComponent("spm-inst.model").path)
