@@ -85,6 +85,15 @@ public enum FuzzTargets {
         Target(name: "split", fileName: "split.json") { path, _ in
             _ = try SplitFile.read(path: path)
         },
+        // A checkpoint's chat template (chat_template.jinja, read as tokenizer_config.json's would be), parsed and
+        // rendered with a multi-turn conversation as the readout does.
+        Target(name: "chat-template", fileName: "chat_template.jinja") { _, directory in
+            guard let source = try TokenizerConfig.read(directory: directory)?.chatTemplate else { return }
+            let t = try ChatTemplate(name: "checkpoint", source: source)
+            _ = try t.render([ChatMessage(role: "user", content: "Hi <s> é 🙂"),
+                              ChatMessage(role: "assistant", content: "Hello!"), ChatMessage(role: "user", content: "How are you?\n")],
+                             bosToken: "<s>", eosToken: "</s>", now: Date(timeIntervalSince1970: 0))
+        },
     ]
 
     /// A shard read once per hook point its metadata lists (each read checks every hook's tensor).

@@ -119,6 +119,10 @@ extension FuzzTargets {
             }
             let f = floats(6).withUnsafeBytes { Array($0) }, l = [Int64(0), 1, 2].withUnsafeBytes { Array($0) }
             return [npy("<f4", "(2, 3)", f), npy("<i8", "(3,)", l)]
+        case "chat-template":
+            let names = ["llama-3.1-8b-instruct", "llama-3.2-1b-instruct", "qwen2.5-7b-instruct", "mistral-7b-instruct-v0.1",
+                         "mistral-7b-instruct-v0.2", "mistral-7b-instruct-v0.3", "llama-2-7b-chat"]
+            return try names.map { try fixture("chat/templates/\($0).jinja") }
         case "split":
             let e = JSONEncoder()
             e.outputFormatting = [.sortedKeys]

@@ -32,14 +32,17 @@ struct Generate: ParsableCommand {
 
     @OptionGroup var modelOptions: ModelOptions
 
-    @Option(name: .long, help: "Prompt template: llama2-chat ([INST] message [/INST]) or raw (text as given).")
-    var template: PromptTemplate = .llama2Chat
+    @Option(name: .long, help: ArgumentHelp("Prompt template: auto (the checkpoint's own chat template; llama2-chat when it has none), llama2-chat ([INST] message [/INST]), llama3, chatml, mistral or raw (text as given).", valueName: "name"))
+    var template: PromptTemplate = .auto
 
     @Option(name: .long, help: ArgumentHelp("Text appended after the template (default: none).", valueName: "text"))
     var suffix: String?
 
-    @Option(name: .customLong("system-prompt"), help: ArgumentHelp("System prompt, rendered as <<SYS>>…<</SYS>> before the message (llama2-chat).", valueName: "text"))
+    @Option(name: .customLong("system-prompt"), help: ArgumentHelp("System prompt: a system message before the message (llama2-chat: <<SYS>>…<</SYS>>).", valueName: "text"))
     var systemPrompt: String?
+
+    @Option(name: .long, help: ArgumentHelp("The date a chat template puts in the prompt: its date_string (e.g. \"26 Jul 2024\") or YYYY-MM-DD (the day strftime_now formats); default: the template's own.", valueName: "date"))
+    var date: String?
 
     @Option(name: [.customLong("max-new-tokens"), .customLong("count")], help: ArgumentHelp("Most tokens to generate (EOS stops earlier).", valueName: "n"))
     var maxNewTokens: Int = 64
@@ -65,11 +68,17 @@ struct Generate: ParsableCommand {
     var text: String
 
     /// The prompt as rendered: the template with `--suffix` (nothing by default).
-    var renderer: PromptRenderer { PromptRenderer(template: template, suffix: suffix ?? "", systemPrompt: systemPrompt) }
+    var renderer: PromptRenderer {
+        let (dateString, clockDay) = PromptRenderer.date(date)
+        return PromptRenderer(template: template, suffix: suffix ?? "", systemPrompt: systemPrompt, dateString: dateString, clockDay: clockDay)
+    }
 
     func validate() throws {
         if template == .raw && systemPrompt != nil {
-            throw ValidationError("--system-prompt needs --template llama2-chat (raw prompts are used as given)")
+            throw ValidationError("--system-prompt needs a chat template (raw prompts are used as given)")
+        }
+        if date != nil && (template == .raw || template == .llama2Chat) {
+            throw ValidationError("--date goes with a chat template (auto, llama3, chatml, mistral), not --template \(template.rawValue)")
         }
         if maxNewTokens < 1 { throw ValidationError("--max-new-tokens must be at least 1") }
         if !(temperature >= 0) || !temperature.isFinite { throw ValidationError("--temperature must be a finite number ≥ 0") }
@@ -83,7 +92,9 @@ struct Generate: ParsableCommand {
     func run() throws {
         let m = try modelOptions.load(includeHead: true)
         let steering = try steer.steering(for: m)
-        let prompt = try m.tokenizer.encode(renderer.render(text))
+        let r = try TemplateOptions.resolve(renderer, chat: m.chat, tokenizer: m.tokenizer)
+        let rendered = try r.render(text)
+        let prompt = try m.tokenizer.encode(rendered, addBOS: r.addsBOS(to: rendered))
         var sampling = Sampling.greedy
         if temperature > 0 {
             let s = seed ?? UInt64.random(in: 0...UInt64(UInt32.max))

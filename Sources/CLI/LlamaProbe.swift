@@ -56,20 +56,45 @@ extension PromptTemplate: ExpressibleByArgument {}
 extension Positions: ExpressibleByArgument {}
 
 struct TemplateOptions: ParsableArguments {
-    @Option(name: .long, help: "Prompt template: llama2-chat ([INST] message [/INST] + suffix) or raw (text as given).")
-    var template: PromptTemplate = .llama2Chat
+    @Option(name: .long, help: ArgumentHelp("""
+        Prompt template: auto (the checkpoint's own chat template from tokenizer_config.json, chat_template.jinja \
+        or the GGUF, rendered as transformers' apply_chat_template(add_generation_prompt=True) does; llama2-chat \
+        when it has none), llama2-chat ([INST] message [/INST] + suffix, the reference recipe), llama3, chatml, \
+        mistral (built-in chat formats) or raw (text as given). The suffix follows the generation prompt.
+        """, valueName: "name"))
+    var template: PromptTemplate = .auto
 
-    @Option(name: .long, help: ArgumentHelp("Text appended after the template (default for llama2-chat: \"\(PromptTemplate.defaultSuffix)\"; for raw: none).", valueName: "text"))
+    @Option(name: .long, help: ArgumentHelp("Text appended after the template (default for the chat templates: \"\(PromptTemplate.defaultSuffix)\"; for raw: none).", valueName: "text"))
     var suffix: String?
 
-    @Option(name: .customLong("system-prompt"), help: ArgumentHelp("System prompt, rendered as <<SYS>>…<</SYS>> before the first user message (llama2-chat).", valueName: "text"))
+    @Option(name: .customLong("system-prompt"), help: ArgumentHelp("System prompt: a system message before the first user message (llama2-chat: <<SYS>>…<</SYS>>).", valueName: "text"))
     var systemPrompt: String?
 
-    var renderer: PromptRenderer { PromptRenderer(template: template, suffix: suffix, systemPrompt: systemPrompt) }
+    @Option(name: .long, help: ArgumentHelp("The date a chat template puts in the prompt: its date_string (e.g. \"26 Jul 2024\", Llama-3.x's \"Today Date\"), or YYYY-MM-DD: the day strftime_now formats (Llama-3.2; default today, recorded in the readout: pass the recorded day to resume an extraction on another day).", valueName: "date"))
+    var date: String?
+
+    var renderer: PromptRenderer {
+        let (dateString, clockDay) = PromptRenderer.date(date)
+        return PromptRenderer(template: template, suffix: suffix, systemPrompt: systemPrompt, dateString: dateString, clockDay: clockDay)
+    }
+
+    /// The renderer resolved against a loaded model (its chat template for auto), the note on stderr.
+    func renderer(for m: LoadedModel) throws -> PromptRenderer {
+        try Self.resolve(renderer, chat: m.chat, tokenizer: m.tokenizer)
+    }
+
+    static func resolve(_ r: PromptRenderer, chat: ModelChatInfo, tokenizer: Tokenizer) throws -> PromptRenderer {
+        let (resolved, message) = try r.resolved(for: chat, tokenizer: tokenizer)
+        if let message { note(message) }
+        return resolved
+    }
 
     func validate() throws {
         if template == .raw && systemPrompt != nil {
-            throw ValidationError("--system-prompt needs --template llama2-chat (raw prompts are used as given)")
+            throw ValidationError("--system-prompt needs a chat template (raw prompts are used as given)")
+        }
+        if date != nil && (template == .raw || template == .llama2Chat) {
+            throw ValidationError("--date goes with a chat template (auto, llama3, chatml, mistral), not --template \(template.rawValue)")
         }
     }
 }

@@ -5,7 +5,7 @@ import Model
 /// predict's readout flags: by default the recipe recorded with the probes is used; a flag that
 /// contradicts it is refused unless --override-readout.
 struct ReadoutOptions: ParsableArguments {
-    @Option(name: .long, help: ArgumentHelp("Prompt template (default: the one the probes were trained with): llama2-chat or raw.", valueName: "name"))
+    @Option(name: .long, help: ArgumentHelp("Prompt template (default: the one the probes were trained with): auto, llama2-chat, llama3, chatml, mistral or raw.", valueName: "name"))
     var template: PromptTemplate?
 
     @Option(name: .long, help: ArgumentHelp("Readout suffix after the template (default: the probes' recorded one).", valueName: "text"))
@@ -26,7 +26,7 @@ struct ReadoutOptions: ParsableArguments {
     func validate() throws {
         if let m = maxTokens, m < 8 { throw ValidationError("--max-tokens must be at least 8") }
         if template == .raw && systemPrompt != nil {
-            throw ValidationError("--system-prompt needs --template llama2-chat (raw prompts are used as given)")
+            throw ValidationError("--system-prompt needs a chat template (raw prompts are used as given)")
         }
     }
 

@@ -66,16 +66,17 @@ struct Residuals: ParsableCommand {
         var tokens = 0
         var lastNote = t1
         // The readout recipe of extract (no truncation: every token of the prompt is kept), recorded in the file.
-        var recipe = ReadoutRecipe(renderer: templateOptions.renderer, maxTokens: 1 << 30, withEmbeddings: withEmbeddings,
+        let renderer = try templateOptions.renderer(for: loaded)
+        var recipe = ReadoutRecipe(renderer: renderer, maxTokens: 1 << 30, withEmbeddings: withEmbeddings,
                                    tokenizer: loaded.tokenizer)
         // Steered residuals say so: the interventions are part of the recorded readout.
         let steering = try steer.steering(for: loaded)
         recipe.steering = steering.records
         if hookList != [.residPost] { recipe.hooks = hookList.map(\.rawValue) }   // the hooks stored, as extract records them
         for iv in steering.interventions { note("steering: block \(iv.layer) += \(iv.strength) · v/‖v‖, v = \(iv.source)") }
-        try ResidualsJob.run(model: loaded, prompts: list, renderer: templateOptions.renderer,
+        try ResidualsJob.run(model: loaded, prompts: list, renderer: renderer,
                              options: CaptureOptions(positions: positions, embeddings: withEmbeddings, logits: logits, hooks: hookList),
-                             outPath: out, readout: (recipe.json, { try recipe.tokens(.message($0), tokenizer: loaded.tokenizer).ids }),
+                             outPath: out, readout: (recipe.json, { try recipe.tokens(.message($0), tokenizer: loaded.tokenizer, renderer: renderer).ids }),
                              steering: steering) { done, total, t in
             tokens += t
             let dt = now() - t1
@@ -89,6 +90,18 @@ struct Residuals: ParsableCommand {
         let dt = now() - t1
         note(String(format: "%d prompts, %d tokens in %.2f s (%.1f tokens/s) -> %@", list.count, tokens, dt,
                     Double(tokens) / max(dt, 1e-9), out))
+    }
+}
+
+/// What `--template auto` does with a checkpoint: its template (sha256), or llama2-chat, or why it cannot render.
+func chatTemplateLine(_ chat: ModelChatInfo, tokenizer: Tokenizer) throws -> String {
+    guard let source = chat.template else { return "chat template: none (--template auto uses llama2-chat)" }
+    let sha = (try? ChatTemplate(name: "checkpoint", source: source).sha256).map { "sha256 \($0.prefix(12))…" } ?? "\(source.utf8.count) bytes"
+    do {
+        _ = try PromptRenderer(template: .auto).resolved(for: chat, tokenizer: tokenizer)
+        return "chat template: \(chat.source) (\(sha)), rendered by --template auto"
+    } catch {
+        return "chat template: \(chat.source) (\(sha)) cannot be rendered: \(error.localizedDescription)"
     }
 }
 
@@ -110,9 +123,6 @@ struct Info: ParsableCommand {
             print("config: \(config.summary)")
             let tok = try Tokenizer.fromGGUF(g)
             print("tokenizer: \(model): \(tok.bpe == nil ? "SentencePiece" : "byte-level BPE"), \(tok.vocabSize) tokens")
-            if let t = g.metadata[SentencePieceModel.Key.chatTemplate], case .string(let s) = t {
-                print("chat template: \(s.utf8.count) bytes (tokenizer.chat_template)")
-            }
             var types: [String: Int] = [:]
             for t in g.tensors.values { types[t.type.name, default: 0] += 1 }
             let bytes = g.tensors.values.reduce(0) { $0 + $1.byteCount }
@@ -121,6 +131,7 @@ struct Info: ParsableCommand {
             if !missing.isEmpty {
                 throw CLIError("\(model): \(missing.count) tensor(s) a LLaMA model needs are missing, e.g. \(missing.prefix(3).joined(separator: ", "))")
             }
+            print(try chatTemplateLine(try LoadedModel.chatInfo(forModel: model), tokenizer: tok))
             return
         }
         let ck = try HFCheckpoint(directory: model)
@@ -131,9 +142,7 @@ struct Info: ParsableCommand {
             throw CLIError("\(tok.source): has \(tok.vocabSize) tokens but the model's vocab_size is \(ck.config.vocabSize)")
         }
         print("tokenizer: \(tok.source): \(tok.bpe == nil ? "SentencePiece" : "byte-level BPE"), \(tok.vocabSize) tokens")
-        if let t = try TokenizerConfig.read(directory: model)?.chatTemplate {
-            print("chat template: \(t.utf8.count) bytes")
-        }
+        print(try chatTemplateLine(try LoadedModel.chatInfo(forModel: model), tokenizer: tok))
         print("storage: \(ck.config.storageDtype ?? "unspecified"), \(ck.files.count) safetensors file(s)")
         for f in ck.files {
             let bytes = f.tensors.values.reduce(0) { $0 + $1.byteCount }

@@ -110,7 +110,14 @@ public enum Extractor {
 
         // Tokenize this worker's rows first: every row error is found before anything is written.
         let tokenizer = try cfg.tokenizerPath.map { try Tokenizer(path: $0) } ?? LoadedModel.tokenizer(forModel: cfg.modelPath)
-        var readout = ReadoutRecipe(renderer: cfg.renderer, maxTokens: cfg.maxTokens, withEmbeddings: cfg.withEmbeddings, tokenizer: tokenizer)
+        // The chat templates render with the model's own template and special tokens.
+        var renderer = cfg.renderer
+        if renderer.template.isJinja {
+            let (r, note) = try renderer.resolved(for: try LoadedModel.chatInfo(forModel: cfg.modelPath), tokenizer: tokenizer)
+            renderer = r
+            if let note { log(note) }
+        }
+        var readout = ReadoutRecipe(renderer: renderer, maxTokens: cfg.maxTokens, withEmbeddings: cfg.withEmbeddings, tokenizer: tokenizer)
         readout.position = cfg.position
         readout.hooks = cfg.hooks == [.residPost] ? nil : cfg.hooks.map(\.rawValue)
         var jobs: [Job] = [], skipped: [BadRow] = []
@@ -123,7 +130,7 @@ public enum Extractor {
                 }
                 let p: ReadoutPrompt
                 do {
-                    p = try readout.prompt(row.content, tokenizer: tokenizer)
+                    p = try readout.prompt(row.content, tokenizer: tokenizer, renderer: renderer)
                 } catch {
                     throw DatasetError(file: cfg.dataPath, row: index, line: row.line, reason: error.localizedDescription)
                 }
@@ -249,24 +256,27 @@ public enum Extractor {
     /// of a field. Extraction and prediction both use it.
     public static func promptTokens(_ content: DatasetRow.Content, tokenizer: Tokenizer, renderer: PromptRenderer,
                                     maxTokens: Int) throws -> (ids: [Int32], truncated: Bool) {
-        let e = try encodePrompt(try renderer.render(content), tokenizer: tokenizer, maxTokens: maxTokens)
+        let e = try encodePrompt(try renderer.render(content), renderer: renderer, tokenizer: tokenizer, maxTokens: maxTokens)
         return (e.ids, e.truncated)
     }
 
     /// A rendered prompt and how it was tokenized: `encoded` are the ids of `text[start...]` (the whole text
     /// unless a long prompt was cut, see `promptTokens`), `ids` the ones kept; `kept[i]` is the index in
-    /// `encoded` of `ids[i]`.
+    /// `encoded` of `ids[i]`; `addedBOS`: `encoded` begins with a BOS the tokenizer added (not spelled by the text).
     struct EncodedPrompt {
         let text: [UInt8]
         let start: Int
+        let addedBOS: Bool
         let encoded: [Int32]
         let ids: [Int32]
         let kept: [Int]
         var truncated: Bool { ids.count < encoded.count }
     }
 
-    static func encodePrompt(_ text: String, tokenizer: Tokenizer, maxTokens: Int) throws -> EncodedPrompt {
+    static func encodePrompt(_ text: String, renderer: PromptRenderer, tokenizer: Tokenizer, maxTokens: Int) throws -> EncodedPrompt {
         guard maxTokens >= 2 else { throw ExtractionError("--max-tokens \(maxTokens) is too small") }
+        // A chat template's render carries its BOS text: no second one (apply_chat_template(tokenize=True)).
+        let addBOS = renderer.addsBOS(to: text)
         let bytes = Array(text.utf8)
         let (b, o) = max(maxTokens, 1).multipliedReportingOverflow(by: 16)
         var budget = o ? Int.max / 8 : b
@@ -286,13 +296,13 @@ public enum Extractor {
                 } else {
                     while start < bytes.count && bytes[start] & 0xC0 == 0x80 { start += 1 }   // a character boundary
                 }
-                ids = try tokenizer.encode(String(decoding: bytes[start...], as: UTF8.self))
+                ids = try tokenizer.encode(String(decoding: bytes[start...], as: UTF8.self), addBOS: true)
                 if ids.count < maxTokens + 16 {   // the tail was too short: keep more of the text
                     budget = budget > Int.max / 8 ? bytes.count : budget * 4
                     continue
                 }
             } else {
-                ids = try tokenizer.encode(text)
+                ids = try tokenizer.encode(text, addBOS: addBOS)
             }
             var kept = Array(ids.indices)
             if ids.count > maxTokens {
@@ -300,7 +310,8 @@ public enum Extractor {
                 kept = tokenizer.addsBOS && !ids.isEmpty ? [0] + Array((ids.count - maxTokens + 1)..<ids.count)
                     : Array((ids.count - maxTokens)..<ids.count)
             }
-            return EncodedPrompt(text: bytes, start: start, encoded: ids, ids: kept.map { ids[$0] }, kept: kept)
+            return EncodedPrompt(text: bytes, start: start, addedBOS: tokenizer.addsBOS && (cut || addBOS), encoded: ids,
+                                 ids: kept.map { ids[$0] }, kept: kept)
         }
     }
 

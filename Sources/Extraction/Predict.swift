@@ -27,9 +27,10 @@ public enum Predictor {
                            messages: [DatasetRow.Content], layers: [Int], steering: Steering = .none) throws -> [[Int: [Float]]] {
         try probes.check(against: m.config)
         let hook = try readout.probeHook
+        let renderer = try readout.renderer(for: m.chat, tokenizer: m.tokenizer)
         var buffer = [Float](repeating: 0, count: m.config.hiddenSize)
         return try messages.map { content in
-            let p = try readout.prompt(content, tokenizer: m.tokenizer)
+            let p = try readout.prompt(content, tokenizer: m.tokenizer, renderer: renderer)
             var out: [Int: [Float]] = [:]
             let wanted = Set(layers)
             try m.model.forward(p.ids, positions: readout.position == "last" ? .last : .all, steering: steering, hooks: [hook]) { point, view in

@@ -6,32 +6,54 @@ import Formats
 /// Applying a readout recipe with a model's tokenizer: the one path from a row to the tokens a probe reads and
 /// the positions read among them (`prompt`; extract and predict come through here, residuals through `tokens`).
 extension ReadoutRecipe {
-    /// The recipe of a renderer and token budget with `tokenizer`.
+    /// The recipe of a renderer (resolved, for the chat templates) and token budget with `tokenizer`.
     public init(renderer: PromptRenderer, maxTokens: Int, withEmbeddings: Bool, tokenizer: Tokenizer) {
         self.init(template: renderer.template.rawValue, suffix: renderer.suffix, systemPrompt: renderer.systemPrompt,
                   maxTokens: maxTokens, withEmbeddings: withEmbeddings, tokenizer: Self.fingerprint(of: tokenizer))
+        chat = renderer.chat.map { ChatRecord(template: "sha256:" + $0.template.sha256, dateString: $0.dateString, today: $0.today) }
     }
 
+    /// The recorded renderer, not yet resolved against a model (`renderer(for:tokenizer:)`).
     public var renderer: PromptRenderer {
         get throws {
             guard let t = PromptTemplate(rawValue: template) else {
                 throw ExtractionError("readout recipe: template '\(template)' is not one of \(PromptTemplate.allCases.map(\.rawValue).joined(separator: ", "))")
             }
-            return PromptRenderer(template: t, suffix: suffix, systemPrompt: systemPrompt)
+            return PromptRenderer(template: t, suffix: suffix, systemPrompt: systemPrompt, dateString: chat?.dateString)
         }
     }
 
-    /// The tokens the model reads for one row, and whether the prompt was cut to `maxTokens`.
-    public func tokens(_ content: DatasetRow.Content, tokenizer: Tokenizer) throws -> (ids: [Int32], truncated: Bool) {
-        try Extractor.promptTokens(content, tokenizer: tokenizer, renderer: try renderer, maxTokens: maxTokens)
+    /// The recorded renderer resolved against `model`, with the recorded date; refused (naming both) when the
+    /// template the model gives is not the one recorded.
+    public func renderer(for model: ModelChatInfo, tokenizer: Tokenizer) throws -> PromptRenderer {
+        let base = try renderer
+        guard base.template.isJinja else { return base }
+        let r = try base.resolved(for: model, tokenizer: tokenizer, today: chat?.today).renderer
+        // No record (--override-readout with another --template, imported activations): nothing to check.
+        guard let chat else { return r }
+        let now = r.chat.map { "sha256:" + $0.template.sha256 }
+        guard now == chat.template else {
+            let mine = "template \(template) (\(chat.template))"
+            let theirs = r.chat == nil ? "has no chat template" : "gives \(template == "auto" ? "its own" : "the built-in \(template)") chat template \(now ?? "")"
+            throw ExtractionError("the readout was rendered with \(mine), but \(model.source) \(theirs): the prompts would differ; "
+                + "use the checkpoint the readout was made with, or pass --template \(PromptTemplate.choices) with --override-readout")
+        }
+        return r
+    }
+
+    /// The tokens the model reads for one row, and whether the prompt was cut to `maxTokens`; the chat
+    /// templates need the model's (`renderer(for:tokenizer:)`, resolved once for many rows).
+    public func tokens(_ content: DatasetRow.Content, tokenizer: Tokenizer, renderer resolved: PromptRenderer? = nil) throws -> (ids: [Int32], truncated: Bool) {
+        try Extractor.promptTokens(content, tokenizer: tokenizer, renderer: try resolved ?? renderer, maxTokens: maxTokens)
     }
 
     /// The tokens the model reads for one row and the positions whose activations are read (averaged when
     /// several): the last for `last`; for `mean` the tokens of the row's message (the last user message's
     /// content), for `suffix-mean` those of the readout suffix, by the rule of `positions(in:region:tokenizer:)`.
-    public func prompt(_ content: DatasetRow.Content, tokenizer: Tokenizer) throws -> ReadoutPrompt {
-        let r = try renderer
-        let e = try Extractor.encodePrompt(try r.render(content), tokenizer: tokenizer, maxTokens: maxTokens)
+    /// The chat templates need the model's renderer (`renderer(for:tokenizer:)`, resolved once for many rows).
+    public func prompt(_ content: DatasetRow.Content, tokenizer: Tokenizer, renderer resolved: PromptRenderer? = nil) throws -> ReadoutPrompt {
+        let r = try resolved ?? renderer
+        let e = try Extractor.encodePrompt(try r.render(content), renderer: r, tokenizer: tokenizer, maxTokens: maxTokens)
         guard !e.ids.isEmpty else { throw ExtractionError("the prompt has no tokens") }
         let region: Range<Int>
         switch position {
@@ -98,7 +120,7 @@ extension ReadoutRecipe {
         var at = e.start
         let text = e.text
         for (k, id) in e.encoded.enumerated() {
-            if k == 0 && tokenizer.addsBOS { continue }
+            if k == 0 && e.addedBOS { continue }
             let b = tokenizer.pieceBytes(id)
             func matches(_ p: ArraySlice<UInt8>) -> Bool { at + p.count <= text.count && text[at..<(at + p.count)].elementsEqual(p) }
             let took: Int
@@ -143,7 +165,7 @@ extension PromptRenderer {
     /// A dataset row's content as the prompt text.
     public func render(_ content: DatasetRow.Content) throws -> String {
         switch content {
-        case .message(let m): return render(m)
+        case .message(let m): return try render(m)
         case .conversation(let t): return try render(messages: t.map { ChatMessage(role: $0.role, content: $0.content) })
         }
     }
@@ -187,7 +209,8 @@ public struct ReadoutFlags: Sendable {
     func applied(to base: ReadoutRecipe?, withEmbeddings: Bool, tokenizer: Tokenizer) throws -> ReadoutRecipe {
         var r = base ?? ReadoutRecipe(renderer: PromptRenderer(), maxTokens: 2048, withEmbeddings: withEmbeddings, tokenizer: tokenizer)
         if let t = template {
-            guard let pt = PromptTemplate(rawValue: t) else { throw ExtractionError("--template '\(t)' is not llama2-chat or raw") }
+            guard let pt = PromptTemplate(rawValue: t) else { throw ExtractionError("--template '\(t)' is not one of auto|\(PromptTemplate.choices)") }
+            if t != r.template { r.chat = nil }   // another template: the recorded one's record does not apply
             r.template = t
             if suffix == nil && base == nil { r.suffix = pt.defaultSuffix }
         }
@@ -222,7 +245,7 @@ extension Predictor {
         if let m = probes.model, ModelIdentity.isImported(m) {
             guard flags.template != nil else {
                 throw ExtractionError("the probes in \(probes.directory) were trained on imported activations (unknown readout): "
-                    + "pass the readout they were made with explicitly: --template llama2-chat|raw, and --suffix, --system-prompt and --max-tokens as used")
+                    + "pass the readout they were made with explicitly: --template auto|\(PromptTemplate.choices), and --suffix, --system-prompt and --max-tokens as used")
             }
             return (try flags.applied(to: nil, withEmbeddings: probes.withEmbeddings, tokenizer: tokenizer), [])
         }

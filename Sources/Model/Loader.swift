@@ -14,10 +14,28 @@ public final class LoadedModel {
     /// The checkpoint's identity from its weights (`LlamaWeights.fingerprint`): equal for the same checkpoint
     /// in any storage type or quantization, different for other weights.
     public let fingerprint: String
+    /// The checkpoint's chat template and special-token texts (`chatInfo(forModel:)`).
+    public let chat: ModelChatInfo
 
-    init(path: String, model: LlamaModel, tokenizer: Tokenizer, quantization: String) {
-        self.path = path; self.model = model; self.tokenizer = tokenizer; self.quantization = quantization
+    init(path: String, model: LlamaModel, tokenizer: Tokenizer, quantization: String, chat: ModelChatInfo) {
+        self.path = path; self.model = model; self.tokenizer = tokenizer; self.quantization = quantization; self.chat = chat
         fingerprint = model.weights.fingerprint(pool: model.pool)
+    }
+
+    /// A model path's chat template without loading its weights: a directory's chat_template.jinja or
+    /// tokenizer_config.json `chat_template` (with its bos_token / eos_token), a GGUF's `tokenizer.chat_template`.
+    public static func chatInfo(forModel path: String) throws -> ModelChatInfo {
+        try checkModelPath(path)
+        if !Files.isDirectory(path) { return try chatInfo(gguf: try GGUFFile(path: path)) }
+        let c = try TokenizerConfig.read(directory: path)
+        let source = HFCheckpoint.exists(path + "/chat_template.jinja") ? path + "/chat_template.jinja" : path + "/tokenizer_config.json"
+        return ModelChatInfo(template: c?.chatTemplate, bosToken: c?.bosToken, eosToken: c?.eosToken,
+                             source: c?.chatTemplate == nil ? path : source)
+    }
+
+    static func chatInfo(gguf g: GGUFFile) throws -> ModelChatInfo {
+        ModelChatInfo(template: try g.stringIfPresent(SentencePieceModel.Key.chatTemplate), bosToken: nil, eosToken: nil,
+                      source: g.path)
     }
 
     /// llama.cpp's `general.file_type` as a type name (the types this project reads), nil when absent or other.
@@ -60,7 +78,7 @@ public final class LoadedModel {
         let pool = ThreadPool(threads: threads)
         let weights = try checkpoint.loadWeights(includeHead: includeHead, pool: pool)
         return LoadedModel(path: path, model: LlamaModel(weights: weights, pool: pool, backend: backend, kernel: kernel), tokenizer: tokenizer,
-                           quantization: storageName(checkpoint.config.storageDtype))
+                           quantization: storageName(checkpoint.config.storageDtype), chat: try chatInfo(forModel: path))
     }
 
     /// Loads a GGUF file (llama.cpp's format). The tokenizer is rebuilt from the GGUF vocabulary unless
@@ -78,7 +96,7 @@ public final class LoadedModel {
         let pool = ThreadPool(threads: threads)
         let weights = try GGUFModel.loadWeights(g, config: config, includeHead: includeHead, pool: pool)
         return LoadedModel(path: path, model: LlamaModel(weights: weights, pool: pool, backend: backend, kernel: kernel), tokenizer: tokenizer,
-                           quantization: fileTypeName(g) ?? weights.projectionStorage)
+                           quantization: fileTypeName(g) ?? weights.projectionStorage, chat: try chatInfo(gguf: g))
     }
 
     /// The tokenizer file of a checkpoint directory: `tokenizer.model` (SentencePiece: LLaMA-2, Mistral, which

@@ -115,7 +115,7 @@ public enum ResidualsJob {
                            progress: ((Int, Int, Int) -> Void)? = nil) throws {
         let c = loaded.config
         let tokenized = try prompts.enumerated().map { i, p -> [Int32] in
-            let ids = try readout.map { try $0.tokens(p) } ?? loaded.tokenizer.encode(renderer.render(p))
+            let ids = try readout.map { try $0.tokens(p) } ?? loaded.tokenizer.encode(try renderer.render(p))
             guard ids.count <= c.maxPositionEmbeddings else {
                 throw ForwardError(reason: "prompt \(i + 1) has \(ids.count) tokens, more than max_position_embeddings = \(c.maxPositionEmbeddings)")
             }

@@ -31,6 +31,8 @@ public final class Tokenizer: @unchecked Sendable {
     public let padID: Int32
     /// Literal strings that map straight to special ids (longest match first at a position).
     private let specials: [(bytes: [UInt8], id: Int32)]
+    /// Which bytes begin one of `specials`.
+    private let specialStarts: [Bool]
     /// The file's bytes (a `tokenizer.model`, or a `tokenizer.json` for BPE).
     public let serialized: Data
 
@@ -71,6 +73,7 @@ public final class Tokenizer: @unchecked Sendable {
         unkID = bpe.unkID ?? -1
         padID = -1
         specials = []
+        specialStarts = [Bool](repeating: false, count: 256)
     }
 
     /// A SentencePiece model; `addBOS` false for a GGUF whose `tokenizer.ggml.add_bos_token` is false.
@@ -92,11 +95,20 @@ public final class Tokenizer: @unchecked Sendable {
         eosID = spm_eos_id(h)
         unkID = spm_unk_id(h)
         padID = spm_pad_id(h)
+        // The special pieces a text may spell: unk, and every control piece (<s>, </s>; Mistral v0.3's [INST],
+        // [/INST], … that its chat template writes), as HF's tokenizers split out added special tokens.
         var sp: [(bytes: [UInt8], id: Int32)] = []
-        for id in [unkID, bosID, eosID] where id >= 0 && id < vocabSize {
-            sp.append((Array(String(cString: spm_id_to_piece(h, id)).utf8), id))
+        let n = Int32(vocabSize)
+        var ids = [unkID, bosID, eosID].filter { $0 >= 0 && $0 < n }
+        for id in 0..<n where spm_is_control(h, id) != 0 && !ids.contains(id) { ids.append(id) }
+        for id in ids {
+            let bytes = Array(String(cString: spm_id_to_piece(h, id)).utf8)
+            if !bytes.isEmpty { sp.append((bytes, id)) }
         }
         specials = sp.sorted { $0.bytes.count > $1.bytes.count }
+        var starts = [Bool](repeating: false, count: 256)
+        for s in sp { starts[Int(s.bytes[0])] = true }
+        specialStarts = starts
         guard bosID >= 0 else { throw TokenizerError(source: source, reason: "the model defines no BOS id") }
     }
 
@@ -128,7 +140,7 @@ public final class Tokenizer: @unchecked Sendable {
         var chunkStart = 0
         var i = 0
         while i < bytes.count {
-            if bytes[i] == UInt8(ascii: "<"), let s = specials.first(where: { matches($0.bytes, bytes, at: i) }) {
+            if specialStarts[Int(bytes[i])], let s = specials.first(where: { matches($0.bytes, bytes, at: i) }) {
                 if chunkStart < i { ids += try encodePlain(bytes[chunkStart..<i]) }
                 ids.append(s.id)
                 i += s.bytes.count

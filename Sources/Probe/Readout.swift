@@ -7,7 +7,7 @@ import Formats
 /// `train` into probes.safetensors and readout.json; `predict` uses it by default. Extraction applies it
 /// (`ReadoutRecipe.tokens` in the Extraction module); this is the plain record.
 public struct ReadoutRecipe: Codable, Equatable, Sendable {
-    /// Prompt template name: "llama2-chat" or "raw".
+    /// Prompt template name: "llama2-chat", "raw", "auto" (the checkpoint's own chat template), "llama3", "chatml", "mistral".
     public var template: String
     /// Text appended after the template (the readout suffix).
     public var suffix: String
@@ -29,6 +29,23 @@ public struct ReadoutRecipe: Codable, Equatable, Sendable {
     public var tokenizer: String
     /// Interventions applied while the rows were read (`--steer-…`); nil (absent from the JSON) when unsteered.
     public var steering: [SteeringRecord]?
+    /// The chat template rendered (templates auto, llama3, chatml, mistral); nil (absent) for llama2-chat and raw.
+    public var chat: ChatRecord?
+
+    /// What a chat template's render depends on besides the messages: the template source and the date.
+    public struct ChatRecord: Codable, Equatable, Sendable {
+        /// "sha256:<hex>" of the template source (for auto: the checkpoint's own).
+        public var template: String
+        /// The `date_string` given to the template (`--date`); nil when none was.
+        public var dateString: String?
+        /// The day `strftime_now` formatted (YYYY-MM-DD), when the template reads the clock.
+        public var today: String?
+        enum CodingKeys: String, CodingKey { case template = "template_sha256", dateString = "date_string", today }
+        public init(template: String, dateString: String?, today: String?) {
+            self.template = template; self.dateString = dateString; self.today = today
+        }
+        var text: String { template + (dateString.map { ", date_string \($0)" } ?? "") + (today.map { ", today \($0)" } ?? "") }
+    }
 
     /// One intervention: `strength · v/‖v‖` added to the output of block `layer` at every position.
     public struct SteeringRecord: Codable, Equatable, Sendable {
@@ -65,7 +82,7 @@ public struct ReadoutRecipe: Codable, Equatable, Sendable {
     }
 
     enum CodingKeys: String, CodingKey {
-        case template, suffix, truncation, position, tokenizer, steering, hooks
+        case template, suffix, truncation, position, tokenizer, steering, hooks, chat
         case systemPrompt = "system_prompt", maxTokens = "max_tokens", withEmbeddings = "with_embeddings"
     }
 
@@ -128,6 +145,7 @@ public struct ReadoutRecipe: Codable, Equatable, Sendable {
         if hookList != other.hookList { d.append(("--hooks", hookList.joined(separator: ","), other.hookList.joined(separator: ","))) }
         if withEmbeddings != other.withEmbeddings { d.append(("--with-embeddings", String(withEmbeddings), String(other.withEmbeddings))) }
         if tokenizer != other.tokenizer { d.append(("tokenizer", tokenizer, other.tokenizer)) }
+        if chat != other.chat { d.append(("chat template", chat?.text ?? "none", other.chat?.text ?? "none")) }
         if steering != other.steering {
             func s(_ r: [SteeringRecord]?) -> String { r.map { $0.map(\.text).joined(separator: "; ") } ?? "none" }
             d.append(("--steer-…", s(steering), s(other.steering)))

@@ -126,7 +126,7 @@ func fixtureConfig(_ data: String, _ out: String) -> ExtractionConfig {
             for i in 0..<b.count {
                 let row = try data.rows[Int(b.rows[i])].get()
                 guard case .message(let text) = row.content else { continue }
-                let ids = try m.tokenizer.encode(PromptRenderer().render(text))
+                let ids = try m.tokenizer.encode(try PromptRenderer().render(text))
                 let r = try m.model.capture(ids, CaptureOptions(embeddings: true))
                 let stored = Array(b.residPost[(i * 4 * 64)..<((i + 1) * 4 * 64)])
                 #expect(stored == r.embedding! + r.residPost, "row \(b.rows[i])")
@@ -165,7 +165,7 @@ func fixtureConfig(_ data: String, _ out: String) -> ExtractionConfig {
         let data = try Dataset(path: dir + "/d.csv")
         for row in truncated {
             guard case .message(let text) = try data.rows[row].get().content else { continue }
-            var ids = try tok.encode(PromptRenderer().render(text))
+            var ids = try tok.encode(try PromptRenderer().render(text))
             ids = [ids[0]] + ids[(ids.count - 39)...]
             #expect(Array(ids.suffix(suffixIDs.count - 1)) == Array(suffixIDs.suffix(suffixIDs.count - 1)))
             let m = try LoadedModel.load(path: Self.model, threads: 1)

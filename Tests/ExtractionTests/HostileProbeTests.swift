@@ -137,13 +137,13 @@ import Testing
         var i = 0
         while text.utf8.count < 200_000 { text += words[(i * 7 + i / 3) % words.count] + (i % 11 == 0 ? "  " : " "); i += 1 }
         for maxTokens in [8, 64, 500] {
-            let full = try tok.encode(renderer.render(text))
+            let full = try tok.encode(try renderer.render(text))
             let expected = [full[0]] + full[(full.count - maxTokens + 1)...]
             let got = try Extractor.promptTokens(.message(text), tokenizer: tok, renderer: renderer, maxTokens: maxTokens)
             #expect(got.truncated && got.ids == expected, "--max-tokens \(maxTokens)")
         }
         let short = try Extractor.promptTokens(.message("I am happy."), tokenizer: tok, renderer: renderer, maxTokens: 2048)
-        let shortFull = try tok.encode(renderer.render("I am happy."))
+        let shortFull = try tok.encode(try renderer.render("I am happy."))
         #expect(!short.truncated && short.ids == shortFull)
         let conversation: DatasetRow.Content = .conversation([(role: "user", content: text), (role: "assistant", content: "ok"), (role: "user", content: text)])
         let fullConversation = try tok.encode(try renderer.render(messages: [ChatMessage(role: "user", content: text), ChatMessage(role: "assistant", content: "ok"), ChatMessage(role: "user", content: text)]))

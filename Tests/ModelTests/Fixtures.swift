@@ -30,7 +30,7 @@ enum Fixtures {
         }
         func render() throws -> String {
             if let messages { return try renderer.render(messages: messages) }
-            return renderer.render(text!)
+            return try renderer.render(text!)
         }
     }
 

@@ -64,7 +64,7 @@ import Testing
         let dir = try tinyModel()
         let m = try LoadedModel.load(path: dir, includeHead: true, threads: 2)
         #expect(m.tokenizer.vocabSize == 512)
-        let ids = try m.tokenizer.encode(PromptRenderer().render("I feel wonderful today, thanks for asking!"))
+        let ids = try m.tokenizer.encode(try PromptRenderer().render("I feel wonderful today, thanks for asking!"))
         #expect(ids.count > 10 && ids.allSatisfy { $0 < 512 })
         let r = try m.model.capture(ids, CaptureOptions(positions: .all, logits: true))
         let d = m.config.hiddenSize, T = ids.count

@@ -54,15 +54,15 @@ import Testing
     @Test("the llama2-chat template text, exactly")
     func exactText() throws {
         let r = PromptRenderer()
-        #expect(r.render("  I am fine.\n") == "[INST] I am fine. [/INST] I think the emotional state of this user is")
+        #expect(try r.render("  I am fine.\n") == "[INST] I am fine. [/INST] I think the emotional state of this user is")
         let s = PromptRenderer(template: .llama2Chat, suffix: "", systemPrompt: "Be brief.")
-        #expect(s.render(" hi ") == "[INST] <<SYS>>\nBe brief.\n<</SYS>>\n\n hi [/INST]")
+        #expect(try s.render(" hi ") == "[INST] <<SYS>>\nBe brief.\n<</SYS>>\n\n hi [/INST]")
         let multi = try PromptRenderer(suffix: "!").render(messages: [
             ChatMessage(role: "user", content: " a "), ChatMessage(role: "assistant", content: "b "),
             ChatMessage(role: "user", content: "c"),
         ])
         #expect(multi == "[INST] a [/INST] b </s><s>[INST] c [/INST]!")
-        #expect(PromptRenderer(template: .raw).render(" x\n") == " x\n")
+        #expect(try PromptRenderer(template: .raw).render(" x\n") == " x\n")
     }
 
     @Test("malformed conversations are refused with the reason")
