@@ -228,6 +228,51 @@ import Testing
     }
 }
 
+extension ChatExtractionTests {
+    @Test("extract --position mean / suffix-mean on a chat template (BOS written by the template): HF's mean over the same tokens",
+          arguments: ["mean", "suffix-mean"])
+    func chatPositions(position: String) throws {
+        let out = tempDir("chatpos")
+        defer { try? FileManager.default.removeItem(atPath: out) }
+        var cfg = ExtractionConfig(modelPath: Self.dir.appendingPathComponent("model-llama3").path,
+                                   dataPath: Self.dir.appendingPathComponent("model-llama3-rows.jsonl").path, outDir: out + "/shards")
+        cfg.renderer = PromptRenderer(template: .auto, dateString: "02 Dec 2026")
+        cfg.withEmbeddings = true
+        cfg.position = position
+        cfg.threads = 1
+        let s = try Extractor.run(cfg, log: { _ in })
+        #expect(s.rows == 3 && s.skipped == 0)
+        let ref = try SafeTensorsFile(path: Self.dir.appendingPathComponent("model-llama3-reference.safetensors").path)
+        let key = position == "mean" ? "mean" : "suffix_mean"
+        // The positions the readout picks are the reference's.
+        let data = try Dataset(path: cfg.dataPath)
+        let tok = try LoadedModel.tokenizer(forModel: cfg.modelPath)
+        var recipe = ReadoutRecipe(renderer: cfg.renderer, maxTokens: 2048, withEmbeddings: true, tokenizer: tok)
+        recipe.position = position
+        let r = try cfg.renderer.resolved(for: try LoadedModel.chatInfo(forModel: cfg.modelPath), tokenizer: tok).renderer
+        var seen = 0
+        for path in try ShardDirectory(path: out + "/shards").shardPaths {
+            let b = try Shard.read(path: path)
+            #expect(b.metadata.readout?.position == position)
+            let w = b.layerCount * b.metadata.dModel
+            for i in 0..<b.count {
+                let row = Int(b.rows[i])
+                let p = try recipe.prompt(try data.rows[row].get().content, tokenizer: tok, renderer: r)
+                let want = try ref.integers("r\(row).\(position == "mean" ? "mean" : "suffix")_positions").map { Int($0) }
+                #expect(p.positions == want, "row \(row)")
+                let mine = Array(b.residPost[(i * w)..<((i + 1) * w)]), theirs = try ref.floats("r\(row).\(key)")
+                let e = zip(mine, theirs).map { abs($0 - $1) }.max()! / theirs.map(abs).max()!
+                #expect(e < 1e-4, "row \(row): relative error \(e)")
+                // Not the last token's residual: the average really is another vector.
+                let last = try ref.floats("r\(row).resid")
+                #expect(zip(mine, last).map { abs($0 - $1) }.max()! / last.map(abs).max()! > 1e-2)
+                seen += 1
+            }
+        }
+        #expect(seen == 3)
+    }
+}
+
 /// The command line: extract → train → predict with the checkpoint's chat template, its GGUF, a changed
 /// template refused, --override-readout, and tokenize --messages.
 @Suite(.serialized) struct ChatCLITests {
