@@ -104,7 +104,7 @@ struct Predict: ParsableCommand {
         var contents: [DatasetRow.Content] = messages.map { .message($0) }
         var truth: [String]? = nil   // true labels, with --label-column
         if let data {
-            let d = try Dataset(path: data, textColumn: textColumn, labelColumn: labelColumn ?? textColumn,
+            let d = try Dataset(path: data, textColumn: textColumn, labelColumn: labelColumn,
                                 delimiter: delimiter.flatMap(Dataset.delimiter(named:)))
             contents = []; texts = []
             var labelled: [(row: Int, label: String)] = []

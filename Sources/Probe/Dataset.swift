@@ -57,8 +57,9 @@ public struct Dataset {
     public let rows: [Result<DatasetRow, DatasetError>]
 
     /// `delimiter`: the CSV field separator; nil = by extension (tab for .tsv and .tab, else comma).
-    /// A file without data rows (header only, or empty) is refused.
-    public init(path: String, textColumn: String = "message", labelColumn: String = "label", delimiter: UInt8? = nil) throws {
+    /// A file without data rows (header only, or empty) is refused. `labelColumn` nil: unlabelled rows (label "",
+    /// e.g. predict without --label-column).
+    public init(path: String, textColumn: String = "message", labelColumn: String? = "label", delimiter: UInt8? = nil) throws {
         self.path = path
         var bytes: [UInt8]
         do { bytes = try Files.read(path, limit: 1 << 34) } catch let e as FileError {
@@ -174,7 +175,7 @@ public struct Dataset {
         return t
     }
 
-    static func parseCSV(_ b: [UInt8], file: String, textColumn: String, labelColumn: String,
+    static func parseCSV(_ b: [UInt8], file: String, textColumn: String, labelColumn: String?,
                          delimiter: UInt8 = UInt8(ascii: ",")) throws -> [Result<DatasetRow, DatasetError>] {
         let records = try csvRecords(b, file: file, delimiter: delimiter)
         guard let header = records.first else { throw DatasetError(file: file, reason: "the file is empty (expected a header row)") }
@@ -189,7 +190,10 @@ public struct Dataset {
             return DatasetError(file: file, line: 1, reason: "no '\(column)' column (columns: \(names.joined(separator: ", "))); pass \(flag)")
         }
         guard let ti = names.firstIndex(of: textColumn) else { throw missing(textColumn, "--text-column") }
-        guard let li = names.firstIndex(of: labelColumn) else { throw missing(labelColumn, "--label-column") }
+        let li: Int? = try labelColumn.map { c in
+            guard let i = names.firstIndex(of: c) else { throw missing(c, "--label-column") }
+            return i
+        }
         return records.dropFirst().enumerated().map { index, rec in
             func bad(_ reason: String) -> Result<DatasetRow, DatasetError> {
                 .failure(DatasetError(file: file, row: index, line: rec.line, reason: reason))
@@ -197,10 +201,11 @@ public struct Dataset {
             guard rec.fields.count == names.count else {
                 return bad("has \(rec.fields.count) fields, the header has \(names.count)")
             }
-            guard let text = String(validatingUTF8Bytes: rec.fields[ti]), let label = String(validatingUTF8Bytes: rec.fields[li]) else {
+            guard let text = String(validatingUTF8Bytes: rec.fields[ti]), let label = li.map({ String(validatingUTF8Bytes: rec.fields[$0]) }) ?? "" else {
                 return bad("invalid UTF-8")
             }
             guard !text.trimmingCharacters(in: .whitespacesAndNewlines).isEmpty else { return bad("empty message") }
+            guard li != nil else { return .success(DatasetRow(index: index, line: rec.line, content: .message(text), label: "")) }
             let l = label.trimmingCharacters(in: .whitespacesAndNewlines)   // a stray \r of \r\r\n line ends too
             guard !l.isEmpty else { return bad("empty label") }
             return .success(DatasetRow(index: index, line: rec.line, content: .message(text), label: l))
@@ -209,7 +214,7 @@ public struct Dataset {
 
     // MARK: JSONL
 
-    static func parseJSONL(_ b: [UInt8], file: String, textKey: String, labelKey: String) -> [Result<DatasetRow, DatasetError>] {
+    static func parseJSONL(_ b: [UInt8], file: String, textKey: String, labelKey: String?) -> [Result<DatasetRow, DatasetError>] {
         var out: [Result<DatasetRow, DatasetError>] = []
         var line = 0
         for raw in b.split(separator: UInt8(ascii: "\n"), omittingEmptySubsequences: false) {
@@ -223,10 +228,12 @@ public struct Dataset {
             guard let obj = (try? JSONSerialization.jsonObject(with: Data(bytes))) as? [String: Any] else {
                 bad("not a JSON object (unparsable JSON)"); continue
             }
-            let label: String
-            switch jsonLabel(obj[labelKey], line: bytes, key: labelKey) {
-            case .success(let l): label = l
-            case .failure(let e): bad(e.reason); continue
+            var label = ""
+            if let labelKey {
+                switch jsonLabel(obj[labelKey], line: bytes, key: labelKey) {
+                case .success(let l): label = l
+                case .failure(let e): bad(e.reason); continue
+                }
             }
             if let m = obj[textKey] as? String {
                 guard !m.trimmingCharacters(in: .whitespacesAndNewlines).isEmpty else { bad("empty message"); continue }

@@ -308,6 +308,9 @@ extension ChatExtractionTests {
         let base = ["predict", "--probes", probes, "--data", dir + "/d.jsonl", "--label-column", "label", "--layer", "all", "--json", "--threads", "1"]
         let bare = try Self.ok(base + ["--model", model])
         #expect(!bare.out.isEmpty && !bare.err.contains("warning"), "\(bare.err)")
+        // Without --label-column: chat rows (no 'message' key) are read unlabelled, one prediction each.
+        let unlabelled = try Self.ok(["predict", "--probes", probes, "--data", dir + "/d.jsonl", "--json", "--threads", "1", "--model", model])
+        #expect(unlabelled.out.split(separator: "\n").count == 60, "\(unlabelled.err)")
         // The GGUF quantized from it carries the template: same readout, no refusal.
         try Self.ok(["quantize", "--model", model, "--out", dir + "/m.gguf"])
         let viaGGUF = try Self.ok(base + ["--model", dir + "/m.gguf"])
