@@ -114,11 +114,16 @@ public struct PromptRenderer: Sendable, Equatable {
     public var clockDay: String?
     /// The resolved chat template (set by `resolved`).
     public var chat: ChatSetup?
+    /// The suffix is the template's default (no `--suffix`): `resolved` drops its leading space after a chat
+    /// template whose generation prompt ends in whitespace (Llama-3's "\n\n", ChatML's "\n"), where an answer
+    /// begins without one.
+    public var suffixIsDefault: Bool
 
     public init(template: PromptTemplate = .llama2Chat, suffix: String? = nil, systemPrompt: String? = nil, dateString: String? = nil,
                 clockDay: String? = nil) {
         self.template = template
         self.suffix = suffix ?? template.defaultSuffix
+        suffixIsDefault = suffix == nil
         self.systemPrompt = systemPrompt
         self.dateString = dateString
         self.clockDay = clockDay
@@ -164,7 +169,14 @@ public struct PromptRenderer: Sendable, Equatable {
         }
         r.chat = setup
         // A template that cannot render the simplest conversation is refused before any row is read.
-        _ = try r.render("Hello")
+        let probe = try r.render("Hello")
+        // The default readout suffix continues the assistant's answer: after a generation prompt that ends in
+        // whitespace the answer starts without a space (the reference recipe's leading space follows "[/INST]").
+        if suffixIsDefault, r.suffix.hasPrefix(" "), let last = probe.dropLast(r.suffix.count).unicodeScalars.last,
+           Self.isPythonWhitespace(last) {
+            r.suffix.removeFirst()
+            r.suffixIsDefault = false
+        }
         return (r, note)
     }
 

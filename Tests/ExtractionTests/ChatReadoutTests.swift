@@ -168,6 +168,25 @@ import Testing
         #expect(throws: TemplateError.self) { try PromptRenderer(template: .auto, clockDay: "2030-01-02").resolved(for: l31, tokenizer: tok) }
     }
 
+    @Test("the default suffix loses its leading space after a generation prompt ending in whitespace (Llama-3, ChatML), not after Mistral's [/INST]; a --suffix is kept")
+    func defaultSuffixSpace() throws {
+        let tok = try Tokenizer(path: Paths.fixtures.appendingPathComponent("llama2-tokenizer/tokenizer.model").path)
+        let l31 = ModelChatInfo(template: Self.source("llama-3.1-8b-instruct"), bosToken: "<|begin_of_text|>", eosToken: "<|eot_id|>", source: "l31")
+        let auto = try PromptRenderer(template: .auto).resolved(for: l31, tokenizer: tok).renderer
+        #expect(try auto.render("hi").hasSuffix("<|start_header_id|>assistant<|end_header_id|>\n\nI think the emotional state of this user is"))
+        #expect(auto.suffix == "I think the emotional state of this user is")
+        let chatml = try PromptRenderer(template: .chatml).resolved(for: l31, tokenizer: tok).renderer
+        #expect(try chatml.render("hi").hasSuffix("<|im_start|>assistant\nI think the emotional state of this user is"))
+        let mistral = try PromptRenderer(template: .mistral).resolved(for: l31, tokenizer: tok).renderer
+        #expect(try mistral.render("hi").hasSuffix("[/INST] I think the emotional state of this user is"))
+        let given = try PromptRenderer(template: .auto, suffix: " I feel").resolved(for: l31, tokenizer: tok).renderer
+        #expect(try given.render("hi").hasSuffix("\n\n I feel"))
+        // Recorded and read back: the recipe holds the suffix used, and resolving again keeps it.
+        let recipe = ReadoutRecipe(renderer: auto, maxTokens: 256, withEmbeddings: false, tokenizer: tok)
+        #expect(recipe.suffix == "I think the emotional state of this user is")
+        #expect(try recipe.renderer(for: l31, tokenizer: tok).suffix == "I think the emotional state of this user is")
+    }
+
     @Test("llama2-chat stays the reference recipe: same text, same ids, no chat record")
     func llama2Unchanged() throws {
         let tok = try Tokenizer(path: Paths.fixtures.appendingPathComponent("llama2-tokenizer/tokenizer.model").path)
