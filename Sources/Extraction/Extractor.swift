@@ -113,9 +113,19 @@ public enum Extractor {
         // The chat templates render with the model's own template and special tokens.
         var renderer = cfg.renderer
         if renderer.template.isJinja {
-            let (r, note) = try renderer.resolved(for: try LoadedModel.chatInfo(forModel: cfg.modelPath), tokenizer: tokenizer)
+            // Resuming: a template that reads the clock (Llama-3.2's "Today Date") keeps the day the shards
+            // already written record, unless --date says otherwise.
+            var recordedDay: String? = nil
+            if renderer.dateString == nil, renderer.clockDay == nil, Files.isDirectory(cfg.outDir),
+               let day = (try? ShardDirectory(path: cfg.outDir))?.metadata.readout?.chat?.today {
+                recordedDay = day
+            }
+            let (r, note) = try renderer.resolved(for: try LoadedModel.chatInfo(forModel: cfg.modelPath), tokenizer: tokenizer, today: recordedDay)
             renderer = r
             if let note { log(note) }
+            if let recordedDay, r.chat?.today == recordedDay {
+                log("note: resuming with the day the shards in \(cfg.outDir) record for the template's date: \(recordedDay) (pass --date to change it)")
+            }
         }
         var readout = ReadoutRecipe(renderer: renderer, maxTokens: cfg.maxTokens, withEmbeddings: cfg.withEmbeddings, tokenizer: tokenizer)
         readout.position = cfg.position

@@ -248,6 +248,31 @@ import Testing
 }
 
 extension ChatExtractionTests {
+    @Test("resuming an extraction whose template reads the clock (Llama-3.2) keeps the recorded day; another --date is refused")
+    func resumeKeepsDay() throws {
+        let out = tempDir("chatresume")
+        defer { try? FileManager.default.removeItem(atPath: out) }
+        let model = out + "/m"
+        try FileManager.default.copyItem(atPath: Self.dir.appendingPathComponent("model-llama3").path, toPath: model)
+        let cfgPath = model + "/tokenizer_config.json"
+        var tc = try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: cfgPath))) as! [String: Any]
+        tc["chat_template"] = try String(contentsOf: Self.dir.appendingPathComponent("templates/llama-3.2-1b-instruct.jinja"), encoding: .utf8)
+        try JSONSerialization.data(withJSONObject: tc).write(to: URL(fileURLWithPath: cfgPath))
+        var cfg = ExtractionConfig(modelPath: model, dataPath: Self.dir.appendingPathComponent("model-llama3-rows.jsonl").path,
+                                   outDir: out + "/shards")
+        cfg.renderer = PromptRenderer(template: .auto, clockDay: "2030-01-02")
+        cfg.threads = 1
+        _ = try Extractor.run(cfg, log: { _ in })
+        // The next day, without --date: the recorded day is used (before, a readout mismatch).
+        cfg.renderer = PromptRenderer(template: .auto)
+        var notes: [String] = []
+        _ = try Extractor.run(cfg, log: { notes.append($0) })
+        #expect(notes.contains { $0.hasPrefix("resuming after row") } && notes.contains { $0.contains("resuming with the day") && $0.contains("2030-01-02") }, "\(notes)")
+        #expect(try ShardDirectory(path: out + "/shards").metadata.readout?.chat?.today == "2030-01-02")
+        cfg.renderer = PromptRenderer(template: .auto, clockDay: "2030-01-03")
+        #expect(throws: (any Error).self) { _ = try Extractor.run(cfg, log: { _ in }) }
+    }
+
     @Test("extract --position mean / suffix-mean on a chat template (BOS written by the template): HF's mean over the same tokens",
           arguments: ["mean", "suffix-mean"])
     func chatPositions(position: String) throws {
