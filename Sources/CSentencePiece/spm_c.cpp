@@ -87,15 +87,16 @@ extern "C" int spm_eos_id(const spm_processor *p) { return p->sp.eos_id(); }
 extern "C" int spm_unk_id(const spm_processor *p) { return p->sp.unk_id(); }
 extern "C" int spm_pad_id(const spm_processor *p) { return p->sp.pad_id(); }
 
+// Exported by libsentencepiece (logging.h is not installed): the level below which LOG(...) is dropped.
+namespace sentencepiece { namespace logging { void SetMinLogLevel(int v); } }
+
 extern "C" int spm_train(const char *args, char *err, size_t errlen) {
-    // The trainer logs its command line to stderr before it reads --minloglevel: silence stderr meanwhile.
-    fflush(stderr);
-    int saved = dup(2), devnull = open("/dev/null", O_WRONLY);
-    if (saved >= 0 && devnull >= 0) dup2(devnull, 2);
+    // The trainer logs its command line (LOG(INFO)) before it reads --minloglevel: raise the level first.
+    // (This used to point fd 2 at /dev/null around the call. Two trainings on two threads could then save
+    // and restore each other's redirection and leave the whole process's stderr on /dev/null: the test
+    // runner's output stopped mid-run, exit status 0.)
+    sentencepiece::logging::SetMinLogLevel(2);
     auto status = sentencepiece::SentencePieceTrainer::Train(args);
-    fflush(stderr);
-    if (saved >= 0) { dup2(saved, 2); close(saved); }
-    if (devnull >= 0) close(devnull);
     if (!status.ok()) {
         set_err(err, errlen, status.ToString());
         return 1;

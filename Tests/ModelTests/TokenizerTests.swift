@@ -1,6 +1,7 @@
 import Foundation
 import Model
 import Testing
+import Synchronization
 
 @Suite struct TokenizerTests {
     @Test("Meta's LLaMA-2 tokenizer gives HF LlamaTokenizer's ids on every committed string")
@@ -75,5 +76,28 @@ import Testing
         #expect(throws: TemplateError.self) {
             try r.render(messages: [ChatMessage(role: "assistant", content: "a")])
         }
+    }
+}
+
+@Suite struct TokenizerTrainingTests {
+    /// The test runner's own output goes to stderr: trainings on several threads must leave fd 2 where it was.
+    /// (spm_train used to point fd 2 at /dev/null around each call; two overlapping calls restored each other's
+    /// redirection and left the process's stderr on /dev/null: a test run's output stopped mid-run, status 0.)
+    @Test("training tokenizers on several threads at once leaves the process's stderr alone")
+    func concurrentTrainingKeepsStderr() throws {
+        func identity() -> (UInt, UInt) {
+            var st = stat()
+            _ = fstat(2, &st)
+            return (UInt(st.st_dev), UInt(st.st_ino))
+        }
+        let before = identity()
+        let failures = Mutex(0)
+        DispatchQueue.concurrentPerform(iterations: 8) { i in
+            do { _ = try Tokenizer.train(corpus: Fixtures.corpus, vocabSize: 512 + 8 * i) } catch { print("training \(i): \(error)"); failures.withLock { $0 += 1 } }
+            let now = identity()
+            if now != before { failures.withLock { $0 += 100 } }
+        }
+        #expect(failures.withLock { $0 } == 0)
+        #expect(identity() == before)
     }
 }
