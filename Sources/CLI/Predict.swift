@@ -74,7 +74,7 @@ struct Predict: ParsableCommand {
         if let labels { try set.useLabels(labels.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) }) }
         let m = try modelOptions.load()
         try set.check(against: m.config)
-        let (readout, warnings) = try Predictor.readout(probes: set, flags: readoutOptions.flags, tokenizer: m.tokenizer)
+        let (readout, warnings) = try Predictor.readout(probes: set, flags: readoutOptions.flags, tokenizer: m.tokenizer, chat: m.chat)
         for w in try Predictor.checkModel(m, probes: set, allowOther: readoutOptions.allowOtherModel) + warnings {
             FileHandle.standardError.write(Data((w + "\n").utf8))
         }

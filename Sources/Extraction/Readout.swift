@@ -227,7 +227,10 @@ extension Predictor {
     /// Recorded recipe: used by default; a flag (or the model's tokenizer) that contradicts it is refused
     /// naming both values, unless `--override-readout` (then a warning). Imported activations (unknown
     /// readout): the flags are required. Probes of older versions (no recipe): the flags or defaults, with a warning.
-    public static func readout(probes: ProbeSet, flags: ReadoutFlags, tokenizer: Tokenizer) throws -> (recipe: ReadoutRecipe, warnings: [String]) {
+    /// `chat`: the model's chat template, when known: `--template auto` on a model without one is llama2-chat.
+    public static func readout(probes: ProbeSet, flags: ReadoutFlags, tokenizer: Tokenizer, chat: ModelChatInfo? = nil) throws -> (recipe: ReadoutRecipe, warnings: [String]) {
+        var flags = flags
+        if flags.template == PromptTemplate.auto.rawValue, let chat, chat.template == nil { flags.template = PromptTemplate.llama2Chat.rawValue }
         if let recorded = probes.readout {
             let wanted = try flags.applied(to: recorded, withEmbeddings: probes.withEmbeddings, tokenizer: tokenizer)
             let diffs = recorded.differences(wanted)

@@ -221,6 +221,10 @@ import Testing
         let data = try Dataset(path: dir + "/d.csv")
         let (recipe, warnings) = try Predictor.readout(probes: probes, flags: ReadoutFlags(), tokenizer: m.tokenizer)
         #expect(warnings.isEmpty && recipe == probes.readout)
+        // --template auto on this model (no chat template) is the recorded llama2-chat: not a contradiction.
+        let auto = try Predictor.readout(probes: probes, flags: ReadoutFlags(template: "auto"), tokenizer: m.tokenizer, chat: m.chat)
+        #expect(auto.warnings.isEmpty && auto.recipe == probes.readout)
+        #expect(throws: ExtractionError.self) { try Predictor.readout(probes: probes, flags: ReadoutFlags(template: "llama3"), tokenizer: m.tokenizer, chat: m.chat) }
         let hd = try ShardDirectory(path: dir + "/hooked")
         for path in hd.shardPaths {
             let stored = try Shard.read(path: path, hook: "mlp_out")
