@@ -204,15 +204,21 @@ import Testing
 @Suite struct ChatExtractionTests {
     static let dir = Paths.fixtures.appendingPathComponent("chat")
 
+    /// extract's configuration for the chat fixture's rows on `model` (default: the fixture checkpoint), one thread.
+    static func config(out: String, model: String? = nil, renderer: PromptRenderer) -> ExtractionConfig {
+        var cfg = ExtractionConfig(modelPath: model ?? dir.appendingPathComponent("model-llama3").path,
+                                   dataPath: dir.appendingPathComponent("model-llama3-rows.jsonl").path, outDir: out + "/shards")
+        cfg.renderer = renderer
+        cfg.threads = 1
+        return cfg
+    }
+
     @Test("extract --template auto --date D: ids = HF's apply_chat_template + suffix, residuals within 1e-4 of HF float32")
     func extractChatRows() throws {
         let out = tempDir("chatextract")
         defer { try? FileManager.default.removeItem(atPath: out) }
-        var cfg = ExtractionConfig(modelPath: Self.dir.appendingPathComponent("model-llama3").path,
-                                   dataPath: Self.dir.appendingPathComponent("model-llama3-rows.jsonl").path, outDir: out + "/shards")
-        cfg.renderer = PromptRenderer(template: .auto, dateString: "02 Dec 2026")
+        var cfg = Self.config(out: out, renderer: PromptRenderer(template: .auto, dateString: "02 Dec 2026"))
         cfg.withEmbeddings = true
-        cfg.threads = 1
         var notes: [String] = []
         let s = try Extractor.run(cfg, log: { notes.append($0) })
         #expect(s.rows == 3 && s.skipped == 0 && s.truncated == 0)
@@ -258,10 +264,7 @@ extension ChatExtractionTests {
         var tc = try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: cfgPath))) as! [String: Any]
         tc["chat_template"] = try String(contentsOf: Self.dir.appendingPathComponent("templates/llama-3.2-1b-instruct.jinja"), encoding: .utf8)
         try JSONSerialization.data(withJSONObject: tc).write(to: URL(fileURLWithPath: cfgPath))
-        var cfg = ExtractionConfig(modelPath: model, dataPath: Self.dir.appendingPathComponent("model-llama3-rows.jsonl").path,
-                                   outDir: out + "/shards")
-        cfg.renderer = PromptRenderer(template: .auto, clockDay: "2030-01-02")
-        cfg.threads = 1
+        var cfg = Self.config(out: out, model: model, renderer: PromptRenderer(template: .auto, clockDay: "2030-01-02"))
         _ = try Extractor.run(cfg, log: { _ in })
         // The next day, without --date: the recorded day is used (before, a readout mismatch).
         cfg.renderer = PromptRenderer(template: .auto)
@@ -278,12 +281,9 @@ extension ChatExtractionTests {
     func chatPositions(position: String) throws {
         let out = tempDir("chatpos")
         defer { try? FileManager.default.removeItem(atPath: out) }
-        var cfg = ExtractionConfig(modelPath: Self.dir.appendingPathComponent("model-llama3").path,
-                                   dataPath: Self.dir.appendingPathComponent("model-llama3-rows.jsonl").path, outDir: out + "/shards")
-        cfg.renderer = PromptRenderer(template: .auto, dateString: "02 Dec 2026")
+        var cfg = Self.config(out: out, renderer: PromptRenderer(template: .auto, dateString: "02 Dec 2026"))
         cfg.withEmbeddings = true
         cfg.position = position
-        cfg.threads = 1
         let s = try Extractor.run(cfg, log: { _ in })
         #expect(s.rows == 3 && s.skipped == 0)
         let ref = try SafeTensorsFile(path: Self.dir.appendingPathComponent("model-llama3-reference.safetensors").path)
@@ -320,13 +320,6 @@ extension ChatExtractionTests {
 /// The command line: extract → train → predict with the checkpoint's chat template, its GGUF, a changed
 /// template refused, --override-readout, and tokenize --messages.
 @Suite(.serialized) struct ChatCLITests {
-    @discardableResult
-    static func ok(_ args: [String]) throws -> (status: Int32, out: String, err: String) {
-        let r = try llamaprobe(args)
-        try #require(r.status == 0, "llamaprobe \(args.joined(separator: " ")): \(r.err)")
-        return r
-    }
-
     @Test("extract/train/predict with --template auto: recorded, reused, a changed template refused naming both")
     func roundTrip() throws {
         let dir = tempDir("chatcli")
@@ -344,20 +337,20 @@ extension ChatExtractionTests {
         }
         writeFile(dir + "/d.jsonl", jsonl)
         let shards = dir + "/shards", probes = dir + "/probes"
-        let ex = try Self.ok(["extract", "--model", model, "--data", dir + "/d.jsonl", "--out", shards, "--threads", "1"])
+        let ex = try llamaprobeOK(["extract", "--model", model, "--data", dir + "/d.jsonl", "--out", shards, "--threads", "1"])
         #expect(ex.err.contains("note: using the chat template of \(model)/tokenizer_config.json"), "\(ex.err)")
         let recipe = try #require(try ShardDirectory(path: shards).metadata.readout)
         #expect(recipe.template == "auto" && recipe.chat?.template.hasPrefix("sha256:") == true && recipe.chat?.today == nil)
-        try Self.ok(["train", "--shards", shards, "--out", probes, "--epochs", "2", "--val-every", "1", "--val-fraction", "0.3"])
+        try llamaprobeOK(["train", "--shards", shards, "--out", probes, "--epochs", "2", "--val-every", "1", "--val-fraction", "0.3"])
         let base = ["predict", "--probes", probes, "--data", dir + "/d.jsonl", "--label-column", "label", "--layer", "all", "--json", "--threads", "1"]
-        let bare = try Self.ok(base + ["--model", model])
+        let bare = try llamaprobeOK(base + ["--model", model])
         #expect(!bare.out.isEmpty && !bare.err.contains("warning"), "\(bare.err)")
         // Without --label-column: chat rows (no 'message' key) are read unlabelled, one prediction each.
-        let unlabelled = try Self.ok(["predict", "--probes", probes, "--data", dir + "/d.jsonl", "--json", "--threads", "1", "--model", model])
+        let unlabelled = try llamaprobeOK(["predict", "--probes", probes, "--data", dir + "/d.jsonl", "--json", "--threads", "1", "--model", model])
         #expect(unlabelled.out.split(separator: "\n").count == 60, "\(unlabelled.err)")
         // The GGUF quantized from it carries the template: same readout, no refusal.
-        try Self.ok(["quantize", "--model", model, "--out", dir + "/m.gguf"])
-        let viaGGUF = try Self.ok(base + ["--model", dir + "/m.gguf"])
+        try llamaprobeOK(["quantize", "--model", model, "--out", dir + "/m.gguf"])
+        let viaGGUF = try llamaprobeOK(base + ["--model", dir + "/m.gguf"])
         #expect(!viaGGUF.out.isEmpty && !viaGGUF.err.contains("chat template") && !viaGGUF.err.contains("warning"), "\(viaGGUF.err)")
         // Another template in the checkpoint: refused, both named; --template llama3 --override-readout runs with a warning.
         var config = try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: model + "/tokenizer_config.json"))) as! [String: Any]
@@ -366,7 +359,7 @@ extension ChatExtractionTests {
         let edited = try ChatTemplate(name: "checkpoint", source: config["chat_template"] as! String).sha256
         let refused = try llamaprobe(base + ["--model", model])
         #expect(refused.status != 0 && refused.err.contains(recipe.chat!.template) && refused.err.contains("sha256:" + edited), "\(refused.err)")
-        let overridden = try Self.ok(base + ["--model", model, "--template", "llama3", "--override-readout"])
+        let overridden = try llamaprobeOK(base + ["--model", model, "--template", "llama3", "--override-readout"])
         #expect(overridden.err.contains("warning: --override-readout") && overridden.err.contains("--template llama3 contradicts the recorded auto"), "\(overridden.err)")
     }
 
@@ -374,21 +367,21 @@ extension ChatExtractionTests {
     func tokenizeMessages() throws {
         let model = ChatExtractionTests.dir.appendingPathComponent("model-llama3").path
         let msgs = #"[{"role":"system","content":"Answer briefly."},{"role":"user","content":"Who are you?"},{"role":"assistant","content":"   I am an assistant   "},{"role":"user","content":"Another question"}]"#
-        let r = try Self.ok(["tokenize", "--model", model, "--date", "02 Dec 2026", "--suffix", "", "--messages", msgs])
+        let r = try llamaprobeOK(["tokenize", "--model", model, "--date", "02 Dec 2026", "--suffix", "", "--messages", msgs])
         // transformers' render of this conversation (renders.json, llama-3.1-8b-instruct / system_multi_turn)
         let expected = "<|begin_of_text|><|start_header_id|>system<|end_header_id|>\n\nCutting Knowledge Date: December 2023\nToday Date: 02 Dec 2026\n\nAnswer briefly.<|eot_id|><|start_header_id|>user<|end_header_id|>\n\nWho are you?<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\nI am an assistant<|eot_id|><|start_header_id|>user<|end_header_id|>\n\nAnother question<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\n"
         #expect(r.out.contains("prompt: \(jsonString(expected))"), "\(r.out)")
         #expect(r.out.contains("901\t<|begin_of_text|>\n904\t<|start_header_id|>"), "\(r.out)")
-        let ids = try Self.ok(["tokenize", "--model", model, "--date", "02 Dec 2026", "--suffix", "", "--messages", msgs, "--ids"])
+        let ids = try llamaprobeOK(["tokenize", "--model", model, "--date", "02 Dec 2026", "--suffix", "", "--messages", msgs, "--ids"])
         let tc = ChatReadoutTests.tokens.bpe.first { $0.template == "llama-3.1-8b-instruct" && $0.conversation == "system_multi_turn" }!
         #expect(ids.out == tc.ids.map(String.init).joined(separator: " ") + "\n")
         let bad = try llamaprobe(["tokenize", "--model", model, "--messages", "{\"role\":1}"])
         #expect(bad.status != 0 && bad.err.contains("--messages must be a JSON list"), "\(bad.err)")
-        let info = try Self.ok(["info", "--model", model])
+        let info = try llamaprobeOK(["info", "--model", model])
         #expect(info.out.contains("chat template: \(model)/tokenizer_config.json (sha256 6903113f396c…), rendered by --template auto"), "\(info.out)")
-        #expect(try Self.ok(["info", "--model", Paths.model("gqa-bf16")]).out.contains("chat template: none (--template auto uses llama2-chat)"))
+        #expect(try llamaprobeOK(["info", "--model", Paths.model("gqa-bf16")]).out.contains("chat template: none (--template auto uses llama2-chat)"))
         for cmd in ["tokenize", "extract", "residuals", "generate", "predict"] {
-            let h = try Self.ok([cmd, "--help"])
+            let h = try llamaprobeOK([cmd, "--help"])
             #expect(h.out.contains("--template") && h.out.contains("chatml") && h.out.contains("mistral"), "\(cmd) --help")
             if cmd != "predict" { #expect(h.out.contains("--date"), "\(cmd) --help lacks --date") }
         }

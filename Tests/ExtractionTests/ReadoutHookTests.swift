@@ -249,11 +249,11 @@ import Testing
         defer { try? FileManager.default.removeItem(atPath: dir) }
         writeFile(dir + "/d.csv", demoCSV(rows: 40))
         let model = Paths.model("gqa-bf16"), shards = dir + "/shards", probes = dir + "/probes"
-        try ReadoutProvenanceTests.ok(["extract", "--model", model, "--data", dir + "/d.csv", "--out", shards, "--hooks", "mlp_out,resid_post",
+        try llamaprobeOK(["extract", "--model", model, "--data", dir + "/d.csv", "--out", shards, "--hooks", "mlp_out,resid_post",
                                        "--position", "suffix-mean", "--layers", "1-2", "--threads", "1"])
-        let info = try ReadoutProvenanceTests.ok(["shards", "info", shards])
+        let info = try llamaprobeOK(["shards", "info", shards])
         #expect(info.out.contains("layout: mlp_out, resid_post [n, 2, 64] F32, layers 1,2") && info.out.contains("position: suffix-mean"), "\(info.out)")
-        try ReadoutProvenanceTests.ok(["shards", "export", shards, "--format", "npy", "--out", dir + "/npy"])
+        try llamaprobeOK(["shards", "export", shards, "--format", "npy", "--out", dir + "/npy"])
         #expect(FileManager.default.fileExists(atPath: dir + "/npy/mlp_out.npy") && FileManager.default.fileExists(atPath: dir + "/npy/resid_post.npy"))
 
         let bad = try llamaprobe(["train", "--shards", shards, "--out", probes, "--hook", "attn_out", "--epochs", "2"])
@@ -263,28 +263,28 @@ import Testing
         let badPosition = try llamaprobe(["extract", "--model", model, "--data", dir + "/d.csv", "--out", dir + "/x", "--position", "first"])
         #expect(badPosition.status != 0 && badPosition.err.contains("--position must be one of last, mean, suffix-mean"), "\(badPosition.err)")
 
-        try ReadoutProvenanceTests.ok(["train", "--shards", shards, "--out", probes, "--hook", "mlp_out", "--epochs", "4", "--val-every", "2"])
-        try ReadoutProvenanceTests.ok(["train", "--shards", shards, "--out", dir + "/post", "--epochs", "4", "--val-every", "2"])
+        try llamaprobeOK(["train", "--shards", shards, "--out", probes, "--hook", "mlp_out", "--epochs", "4", "--val-every", "2"])
+        try llamaprobeOK(["train", "--shards", shards, "--out", dir + "/post", "--epochs", "4", "--val-every", "2"])
         let recorded = try #require(try ReadoutRecipe.File.read(directory: probes)?.readout)
         #expect(recorded.hooks == ["mlp_out"] && recorded.position == "suffix-mean")
         let predict = ["predict", "--model", model, "--data", dir + "/d.csv", "--layer", "all", "--json", "--threads", "1"]
-        let a = try ReadoutProvenanceTests.ok(predict + ["--probes", probes])
-        let b = try ReadoutProvenanceTests.ok(predict + ["--probes", dir + "/post"])
+        let a = try llamaprobeOK(predict + ["--probes", probes])
+        let b = try llamaprobeOK(predict + ["--probes", dir + "/post"])
         #expect(!a.out.isEmpty && a.out != b.out && !a.err.contains("warning"), "\(a.err)")
 
         // One hook alone, not resid_post: verify and export read it; train's default is refused naming it.
         let only = dir + "/only"
-        try ReadoutProvenanceTests.ok(["extract", "--model", model, "--data", dir + "/d.csv", "--out", only, "--hooks", "attn_out", "--threads", "1"])
-        #expect(try ReadoutProvenanceTests.ok(["shards", "verify", only]).out.contains("complete"))
-        try ReadoutProvenanceTests.ok(["shards", "export", only, "--format", "safetensors", "--out", dir + "/only.safetensors"])
+        try llamaprobeOK(["extract", "--model", model, "--data", dir + "/d.csv", "--out", only, "--hooks", "attn_out", "--threads", "1"])
+        #expect(try llamaprobeOK(["shards", "verify", only]).out.contains("complete"))
+        try llamaprobeOK(["shards", "export", only, "--format", "safetensors", "--out", dir + "/only.safetensors"])
         #expect(try SafeTensorsFile(path: dir + "/only.safetensors").floats("attn_out").count == 40 * 3 * 64)
         let noPost = try llamaprobe(["train", "--shards", only, "--out", dir + "/x", "--epochs", "2"])
         #expect(noPost.status != 0 && noPost.err.contains("--hook resid_post: the shards hold no 'resid_post' activations; available: attn_out"), "\(noPost.err)")
 
-        let extractHelp = try ReadoutProvenanceTests.ok(["extract", "--help"]).out
+        let extractHelp = try llamaprobeOK(["extract", "--help"]).out
         for flag in ["--hooks <list>", "--position <last|mean|suffix-mean>", "--layers <all|list>"] {
             #expect(extractHelp.contains(flag), "extract --help lacks \(flag)")
         }
-        #expect(try ReadoutProvenanceTests.ok(["train", "--help"]).out.contains("--hook <name>"))
+        #expect(try llamaprobeOK(["train", "--help"]).out.contains("--hook <name>"))
     }
 }

@@ -23,17 +23,19 @@ func llamaprobe(_ args: [String]) throws -> (status: Int32, out: String, err: St
     return (p.terminationStatus, try String(contentsOfFile: dir + "/o", encoding: .utf8), try String(contentsOfFile: dir + "/e", encoding: .utf8))
 }
 
+/// `llamaprobe args`, required to succeed (the failure names the command and its stderr).
+@discardableResult
+func llamaprobeOK(_ args: [String]) throws -> (status: Int32, out: String, err: String) {
+    let r = try llamaprobe(args)
+    try #require(r.status == 0, "llamaprobe \(args.joined(separator: " ")): \(r.err)")
+    return r
+}
+
 /// Issue 10: the readout recipe and the model's fingerprint travel with shards and probes.
 @Suite(.serialized) struct ReadoutProvenanceTests {
     static let suffix = " Overall, the sentiment of this review is"
     static let system = "You are a careful reader of reviews."
 
-    @discardableResult
-    static func ok(_ args: [String]) throws -> (status: Int32, out: String, err: String) {
-        let r = try llamaprobe(args)
-        try #require(r.status == 0, "llamaprobe \(args.joined(separator: " ")): \(r.err)")
-        return r
-    }
 
     @Test("provenance: extract with --suffix and --system-prompt, train, predict without flags = with flags; a contradicting flag is refused, --override-readout warns")
     func provenance() throws {
@@ -41,8 +43,8 @@ func llamaprobe(_ args: [String]) throws -> (status: Int32, out: String, err: St
         defer { try? FileManager.default.removeItem(atPath: dir) }
         writeFile(dir + "/d.csv", demoCSV(rows: 40))
         let model = dir + "/m", shards = dir + "/shards", probes = dir + "/probes"
-        try Self.ok(["synth", "--preset", "tiny", "--out", model])
-        try Self.ok(["extract", "--model", model, "--data", dir + "/d.csv", "--out", shards, "--suffix", Self.suffix,
+        try llamaprobeOK(["synth", "--preset", "tiny", "--out", model])
+        try llamaprobeOK(["extract", "--model", model, "--data", dir + "/d.csv", "--out", shards, "--suffix", Self.suffix,
                      "--system-prompt", Self.system, "--max-tokens", "512", "--threads", "1"])
         // recorded in every shard and manifest
         let sd = try ShardDirectory(path: shards)
@@ -58,15 +60,15 @@ func llamaprobe(_ args: [String]) throws -> (status: Int32, out: String, err: St
         let f16 = try llamaprobe(["extract", "--model", model, "--data", dir + "/d.csv", "--out", shards, "--suffix", Self.suffix,
                                   "--system-prompt", Self.system, "--max-tokens", "512", "--threads", "1", "--dtype", "f16"])
         #expect(f16.status != 0 && f16.err.contains("dtype"), "\(f16.err)")
-        try Self.ok(["train", "--shards", shards, "--out", probes, "--epochs", "4", "--val-every", "2"])
+        try llamaprobeOK(["train", "--shards", shards, "--out", probes, "--epochs", "4", "--val-every", "2"])
         // copied into probes.safetensors and readout.json
         let st = try SafeTensorsFile(path: probes + "/probes.safetensors")
         #expect(try st.metadata["readout"].map { try ReadoutRecipe.parse($0, file: "") } == recipe)
         #expect(try ReadoutRecipe.File.read(directory: probes)?.readout == recipe)
 
         let base = ["predict", "--model", model, "--probes", probes, "--data", dir + "/d.csv", "--layer", "all", "--json", "--threads", "1"]
-        let bare = try Self.ok(base)
-        let flagged = try Self.ok(base + ["--suffix", Self.suffix, "--system-prompt", Self.system, "--max-tokens", "512", "--template", "llama2-chat"])
+        let bare = try llamaprobeOK(base)
+        let flagged = try llamaprobeOK(base + ["--suffix", Self.suffix, "--system-prompt", Self.system, "--max-tokens", "512", "--template", "llama2-chat"])
         #expect(!bare.out.isEmpty && bare.out == flagged.out, "predict without flags must read as extraction did")
         #expect(!bare.err.contains("warning"), "\(bare.err)")
         // The default readout (what predict used before) gives other numbers: the recipe is what made them equal.
@@ -75,7 +77,7 @@ func llamaprobe(_ args: [String]) throws -> (status: Int32, out: String, err: St
                 && other.err.contains("--override-readout"), "\(other.err)")
         let noSystem = try llamaprobe(base + ["--max-tokens", "100"])
         #expect(noSystem.status == 1 && noSystem.err.contains("--max-tokens 100 contradicts the recorded 512"), "\(noSystem.err)")
-        let overridden = try Self.ok(base + ["--suffix", " I think the emotional state of this user is", "--override-readout"])
+        let overridden = try llamaprobeOK(base + ["--suffix", " I think the emotional state of this user is", "--override-readout"])
         #expect(overridden.err.contains("warning: --override-readout: --suffix") && overridden.out != bare.out, "\(overridden.err)")
 
         // .pth files with readout.json read the same way; without it, a warning names the missing recipe.
@@ -86,10 +88,10 @@ func llamaprobe(_ args: [String]) throws -> (status: Int32, out: String, err: St
         }
         var viaPth = base
         viaPth[4] = pth
-        let p = try Self.ok(viaPth)
+        let p = try llamaprobeOK(viaPth)
         #expect(p.out == bare.out && !p.err.contains("warning"), "\(p.err)")
         try FileManager.default.removeItem(atPath: pth + "/readout.json")
-        let legacy = try Self.ok(viaPth)
+        let legacy = try llamaprobeOK(viaPth)
         #expect(legacy.err.contains("record no readout recipe") && legacy.out != bare.out, "\(legacy.err)")
     }
 
@@ -98,9 +100,9 @@ func llamaprobe(_ args: [String]) throws -> (status: Int32, out: String, err: St
         let dir = tempDir()
         defer { try? FileManager.default.removeItem(atPath: dir) }
         let a = dir + "/a", b = dir + "/b", gguf = dir + "/a.Q8_0.gguf"
-        try Self.ok(["synth", "--preset", "tiny", "--seed", "1", "--dtype", "bf16", "--out", a])
-        try Self.ok(["synth", "--preset", "tiny", "--seed", "2", "--dtype", "bf16", "--out", b])
-        try Self.ok(["quantize", "--model", a, "--out", gguf, "--threads", "1"])
+        try llamaprobeOK(["synth", "--preset", "tiny", "--seed", "1", "--dtype", "bf16", "--out", a])
+        try llamaprobeOK(["synth", "--preset", "tiny", "--seed", "2", "--dtype", "bf16", "--out", b])
+        try llamaprobeOK(["quantize", "--model", a, "--out", gguf, "--threads", "1"])
         let ma = try LoadedModel.load(path: a, threads: 1), mb = try LoadedModel.load(path: b, threads: 1)
         let mq = try LoadedModel.load(path: gguf, threads: 1)
         #expect(ma.fingerprint.hasPrefix(ModelIdentity.fingerprintPrefix) && ma.fingerprint.count == ModelIdentity.fingerprintPrefix.count + 64)
@@ -135,7 +137,7 @@ func llamaprobe(_ args: [String]) throws -> (status: Int32, out: String, err: St
 
         // residuals goes through the same recipe and records it with the fingerprint.
         writeFile(dir + "/p.txt", "hello there\n")
-        try Self.ok(["residuals", "--model", gguf, "--prompts", dir + "/p.txt", "--out", dir + "/r.safetensors", "--threads", "1"])
+        try llamaprobeOK(["residuals", "--model", gguf, "--prompts", dir + "/p.txt", "--out", dir + "/r.safetensors", "--threads", "1"])
         let rf = try SafeTensorsFile(path: dir + "/r.safetensors")
         #expect(rf.metadata["model_fingerprint"] == ma.fingerprint && rf.metadata["quantization"] == "Q8_0")
         let rr = try ReadoutRecipe.parse(try #require(rf.metadata["readout"]), file: "r.safetensors")
@@ -145,23 +147,23 @@ func llamaprobe(_ args: [String]) throws -> (status: Int32, out: String, err: St
 
         // predict: probes of model a on model b refused naming both; the GGUF of a: one line, quantization only.
         writeFile(dir + "/d.csv", demoCSV(rows: 40))
-        try Self.ok(["extract", "--model", a, "--data", dir + "/d.csv", "--out", dir + "/shards", "--threads", "1"])
-        try Self.ok(["train", "--shards", dir + "/shards", "--out", dir + "/probes", "--epochs", "2"])
+        try llamaprobeOK(["extract", "--model", a, "--data", dir + "/d.csv", "--out", dir + "/shards", "--threads", "1"])
+        try llamaprobeOK(["train", "--shards", dir + "/shards", "--out", dir + "/probes", "--epochs", "2"])
         let refused = try llamaprobe(["predict", "--model", b, "--probes", dir + "/probes", "--threads", "1", "hi"])
         #expect(refused.status == 1 && refused.err.contains(ma.fingerprint) && refused.err.contains(mb.fingerprint)
                 && refused.err.contains("--allow-other-model"), "\(refused.err)")
-        let allowed = try Self.ok(["predict", "--model", b, "--probes", dir + "/probes", "--threads", "1", "--allow-other-model", "hi"])
+        let allowed = try llamaprobeOK(["predict", "--model", b, "--probes", dir + "/probes", "--threads", "1", "--allow-other-model", "hi"])
         #expect(allowed.err.contains("warning: --allow-other-model"), "\(allowed.err)")
-        let quantized = try Self.ok(["predict", "--model", gguf, "--probes", dir + "/probes", "--threads", "1", "hi"])
+        let quantized = try llamaprobeOK(["predict", "--model", gguf, "--probes", dir + "/probes", "--threads", "1", "hi"])
         let lines = quantized.err.split(separator: "\n").filter { $0.contains("only the quantization differs") }
         #expect(lines.count == 1 && lines[0].contains("BF16") && lines[0].contains("Q8_0"), "\(quantized.err)")
 
         // extract: worker 1/2 with model b into the directory worker 0/2 filled with model a is refused.
-        try Self.ok(["extract", "--model", a, "--data", dir + "/d.csv", "--out", dir + "/mixed", "--worker", "0/2", "--threads", "1"])
+        try llamaprobeOK(["extract", "--model", a, "--data", dir + "/d.csv", "--out", dir + "/mixed", "--worker", "0/2", "--threads", "1"])
         let mixed = try llamaprobe(["extract", "--model", b, "--data", dir + "/d.csv", "--out", dir + "/mixed", "--worker", "1/2", "--threads", "1"])
         #expect(mixed.status != 0 && mixed.err.contains("model fingerprint '\(ma.fingerprint)' vs '\(mb.fingerprint)'"), "\(mixed.err)")
         // shards verify reports a directory mixed by hand (worker 1 extracted elsewhere with b, copied in).
-        try Self.ok(["extract", "--model", b, "--data", dir + "/d.csv", "--out", dir + "/other", "--worker", "1/2", "--threads", "1"])
+        try llamaprobeOK(["extract", "--model", b, "--data", dir + "/d.csv", "--out", dir + "/other", "--worker", "1/2", "--threads", "1"])
         for f in try FileManager.default.contentsOfDirectory(atPath: dir + "/other") where f.contains("00001") && !f.hasPrefix(".") {
             try FileManager.default.copyItem(atPath: dir + "/other/" + f, toPath: dir + "/mixed/" + f)
         }
@@ -174,7 +176,7 @@ func llamaprobe(_ args: [String]) throws -> (status: Int32, out: String, err: St
         let dir = tempDir()
         defer { try? FileManager.default.removeItem(atPath: dir) }
         let model = dir + "/m"
-        try Self.ok(["synth", "--preset", "tiny", "--out", model])
+        try llamaprobeOK(["synth", "--preset", "tiny", "--out", model])
         let c = try LlamaConfig.load(path: model + "/config.json")
         let n = 24, layers = c.numHiddenLayers, d = c.hiddenSize
         var rng = SystemRandomNumberGenerator()
@@ -184,14 +186,14 @@ func llamaprobe(_ args: [String]) throws -> (status: Int32, out: String, err: St
             SafeTensors.encode([(.init("acts", .f32, [n, layers, d]), a), (.init("labels", .i64, [n]), l)], metadata: [:])
         } }
         try Data(bytes).write(to: URL(fileURLWithPath: dir + "/acts.safetensors"))
-        try Self.ok(["shards", "import", "--activations", dir + "/acts.safetensors", "--key", "acts", "--label-key", "labels",
+        try llamaprobeOK(["shards", "import", "--activations", dir + "/acts.safetensors", "--key", "acts", "--label-key", "labels",
                      "--label-names", "neg,pos", "--out", dir + "/shards"])
         #expect(try ShardDirectory(path: dir + "/shards").metadata.readout == nil)
-        let trained = try Self.ok(["train", "--shards", dir + "/shards", "--out", dir + "/probes", "--epochs", "2"])
+        let trained = try llamaprobeOK(["train", "--shards", dir + "/shards", "--out", dir + "/probes", "--epochs", "2"])
         #expect(trained.err.contains("warning: unknown readout (imported activations)"), "\(trained.err)")
         let asked = try llamaprobe(["predict", "--model", model, "--probes", dir + "/probes", "--threads", "1", "hi"])
         #expect(asked.status == 1 && asked.err.contains("imported activations (unknown readout)") && asked.err.contains("--template"), "\(asked.err)")
-        let given = try Self.ok(["predict", "--model", model, "--probes", dir + "/probes", "--threads", "1", "--template", "raw", "hi"])
+        let given = try llamaprobeOK(["predict", "--model", model, "--probes", dir + "/probes", "--threads", "1", "--template", "raw", "hi"])
         #expect(given.out.contains("layer"), "\(given.out)")
     }
 
